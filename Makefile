@@ -1,0 +1,57 @@
+# dai-mlflow: `make help` lists the targets. The two set-up commands are `make demo` and `make test`.
+SHELL := bash
+.SHELLFLAGS := -o errexit -o nounset -o pipefail -c
+.DEFAULT_GOAL := help
+
+VENVS      ?= venvs
+LAUNCHER   := $(VENVS)/launcher/bin/python
+MLPROJECT  := $(VENVS)/mlproject/bin/python
+MODEL_URI  ?=
+PYTEST_ARGS ?=
+LINE       ?=
+
+.PHONY: help
+help: ## list the targets
+	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  make %-14s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
+
+.PHONY: venvs
+venvs: ## build venvs/launcher and venvs/mlproject (reused while their spec is unchanged)
+	@start=$$EPOCHREALTIME; \
+	launchers/build_launcher_venv.sh; \
+	launchers/build_mlproject_venv.sh; \
+	awk -v s="$$start" -v e="$$EPOCHREALTIME" 'BEGIN {printf "make venvs: done in %.1fs\n", e - s}'
+
+.PHONY: launcher-venv
+launcher-venv: ## build venvs/launcher only
+	@launchers/build_launcher_venv.sh
+
+.PHONY: spark-venv
+spark-venv: launcher-venv ## build venvs/spark_inference for MODEL_URI=<uri> (the model's env + pyspark)
+	@test -n "$(MODEL_URI)" || { echo "error: pass MODEL_URI=<models:/name@alias | runs:/... | path>" >&2; exit 2; }
+	@launchers/build_spark_venv.sh "$(MODEL_URI)"
+
+.PHONY: use-line
+use-line: ## switch python_env.yaml to a DAI line: LINE=1.10 (Python 3.8) or LINE=2 (Python 3.11)
+	@test -f "envs/python_env.dai-$(LINE).yaml" || { echo "error: LINE must be 1.10 or 2 (envs/python_env.dai-<LINE>.yaml)" >&2; exit 2; }
+	@cp "envs/python_env.dai-$(LINE).yaml" python_env.yaml && echo "python_env.yaml now follows DAI $(LINE); run \`make venvs\`"
+
+.PHONY: demo
+demo: venvs ## run the main job end to end on the sample DAI-shaped pipeline
+	@$(LAUNCHER) -m dai_mlflow.demo
+
+.PHONY: test
+test: venvs ## run every test (unit, venv, mlflow run, spark, serve); fails if none ran
+	@$(LAUNCHER) -m pytest $(PYTEST_ARGS)
+
+.PHONY: test-fast
+test-fast: launcher-venv ## run only the tests that build no venv and start no Spark or server
+	@$(LAUNCHER) -m pytest -m "not venv and not mlflow_run and not spark and not serve" $(PYTEST_ARGS)
+
+.PHONY: lint
+lint: launcher-venv ## ruff check + format check
+	@$(VENVS)/launcher/bin/ruff check . && $(VENVS)/launcher/bin/ruff format --check .
+
+.PHONY: clean
+clean: ## remove venvs, generated data, local MLflow stores and caches
+	rm -rf $(VENVS)/launcher $(VENVS)/mlproject $(VENVS)/spark_inference $(VENVS)/pythons \
+	  data/generated data/output mlruns mlartifacts mlflow.db tests/.cache .pytest_cache

@@ -1,0 +1,54 @@
+"""Error hierarchy of dai_mlflow.
+
+Every expected failure raises a subclass of :class:`DaiMlflowError` whose message is one line
+and says how to fix the problem. Command-line front doors catch ``DaiMlflowError`` only at the
+edge and turn it into a one-line error with a non-zero exit; nothing below them logs and
+returns None.
+
+Stdlib only: this module is imported inside the DAI scorer's pinned env (Python 3.8).
+"""
+
+from __future__ import annotations
+
+from typing import Iterable
+
+
+class DaiMlflowError(Exception):
+    """Base class of every error dai_mlflow raises on purpose."""
+
+
+class PythonNotFoundError(DaiMlflowError):
+    """No local interpreter matches a requested Python version."""
+
+    def __init__(self, version: str, searched: Iterable[str]) -> None:
+        self.version = version
+        self.searched = list(searched)
+        where = ", ".join(self.searched) or "nowhere"
+        super().__init__(
+            f"Python {version} not found (searched: {where}); install it with "
+            f"`pyenv install {version}` or `uv python install {version}`, or set "
+            f"{python_env_var(version)}=/path/to/python{'.'.join(version.split('.')[:2])}"
+        )
+
+
+class VenvBuildError(DaiMlflowError):
+    """Creating a virtualenv or installing into it failed; the half-built env was removed."""
+
+    def __init__(self, dest: str, step: str, detail: str) -> None:
+        self.dest = dest
+        self.step = step
+        super().__init__(f"building {dest} failed while {step}: {detail} (nothing was left behind)")
+
+
+class PipelineError(DaiMlflowError):
+    """A scoring pipeline (scorer.zip or scoring-pipeline/ folder) is missing or malformed."""
+
+
+class LicenseNotFoundError(DaiMlflowError):
+    """No Driverless AI license was found at scoring time."""
+
+
+def python_env_var(version: str) -> str:
+    """Name of the env var that overrides interpreter discovery for ``version`` (major.minor)."""
+    major_minor = "_".join(version.split(".")[:2])
+    return f"DAI_MLFLOW_PYTHON_{major_minor}"

@@ -1,0 +1,30 @@
+#!/usr/bin/env bash
+# Build (or reuse) venvs/spark_inference for one logged model: the model's Python and
+# requirements plus a pyspark that supports that Python (3.5.x for 3.8, 4.x for 3.11).
+# Usage: launchers/build_spark_venv.sh MODEL_URI
+#        launchers/build_spark_venv.sh --python-env FILE --requirements FILE
+source "$(dirname "${BASH_SOURCE[0]}")/_common.sh"
+
+_usage() {
+  _die "usage: $0 MODEL_URI | --python-env python_env.yaml --requirements requirements.txt"
+}
+
+_main() {
+  local python_env="" requirements=""
+  case "${1:-}" in
+    "" | -h | --help) _usage ;;
+    --python-env)
+      [ $# -eq 4 ] && [ "$3" = "--requirements" ] || _usage
+      python_env="$2"
+      requirements="$4"
+      ;;
+    *)
+      [ $# -eq 1 ] || _usage
+      exec "$(_launcher_python)" -m dai_mlflow.spark_env --model-uri "$1" --dest "$SPARK_VENV"
+      ;;
+  esac
+  "$(_launcher_python)" -m dai_mlflow.venvs spark-inference --dest "$SPARK_VENV" \
+    --python-env "$python_env" --requirements "$requirements" --site-path "$ROOT"
+}
+
+_main "$@"
