@@ -193,7 +193,7 @@ def add_to_activate(venv: Path, folder: Path) -> None:
         return
     activate.write_text(
         text
-        + f"\n{_ACTIVATE_MARK}\nPATH=\"{folder}:$PATH\"\nexport PATH\n"
+        + f'\n{_ACTIVATE_MARK}\nPATH="{folder}:$PATH"\nexport PATH\n'
         + "export UV_PYTHON_DOWNLOADS=never\n"
     )
 

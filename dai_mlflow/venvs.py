@@ -76,7 +76,9 @@ class VenvSpec:
                 f"unknown installer {self.installer!r}; use one of {', '.join(INSTALLERS)}"
             )
         if not self.python or not self.python[0].isdigit():
-            raise DaiMlflowError(f"python version must look like 3.8 or 3.8.18, got {self.python!r}")
+            raise DaiMlflowError(
+                f"python version must look like 3.8 or 3.8.18, got {self.python!r}"
+            )
 
     @classmethod
     def from_python_env(
@@ -276,7 +278,9 @@ def ensure_venv(
     def _step(label: str) -> str:
         nonlocal n
         n += 1
-        progress(f"[venv] {dest.name}: step {n}/{total}: {label} ({time.monotonic() - started:.0f}s)")
+        progress(
+            f"[venv] {dest.name}: step {n}/{total}: {label} ({time.monotonic() - started:.0f}s)"
+        )
         return label
 
     try:
@@ -365,11 +369,12 @@ def _cli(argv: Optional[Sequence[str]] = None) -> int:
     args = parser.parse_args(argv)
     try:
         spec = _spec_from_args(args)
-        python, built = ensure_venv(spec, args.dest, quiet=args.quiet)
+        _, built = ensure_venv(spec, args.dest, quiet=args.quiet)
     except DaiMlflowError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
-    print(f"{'built' if built else 'reused'} {args.dest} -> activate with: source {args.dest}/bin/activate")
+    state = "built" if built else "reused"
+    print(f"{state} {args.dest} -> activate with: source {args.dest}/bin/activate")
     return 0
 
 

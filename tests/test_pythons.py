@@ -72,7 +72,7 @@ def test_link_interpreters_points_at_real_executables(tmp_path):
     # A link to a shim script would not be an ELF interpreter; this one must run as Python.
     out = subprocess.run([str(link), "-c", "import sys; print(sys.prefix)"], capture_output=True)
     assert out.returncode == 0
-    assert not Path(os.path.realpath(link)).read_bytes()[:2] == b"#!"
+    assert Path(os.path.realpath(link)).read_bytes()[:2] != b"#!"
 
 
 def test_cli_prints_version_and_path():

@@ -246,8 +246,15 @@ def test_mlproject_venv_equals_the_env_mlflow_run_builds(tmp_path, repo_root):
     }
     launcher = repo_root / "venvs" / "launcher" / "bin" / "mlflow"
     out = subprocess.run(
-        [str(launcher), "run", str(project), "--env-manager", "virtualenv",
-         "-P", f"out={tmp_path / 'freeze.txt'}"],  # fmt: skip
+        [
+            str(launcher),
+            "run",
+            str(project),
+            "--env-manager",
+            "virtualenv",
+            "-P",
+            f"out={tmp_path / 'freeze.txt'}",
+        ],  # fmt: skip
         capture_output=True,
         text=True,
         env=env,
