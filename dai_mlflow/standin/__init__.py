@@ -1,0 +1,45 @@
+"""DAI-shaped stand-in scoring pipeline builder: the fixture of every test and of ``make demo``.
+
+A real Driverless AI pipeline is proprietary, so this package builds one of the same shape,
+written for this project (no H2O.ai code or text): ``scorer.zip`` → ``scoring-pipeline/`` with
+an experiment wheel holding ``Scorer``, a ``h2oaicore`` runtime wheel tagged for the line's
+Python, requirement files with lines a packager must drop, example.py and friends, plus a
+really trained model and DAI's runtime quirks (license, ``./tmp`` in the cwd, slow start,
+``fileno()`` at import).
+
+API: :func:`build_pipeline` → :class:`StandinBuild`. CLI:
+``python -m dai_mlflow.standin --out DIR --dai-version 1.10|2 --problem PROBLEM``.
+"""
+
+from __future__ import annotations
+
+from dai_mlflow.standin.builder import (
+    HOLDOUT_NAME,
+    LICENSE_FILE_NAME,
+    SAMPLE_INPUT_NAME,
+    SCORER_ZIP_NAME,
+    StandinBuild,
+    StandinError,
+    build_pipeline,
+    builder_fingerprint,
+    experiment_key,
+    load_build,
+    module_name_for,
+)
+from dai_mlflow.standin.lines import DAI_LINES, PROBLEMS
+
+__all__ = [
+    "DAI_LINES",
+    "HOLDOUT_NAME",
+    "LICENSE_FILE_NAME",
+    "PROBLEMS",
+    "SAMPLE_INPUT_NAME",
+    "SCORER_ZIP_NAME",
+    "StandinBuild",
+    "StandinError",
+    "build_pipeline",
+    "experiment_key",
+    "builder_fingerprint",
+    "load_build",
+    "module_name_for",
+]

@@ -1,0 +1,340 @@
+"""Build a DAI-shaped stand-in scoring pipeline: ``OUT/scorer.zip`` and what goes beside it.
+
+:func:`build_pipeline` generates data, trains the model, writes the wheels (experiment wheel,
+``h2oaicore`` runtime wheel tagged for the line's Python, an uninstallable ``h2o4gpu`` wheel),
+the requirement files, example.py & co., zips them under ``scoring-pipeline/``, extracts the zip
+to ``OUT/scoring-pipeline/`` and writes ``OUT/license.sig``, ``OUT/sample_input.csv``,
+``OUT/holdout.csv`` and ``OUT/standin.json`` (the manifest :func:`load_build` reads).
+Same arguments, same bytes: the zip, the wheels and the CSVs are byte-identical across runs.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import uuid
+import zipfile
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Dict, List, Optional, Tuple
+
+import pandas as pd
+
+from dai_mlflow.errors import DaiMlflowError
+from dai_mlflow.standin import data as data_mod
+from dai_mlflow.standin import texts
+from dai_mlflow.standin.lines import DAI_LINES, H2O4GPU_REQUIRES, PROBLEMS, DaiLine
+from dai_mlflow.standin.runtime.h2oaicore import engine
+from dai_mlflow.standin.runtime.h2oaicore.licensing import sign_license
+from dai_mlflow.standin.train import to_frame, train
+from dai_mlflow.standin.wheels import build_wheel, write_zip
+
+SCORER_ZIP_NAME = "scorer.zip"
+SCORING_PIPELINE_DIR_NAME = "scoring-pipeline"
+LICENSE_FILE_NAME = "license.sig"
+SAMPLE_INPUT_NAME = "sample_input.csv"
+HOLDOUT_NAME = "holdout.csv"
+MANIFEST_NAME = "standin.json"
+N_TRAIN = 2000
+N_HOLDOUT = 500
+N_SAMPLE = 300
+_KEY_NAMESPACE = uuid.UUID("6f1d2a52-3c1b-5e0a-9d7e-2a1f3b4c5d6e")
+_RUNTIME_DIR = Path(__file__).resolve().parent / "runtime" / "h2oaicore"
+_RUNTIME_FILES = ("__init__.py", "engine.py", "licensing.py", "scorer.py")
+
+
+class StandinError(DaiMlflowError):
+    """The stand-in builder was called with arguments it cannot build."""
+
+
+@dataclass(frozen=True)
+class StandinBuild:
+    """A finished stand-in build and where its parts are.
+
+    Attributes:
+        out_dir: the output folder.
+        zip_path: ``OUT/scorer.zip``.
+        folder: the extracted ``OUT/scoring-pipeline`` folder.
+        license_path: ``OUT/license.sig`` (a valid license; never inside the zip).
+        experiment_key: the experiment uuid (with dashes).
+        module_name: ``scoring_h2oai_experiment_<key with underscores>``.
+        target: the target column.
+        labels: class labels (classification) or None.
+        problem: regression, binary or multiclass.
+        dai_line: ``1.10`` or ``2``; dai_version is the full version, e.g. ``1.10.7.3``.
+        python: the Python ``major.minor`` of the line.
+        sample_input_csv: input columns only, with missing values.
+        holdout_csv: input columns plus the target.
+        experiment_wheel / core_wheel / h2o4gpu_wheel: wheel file names inside ``folder``.
+        input_columns: input column names in ``get_column_names()`` order.
+    """
+
+    out_dir: Path
+    zip_path: Path
+    folder: Path
+    license_path: Path
+    experiment_key: str
+    module_name: str
+    target: str
+    labels: Optional[Tuple[str, ...]]
+    problem: str
+    dai_line: str
+    dai_version: str
+    python: str
+    sample_input_csv: Path
+    holdout_csv: Path
+    experiment_wheel: str
+    core_wheel: str
+    h2o4gpu_wheel: str
+    input_columns: Tuple[str, ...]
+
+    def license_env(self) -> Dict[str, str]:
+        """Env vars that point the scorer at this build's license."""
+        return {"DRIVERLESS_AI_LICENSE_FILE": str(self.license_path)}
+
+    def installable_requirements(self) -> List[str]:
+        """requirements.txt lines minus the ones a packager must drop (h2o4gpu, pyorc)."""
+        lines = (self.folder / "requirements.txt").read_text().splitlines()
+        keep = [ln.strip() for ln in lines if ln.strip() and not ln.lstrip().startswith("#")]
+        return [ln for ln in keep if not ln.startswith(("h2o4gpu", "pyorc"))]
+
+
+def builder_fingerprint() -> str:
+    """Hash of the builder's own sources: a cached build made by other code is stale."""
+    digest = hashlib.sha256()
+    root = Path(__file__).resolve().parent
+    for path in sorted(root.rglob("*.py")):
+        digest.update(path.relative_to(root).as_posix().encode() + b"\0" + path.read_bytes())
+    return digest.hexdigest()[:16]
+
+
+def experiment_key(dai_line: str, problem: str, seed: int) -> str:
+    """Deterministic experiment uuid for (line, problem, seed)."""
+    return str(uuid.uuid5(_KEY_NAMESPACE, f"{dai_line}/{problem}/{seed}"))
+
+
+def module_name_for(key: str) -> str:
+    """Import name of the experiment module for an experiment key."""
+    return "scoring_h2oai_experiment_" + key.replace("-", "_")
+
+
+def _validate(dai_version: str, problem: str) -> DaiLine:
+    if dai_version not in DAI_LINES:
+        raise StandinError(
+            f"unknown DAI line {dai_version!r}; use one of {', '.join(sorted(DAI_LINES))}"
+        )
+    if problem not in PROBLEMS:
+        raise StandinError(f"unknown problem {problem!r}; use one of {', '.join(PROBLEMS)}")
+    return DAI_LINES[dai_version]
+
+
+def _data_seed(dai_line: str, problem: str, seed: int) -> int:
+    digest = hashlib.sha256(f"standin-data/{dai_line}/{problem}/{seed}".encode()).hexdigest()
+    return int(digest[:12], 16)
+
+
+def _runtime_files(line: DaiLine) -> Dict[str, bytes]:
+    files = {f"h2oaicore/{n}": (_RUNTIME_DIR / n).read_bytes() for n in _RUNTIME_FILES}
+    init = files["h2oaicore/__init__.py"].decode()
+    files["h2oaicore/__init__.py"] = init.replace(
+        '__version__ = "0+standin"', f'__version__ = "{line.dai_version}+standin"'
+    ).encode()
+    return files
+
+
+def _requirements_txt(line: DaiLine, experiment_wheel: str) -> str:
+    lines = [
+        f"# Requirements of a DAI {line.dai_version} scoring pipeline ({texts.NOTICE})",
+        f"# Install into a Python {line.python} env with: pip install -r requirements.txt "
+        "-c req_constraints_deps.txt",
+        line.core_wheel,
+        line.h2o4gpu_wheel,
+        *line.requirements[:2],
+        line.pyorc_pin,
+        *line.requirements[2:],
+        "# bundled model wheel",
+        experiment_wheel,
+        # Exported files repeat pins; a packager has to tolerate (or drop) duplicates.
+        line.requirements[0],
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def build_pipeline(out_dir: Path, dai_version: str, problem: str, seed: int = 0) -> StandinBuild:
+    """Build a stand-in pipeline into ``out_dir`` (created; files of a previous build replaced).
+
+    Args:
+        out_dir: output folder.
+        dai_version: DAI line, ``1.10`` (Python 3.8) or ``2`` (Python 3.11).
+        problem: ``regression``, ``binary`` or ``multiclass``.
+        seed: varies the data, the model and the experiment key.
+
+    Returns:
+        The finished build.
+
+    Raises:
+        StandinError: unknown line or problem.
+    """
+    line = _validate(dai_version, problem)
+    out_dir = Path(out_dir).resolve()
+    out_dir.mkdir(parents=True, exist_ok=True)
+    key = experiment_key(line.name, problem, seed)
+    module = module_name_for(key)
+
+    dataset = data_mod.generate(problem, N_TRAIN + N_HOLDOUT, _data_seed(line.name, problem, seed))
+    train_set = data_mod.Dataset(
+        dataset.columns, dataset.data_types, dataset.rows[:N_TRAIN], dataset.target,
+        dataset.labels[:N_TRAIN],
+    )  # fmt: skip
+    hold_rows, hold_labels = dataset.rows[N_TRAIN:], dataset.labels[N_TRAIN:]
+    model = train(train_set, problem, key)
+    holdout = data_mod.Dataset(
+        dataset.columns, dataset.data_types, hold_rows, dataset.target, hold_labels
+    )
+    scores = engine.metrics(engine.Model(model), to_frame(holdout), pd.Series(hold_labels))
+    stats = data_mod.column_stats(train_set)
+
+    staging = out_dir / ".staging"
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir()
+    try:
+        wheel_dir = staging / "wheels"
+        core = build_wheel(
+            wheel_dir, "h2oaicore", line.dai_version, f"{line.cp_tag}-{line.cp_tag}-linux_x86_64",
+            _runtime_files(line),
+            summary=f"Stand-in DAI core runtime for DAI {line.dai_version} ({texts.NOTICE})",
+            requires_dist=(line.pin("numpy"), line.pin("pandas")),
+            requires_python=f"=={line.python}.*", root_is_purelib=False,
+        )  # fmt: skip
+        gpu = build_wheel(
+            wheel_dir, "h2o4gpu", line.h2o4gpu_version, f"{line.cp_tag}-{line.cp_tag}-linux_x86_64",
+            {"h2o4gpu/__init__.py": f'"""{texts.NOTICE} Not meant to be installed."""\n'.encode()},
+            summary=f"Stand-in for the GPU library DAI bundles ({texts.NOTICE})",
+            requires_dist=H2O4GPU_REQUIRES, root_is_purelib=False,
+        )  # fmt: skip
+        model_bytes = (json.dumps(model, indent=1, ensure_ascii=True) + "\n").encode()
+        exp = build_wheel(
+            wheel_dir, module, "1.0.0", "py3-none-any",
+            {
+                f"{module}/__init__.py": texts.experiment_module(key, module).encode(),
+                f"{module}/fitted_model.json": model_bytes,
+            },
+            summary=f"Scoring module of experiment {key} ({texts.NOTICE})",
+            requires_dist=(f"h2oaicore=={line.dai_version}",),
+        )  # fmt: skip
+        summary = {
+            "experiment_key": key,
+            "dai_version": line.dai_version,
+            "target": dataset.target,
+            "problem_type": problem,
+            "labels": model["labels"],
+            "scoring_module": module,
+            "columns": list(dataset.columns),
+            "transformed_features": [f["name"] for f in model["features"]],
+            "train_rows": N_TRAIN,
+            "holdout_metrics": {k: round(v, 6) for k, v in scores.items()},
+            "notice": texts.NOTICE,
+        }
+        summary_zip = write_zip(
+            staging / f"h2oai_experiment_summary_{key}.zip",
+            {"summary.json": texts.summary_json(summary)},
+        )
+        files: Dict[str, bytes] = {p.name: p.read_bytes() for p in (core, gpu, exp, summary_zip)}
+        files["requirements.txt"] = _requirements_txt(line, exp.name).encode()
+        files["req_constraints_deps.txt"] = ("\n".join(line.constraints) + "\n").encode()
+        files["training_data_column_stats.json"] = (
+            json.dumps(stats, indent=2, ensure_ascii=True) + "\n"
+        ).encode()
+        files["example.py"] = texts.example_py(
+            module, dataset.columns, stats, hold_rows[:3]
+        ).encode()
+        files["run_example.sh"] = texts.run_example_sh(line).encode()
+        files["README.txt"] = texts.readme_txt(
+            line, key, module, dataset.target, [*files, "README.txt"]
+        ).encode()
+        prefix = SCORING_PIPELINE_DIR_NAME + "/"
+        zip_tmp = write_zip(
+            staging / SCORER_ZIP_NAME,
+            {prefix + name: data for name, data in files.items()},
+            folders=[prefix],
+        )
+        license_text = sign_license(
+            {
+                "license_version": "1",
+                "serial_number": f"standin-{seed}",
+                "licensee_organization": "dai-mlflow tests and demo",
+                "expiration_date": "2099/12/31",
+            }
+        )
+        folder = out_dir / SCORING_PIPELINE_DIR_NAME
+        shutil.rmtree(folder, ignore_errors=True)
+        with zipfile.ZipFile(zip_tmp) as zf:
+            zf.extractall(out_dir)
+        zip_tmp.replace(out_dir / SCORER_ZIP_NAME)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+    license_path = out_dir / LICENSE_FILE_NAME
+    license_path.write_text(license_text)
+    license_path.chmod(0o600)
+    sample_csv = out_dir / SAMPLE_INPUT_NAME
+    data_mod.write_csv(sample_csv, dataset.columns, hold_rows[:N_SAMPLE])
+    holdout_csv = out_dir / HOLDOUT_NAME
+    data_mod.write_csv(
+        holdout_csv,
+        [*dataset.columns, dataset.target],
+        [[*row, label] for row, label in zip(hold_rows, hold_labels)],
+    )
+    build = StandinBuild(
+        out_dir=out_dir,
+        zip_path=out_dir / SCORER_ZIP_NAME,
+        folder=folder,
+        license_path=license_path,
+        experiment_key=key,
+        module_name=module,
+        target=dataset.target,
+        labels=None if model["labels"] is None else tuple(model["labels"]),
+        problem=problem,
+        dai_line=line.name,
+        dai_version=line.dai_version,
+        python=line.python,
+        sample_input_csv=sample_csv,
+        holdout_csv=holdout_csv,
+        experiment_wheel=exp.name,
+        core_wheel=core.name,
+        h2o4gpu_wheel=gpu.name,
+        input_columns=tuple(dataset.columns),
+    )
+    manifest = {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(build).items()}
+    manifest["builder"] = builder_fingerprint()
+    manifest["seed"] = seed
+    (out_dir / MANIFEST_NAME).write_text(json.dumps(manifest, indent=2) + "\n")
+    return build
+
+
+def load_build(out_dir: Path, current_only: bool = True) -> Optional[StandinBuild]:
+    """The build recorded in ``out_dir``'s manifest, or None when there is no finished build.
+
+    With ``current_only``, a build made by a different version of this builder counts as none.
+    """
+    try:
+        data = json.loads((Path(out_dir) / MANIFEST_NAME).read_text())
+        builder = data.pop("builder", None)
+        data.pop("seed", None)
+        if current_only and builder != builder_fingerprint():
+            return None
+        fields = {}
+        for name, value in data.items():
+            if name in ("labels", "input_columns"):
+                fields[name] = None if value is None else tuple(value)
+            elif name in ("out_dir", "zip_path", "folder", "license_path") or name.endswith("_csv"):
+                fields[name] = Path(value)
+            else:
+                fields[name] = value
+        build = StandinBuild(**fields)
+    except (OSError, ValueError, TypeError):
+        return None
+    if not (build.zip_path.is_file() and build.folder.is_dir() and build.license_path.is_file()):
+        return None
+    return build

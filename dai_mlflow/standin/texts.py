@@ -1,0 +1,168 @@
+"""Text files of a stand-in pipeline: the experiment module, example.py, run_example.sh, README.
+
+Shaped like the files DAI exports (see shared/reference/dai-scoring-pipeline.md §1-2) but
+written for this project; every file says it is a stand-in.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any, Dict, List, Sequence
+
+from dai_mlflow.standin.lines import DaiLine
+
+NOTICE = (
+    "dai-mlflow stand-in: a DAI-shaped scoring pipeline written for the dai-mlflow project. "
+    "It contains no H2O.ai code or text."
+)
+
+_MODULE_TEMPLATE = '''"""Scoring module of experiment {key} ({notice})
+
+Usage, as with DAI: ``from {module} import Scorer; scorer = Scorer()`` (needs a license).
+"""
+
+import os
+import sys
+
+# Native libraries loaded by DAI scorers query the process's stdout/stderr file descriptors
+# while importing; a host that swapped the streams for objects without fileno() fails here.
+sys.stdout.fileno()
+sys.stderr.fileno()
+
+from h2oaicore.scorer import StandinScorer as _StandinScorer  # noqa: E402
+
+SCORING_MODULE_HASH = "{key}"
+
+
+class Scorer(_StandinScorer):
+    """Scorer of experiment {key}: ``score``, ``score_batch`` and friends (DAI's API)."""
+
+    _package_dir = os.path.dirname(os.path.abspath(__file__))
+    _experiment_key = "{key}"
+
+
+__all__ = ["Scorer", "SCORING_MODULE_HASH"]
+'''
+
+
+def experiment_module(key: str, module: str) -> str:
+    """Source of the experiment package's ``__init__.py``."""
+    return _MODULE_TEMPLATE.format(key=key, module=module, notice=NOTICE)
+
+
+def _range(stats: Dict[str, Any]) -> str:
+    if "min" in stats:
+        return f"[{stats['min']}, {stats['max']}]"
+    return "levels: " + ", ".join(repr(level) for level in stats["levels"])
+
+
+def example_py(
+    module: str,
+    columns: Sequence[str],
+    stats: Dict[str, Dict[str, Any]],
+    rows: List[List[Any]],
+) -> str:
+    """A DAI-style example.py: column table header, ``score`` per row, ``score_batch``."""
+    width = max(len(repr(c)) for c in columns) + 2
+    table = [f"#   {'Column':<{width}} {'Type':<6} Training range"]
+    for name in columns:
+        st = stats[name]
+        table.append(f"#   {repr(name):<{width}} {st['data_type']:<6} {_range(st)}")
+    calls = []
+    for row in rows:
+        values = ", ".join("None" if v is None else repr(str(v)) for v in row)
+        calls.append(f"print(scorer.score([{values}], apply_data_recipes=False))")
+    frame_rows = ",\n    ".join(
+        "[" + ", ".join("None" if v is None else repr(str(v)) for v in row) + "]" for row in rows
+    )
+    return f'''"""Example of scoring with this pipeline ({NOTICE})
+
+Run it with ``bash run_example.sh`` (installs the requirements into ./env first) or, in an env
+that has them, ``python example.py``. A license is required: set DRIVERLESS_AI_LICENSE_KEY or
+DRIVERLESS_AI_LICENSE_FILE, or put it at ~/.driverlessai/license.sig.
+"""
+# The model was trained on these input columns:
+#
+{chr(10).join(table)}
+#
+import pandas as pd
+
+from {module} import Scorer
+
+# Create a singleton Scorer once; constructing it is slow, scoring is fast.
+scorer = Scorer()
+
+# Score one row at a time: values in get_column_names() order, as text or numbers; None = NA.
+{chr(10).join(calls)}
+
+# Input and transformed column names.
+print(scorer.get_column_names())
+print(scorer.get_transformed_column_names())
+print(scorer.get_target_labels())
+
+# Score a pandas frame in one call (much faster than row by row).
+columns = {list(columns)!r}
+frame = pd.DataFrame([
+    {frame_rows}
+], columns=columns)
+print(scorer.score_batch(frame, apply_data_recipes=False))
+
+# Per-feature contributions in link space; with contrib_bias they add up to the margin.
+print(scorer.score_batch(frame, pred_contribs=True, fast_approx=True, apply_data_recipes=False))
+print(scorer.score_batch(frame, output_margin=True, apply_data_recipes=False))
+'''
+
+
+def run_example_sh(line: DaiLine) -> str:
+    """run_example.sh: a virtualenv of the pipeline's Python, the requirements, example.py."""
+    return f"""#!/usr/bin/env bash
+# {NOTICE}
+# Creates ./env with Python {line.python}, installs requirements.txt under the constraints, and
+# runs example.py. Like DAI's, it installs every line: expect h2o4gpu and pyorc to fail.
+set -o errexit -o nounset -o pipefail
+cd "$(dirname "$0")"
+if [[ "${{SCORING_PIPELINE_INSTALL_DEPENDENCIES:-1}}" == "0" ]]; then
+  python{line.python} -m venv --system-site-packages env
+  env/bin/python -m pip install scoring_h2oai_experiment_*.whl
+else
+  python{line.python} -m venv env
+  env/bin/python -m pip install -r requirements.txt -c req_constraints_deps.txt
+fi
+env/bin/python example.py
+"""
+
+
+def readme_txt(line: DaiLine, key: str, module: str, target: str, files: Sequence[str]) -> str:
+    """README.txt: what the pipeline is, its files, how to license and run it."""
+    listing = "\n".join(f"  {name}" for name in sorted(files))
+    return f"""DAI-SHAPED STAND-IN PYTHON SCORING PIPELINE
+{NOTICE}
+
+Experiment: {key}   Target: {target}
+Imitates: Driverless AI {line.dai_version} (Python {line.python}, x86_64 Linux)
+
+DIRECTORY LISTING
+{listing}
+
+QUICK START
+  export DRIVERLESS_AI_LICENSE_FILE=/path/to/license.sig   (or DRIVERLESS_AI_LICENSE_KEY=<base64>)
+  bash run_example.sh
+
+PYTHON API
+  from {module} import Scorer
+  scorer = Scorer()                  # slow: build once; writes ./tmp/ in the working directory
+  scorer.score([...])                # one row, values in scorer.get_column_names() order
+  scorer.score_batch(pandas_frame)   # many rows
+  scorer.score_batch(frame, pred_contribs=True)   # contributions in link space, plus bias
+  scorer.get_target_labels(), scorer.get_transformed_column_names(), scorer.get_pred_columns()
+
+LICENSE SPECIFICATION
+  The scorer needs a license, looked up in this order:
+  DRIVERLESS_AI_LICENSE_KEY (base64 of the license file), DRIVERLESS_AI_LICENSE_FILE (its path),
+  ~/.driverlessai/license.sig.
+"""
+
+
+def summary_json(data: Dict[str, Any]) -> bytes:
+    """The experiment summary's summary.json."""
+    return (json.dumps(data, indent=2, sort_keys=True) + "\n").encode()
