@@ -1,0 +1,97 @@
+"""The model server that ``spark_udf`` starts in a rebuilt model env (uv / virtualenv), run by path.
+
+MLflow's Spark UDF starts ``python <driver's mlflow>/pyfunc/stdin_server.py`` inside the model's
+env. Two things go wrong with that for DAI models:
+
+* the script is the *driver's* MLflow (3.x) but runs against the *model's* MLflow (2.17 for
+  Python 3.8), and calls ``scoring_server.load_model_with_mlflow_config``, which 2.17 lacks;
+* any exception while loading or predicting kills the process silently, and the UDF then waits
+  for an answer until ``MLFLOW_SCORING_SERVER_REQUEST_TIMEOUT`` ("Scoring timeout").
+
+``dai_mlflow.spark`` points the UDF at this script instead. It speaks the same protocol (one JSON
+request per stdin line, the answer written to ``request["output_file"]``) with APIs present in
+MLflow 2.x and 3.x, and answers a failed load or predict with ``{"id": ..., "dai_mlflow_error":
+"<Type>: <message>"}`` so the client raises the real error at once.
+
+Runs inside the model env: stdlib + mlflow only, Python 3.8-safe.
+"""
+
+import os
+import sys
+
+# Run by path, this file's folder (dai_mlflow/) would be sys.path[0]; its module names must not
+# shadow the model's imports.
+if sys.path and os.path.abspath(sys.path[0] or ".") == os.path.dirname(os.path.abspath(__file__)):
+    del sys.path[0]
+
+import argparse  # noqa: E402
+import inspect  # noqa: E402
+import json  # noqa: E402
+import logging  # noqa: E402
+import traceback  # noqa: E402
+
+ERROR_KEY = "dai_mlflow_error"
+MODEL_CONFIG_ENV = "SERVING_MODEL_CONFIG"
+_logger = logging.getLogger("dai_mlflow.spark_model_server")
+
+
+def describe(exc: BaseException) -> str:
+    """``Type: first line of the message``, the one line a user needs."""
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0] if text else ''}".rstrip(": ")
+
+
+def _write_error(request: dict, message: str) -> None:
+    with open(request["output_file"], "w") as f:
+        json.dump({"id": request["id"], ERROR_KEY: message}, f)
+
+
+def main() -> int:
+    """Serve predictions for requests on stdin until it closes; 1 after an error."""
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr)
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--model-uri", required=True)
+    args = parser.parse_args()
+    model = schema = scoring_server = None
+    load_error = None
+    try:
+        import mlflow.pyfunc
+        from mlflow.pyfunc import scoring_server
+
+        config = os.environ.get(MODEL_CONFIG_ENV)
+        kwargs = {"model_config": json.loads(config)} if config else {}
+        _logger.info("Loading model from %s", args.model_uri)
+        model = mlflow.pyfunc.load_model(args.model_uri, **kwargs)
+        schema = model.metadata.get_input_schema()
+        _logger.info("Loaded model")
+    except Exception as e:
+        traceback.print_exc()
+        load_error = f"loading the model failed: {describe(e)}"
+        print(f"[dai-mlflow model error] {load_error}", file=sys.stderr, flush=True)
+    for line in sys.stdin:
+        request = json.loads(line)
+        if load_error:
+            _write_error(request, load_error)
+            return 1
+        try:
+            data, params = scoring_server._split_data_and_params(request["data"])
+            data = scoring_server.infer_and_parse_data(data, schema)
+            if "params" in inspect.signature(model.predict).parameters:
+                preds = model.predict(data, params=params)
+            else:
+                preds = model.predict(data)
+            tmp = request["output_file"] + ".part"
+            with open(tmp, "w") as f:
+                scoring_server.predictions_to_json(preds, f, {"id": request["id"]})
+            os.replace(tmp, request["output_file"])
+        except Exception as e:
+            traceback.print_exc()
+            message = describe(e)
+            print(f"[dai-mlflow model error] {message}", file=sys.stderr, flush=True)
+            _write_error(request, message)
+            return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
