@@ -1,0 +1,203 @@
+"""The MLflow pyfunc that scores with a DAI Python scoring pipeline.
+
+It runs *inside the DAI env* (Python 3.8 + mlflow 2.17 for the DAI 1.10 line, Python 3.11 +
+mlflow 3.x for the 2 line), loaded as a models-from-code pyfunc: the model file only calls
+``mlflow.models.set_model(DaiScoringModel())``, so nothing depends on a pickle made by another
+Python. Configuration comes from ``model_config`` (scorer module, typed input columns) and the
+``scoring-pipeline`` artifact.
+
+Per process, the scorer is imported and built once, lazily, on first predict, after the fixes
+in :mod:`dai_mlflow.runtime` and with the license located by :mod:`dai_mlflow.license`; it runs
+in a writable per-process folder. ``predict`` reorders columns to ``get_column_names()``, coerces
+them to the signature's types, names every missing column, and returns ``score_batch``'s frame
+unchanged (DAI's own output columns). Params: ``pred_contribs`` and ``output_margin`` (booleans,
+not both).
+
+Model-side module: imports stdlib, pandas, mlflow and (lazily) the scorer only; Python 3.8-safe.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+import threading
+from pathlib import Path
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
+
+import mlflow.pyfunc
+import pandas as pd
+
+from dai_mlflow.errors import DaiMlflowError
+from dai_mlflow.license import export_license_location, find_license
+from dai_mlflow.runtime import (
+    ensure_stream_filenos,
+    in_workdir,
+    isolate_from_foreign_spark,
+    scorer_workdir,
+)
+
+PIPELINE_ARTIFACT = "scoring-pipeline"
+CONFIG_SCORER_MODULE = "scorer_module"
+CONFIG_INPUT_COLUMNS = "input_columns"
+PARAM_DEFAULTS: Dict[str, bool] = {"pred_contribs": False, "output_margin": False}
+NUMERIC_TYPES = ("double", "float", "long", "integer")
+
+_lock = threading.RLock()
+_scorers: Dict[Tuple[str, int], Any] = {}
+
+
+class ScoringError(DaiMlflowError):
+    """The model cannot score this input (missing columns, bad values, bad params)."""
+
+
+class ScorerImportError(DaiMlflowError):
+    """The scorer module cannot be imported or built in this env."""
+
+
+def get_scorer(module_name: str, pipeline_dir: Optional[Path] = None) -> Any:
+    """The process-wide ``Scorer`` of ``module_name``, built on first use.
+
+    Raises:
+        LicenseNotFoundError: no license is available.
+        ScorerImportError: the scorer cannot be imported or constructed.
+    """
+    key = (module_name, os.getpid())
+    with _lock:
+        if key in _scorers:
+            return _scorers[key]
+        export_license_location(find_license())
+        ensure_stream_filenos()
+        isolate_from_foreign_spark()
+        with in_workdir(scorer_workdir(pipeline_dir)):
+            try:
+                module = importlib.import_module(module_name)
+            except ImportError as e:
+                raise ScorerImportError(
+                    f"cannot import {module_name} ({e}); load the model in its own env "
+                    "(env_manager='virtualenv' or 'uv') or install its requirements.txt"
+                ) from e
+            try:
+                scorer = module.Scorer()
+            except Exception as e:
+                raise ScorerImportError(
+                    f"{module_name}.Scorer() failed: {type(e).__name__}: {e}"
+                ) from e
+        _scorers[key] = scorer
+        return scorer
+
+
+def parse_params(params: Optional[Mapping[str, Any]]) -> Dict[str, bool]:
+    """Validate ``pred_contribs``/``output_margin`` and fill defaults.
+
+    Raises:
+        ScoringError: unknown name, non-boolean value, or both flags set.
+    """
+    out = dict(PARAM_DEFAULTS)
+    for name, value in (params or {}).items():
+        if name not in PARAM_DEFAULTS:
+            raise ScoringError(
+                f"unknown param {name!r}; supported: {', '.join(sorted(PARAM_DEFAULTS))}"
+            )
+        if isinstance(value, str) and value.lower() in ("true", "false"):
+            value = value.lower() == "true"
+        if not isinstance(value, bool):
+            raise ScoringError(f"param {name!r} must be true or false, got {value!r}")
+        out[name] = value
+    if out["pred_contribs"] and out["output_margin"]:
+        raise ScoringError("pred_contribs and output_margin cannot both be true (DAI rule)")
+    return out
+
+
+def prepare_input(
+    model_input: Any, columns: Sequence[str], types: Optional[Mapping[str, str]] = None
+) -> pd.DataFrame:
+    """Reorder ``model_input`` to ``columns`` and coerce to ``types`` (signature type names).
+
+    Raises:
+        ScoringError: columns are missing (all named) or values cannot be coerced.
+    """
+    frame = model_input if isinstance(model_input, pd.DataFrame) else pd.DataFrame(model_input)
+    missing = [c for c in columns if c not in frame.columns]
+    if missing:
+        raise ScoringError(
+            f"input is missing {len(missing)} column(s) the scorer needs: {', '.join(missing)}"
+        )
+    frame = frame.loc[:, list(columns)].copy()
+    for name, kind in (types or {}).items():
+        if name not in frame.columns:
+            continue
+        frame[name] = _coerce(frame[name], name, kind)
+    return frame
+
+
+def _coerce(values: pd.Series, name: str, kind: str) -> pd.Series:
+    if kind in NUMERIC_TYPES:
+        try:
+            return pd.to_numeric(values, errors="raise").astype("float64")
+        except (ValueError, TypeError) as e:
+            raise ScoringError(f"column {name!r} must be numeric: {e}") from e
+    if kind == "boolean":
+        return values.astype("object")
+    if kind == "string":
+        return values.map(lambda v: v if v is None or isinstance(v, str) or v != v else str(v))
+    return values
+
+
+def _to_pandas(result: Any) -> pd.DataFrame:
+    if isinstance(result, pd.DataFrame):
+        return result
+    if hasattr(result, "to_pandas"):
+        return result.to_pandas()
+    return pd.DataFrame(result)
+
+
+def score(
+    scorer: Any,
+    model_input: Any,
+    params: Optional[Mapping[str, Any]] = None,
+    types: Optional[Mapping[str, str]] = None,
+) -> pd.DataFrame:
+    """Score a frame with a built scorer: reorder, coerce, ``score_batch`` with the flags.
+
+    Returns:
+        ``score_batch``'s frame, indexed like the input.
+    """
+    flags = parse_params(params)
+    columns = list(scorer.get_column_names())
+    frame = prepare_input(model_input, columns, types)
+    kwargs = {k: v for k, v in flags.items() if v}
+    result = _to_pandas(scorer.score_batch(frame, **kwargs))
+    if len(result) == len(frame):
+        result.index = frame.index
+    return result
+
+
+class DaiScoringModel(mlflow.pyfunc.PythonModel):
+    """Pyfunc wrapper of a DAI ``Scorer`` (see the module docstring)."""
+
+    def __init__(self) -> None:
+        self._module: Optional[str] = None
+        self._pipeline_dir: Optional[Path] = None
+        self._types: Dict[str, str] = {}
+
+    def load_context(self, context: Any) -> None:
+        """Read the config and check the license is reachable (the scorer is built lazily)."""
+        config = dict(getattr(context, "model_config", None) or {})
+        module = config.get(CONFIG_SCORER_MODULE)
+        if not module:
+            raise ScorerImportError(
+                f"model_config lacks {CONFIG_SCORER_MODULE!r}; re-log the model with dai-mlflow"
+            )
+        self._module = str(module)
+        self._pipeline_dir = Path(context.artifacts[PIPELINE_ARTIFACT])
+        columns: List[List[str]] = config.get(CONFIG_INPUT_COLUMNS) or []
+        self._types = {str(n): str(t) for n, t in columns}
+        find_license()
+
+    def predict(self, context, model_input, params=None):  # noqa: ANN001, ANN201
+        """Score ``model_input`` (a DataFrame) and return DAI's output frame."""
+        if self._module is None:
+            self.load_context(context)
+        scorer = get_scorer(str(self._module), self._pipeline_dir)
+        with in_workdir(scorer_workdir(self._pipeline_dir)):
+            return score(scorer, model_input, params, self._types)
