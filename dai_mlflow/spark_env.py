@@ -1,0 +1,139 @@
+"""Build ``venvs/spark_inference`` for one logged model: its Python, its requirements, pyspark.
+
+``make spark-venv MODEL_URI=URI`` runs ``python -m dai_mlflow.spark_env --model-uri URI --dest
+venvs/spark_inference`` (from ``venvs/launcher``). The model is downloaded with MLflow; its
+``python_env.yaml`` gives the Python and build dependencies, its ``requirements.txt`` the
+dependencies (relative wheel paths resolve against the downloaded model folder, as under MLflow),
+and :func:`spark_requirements` adds a pyspark (and pyarrow) that support that Python. The venv
+gets the checkout on its ``sys.path`` so ``spark_inference/score.py --env-manager local`` can
+import ``dai_mlflow``. It is rebuilt only when any of that changes (``dai_mlflow.venvs``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import sys
+import tempfile
+from pathlib import Path
+from typing import List, Optional, Sequence, Tuple
+
+from dai_mlflow.errors import DaiMlflowError
+from dai_mlflow.venvs import (
+    VenvSpec,
+    ensure_venv,
+    load_python_env,
+    pyspark_requirement,
+    read_requirement_lines,
+)
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+REQUIREMENTS_FILE_NAME = "requirements.txt"
+PYTHON_ENV_FILE_NAME = "python_env.yaml"
+# pyarrow for pandas UDFs (Arrow batches); the last release with Python 3.8 wheels is 17.
+PYARROW_FOR_PYTHON = {"3.8": "pyarrow==17.0.0"}
+PYARROW_DEFAULT = "pyarrow==25.0.1"
+
+
+class SparkEnvError(DaiMlflowError):
+    """The model cannot be turned into a Spark scoring env (download failed, files missing)."""
+
+
+def _requirement_name(line: str) -> str:
+    match = re.match(r"^\s*([A-Za-z0-9][A-Za-z0-9._-]*)", line)
+    if not match or line.lstrip().startswith("-") or "/" in line or line.endswith(".whl"):
+        return ""
+    return match.group(1).lower().replace("_", "-")
+
+
+def model_requirements(lines: Sequence[str]) -> List[str]:
+    """The model's requirement lines that go into the Spark venv.
+
+    Today: all of them, the experiment wheel included. Issue 7 (loading the experiment wheel
+    from the model's artifacts at load time) will drop that wheel here; keep the choice in this
+    one function.
+    """
+    return list(lines)
+
+
+def spark_requirements(python_version: str, lines: Sequence[str]) -> List[str]:
+    """Requirements the driver needs on top of the model's: pyspark (and pyarrow) for Python X."""
+    names = {_requirement_name(line) for line in lines}
+    extra = [] if "pyspark" in names else [pyspark_requirement(python_version)]
+    if "pyarrow" not in names:
+        major_minor = ".".join(python_version.split(".")[:2])
+        extra.append(PYARROW_FOR_PYTHON.get(major_minor, PYARROW_DEFAULT))
+    return extra
+
+
+def spec_for_model_dir(model_dir: Path, installer: str = "uv") -> VenvSpec:
+    """The venv spec for a downloaded model folder."""
+    env = load_python_env(model_dir / PYTHON_ENV_FILE_NAME)
+    python = str(env["python"])
+    requirements = model_requirements(read_requirement_lines(model_dir / REQUIREMENTS_FILE_NAME))
+    return VenvSpec(
+        python=python,
+        build_dependencies=tuple(env.get("build_dependencies") or ()),
+        dependencies=tuple(requirements) + tuple(spark_requirements(python, requirements)),
+        base_dir=model_dir.resolve(),
+        installer=installer,
+        site_paths=(str(REPO_ROOT),),
+    )
+
+
+def build_spark_env(
+    model_uri: str, dest: Path, installer: str = "uv", quiet: bool = False
+) -> Tuple[Path, bool]:
+    """Download ``model_uri`` and make ``dest`` its Spark scoring venv.
+
+    Returns:
+        (python of the venv, True if built now / False if reused).
+
+    Raises:
+        SparkEnvError: the model could not be downloaded or lacks its env files.
+        VenvBuildError, PythonNotFoundError: building failed (nothing is left at ``dest``).
+    """
+    import mlflow.artifacts
+
+    with tempfile.TemporaryDirectory(prefix="dai-mlflow-model-") as tmp:
+        if Path(model_uri).is_dir():
+            model_dir = Path(model_uri)
+        else:
+            try:
+                model_dir = Path(
+                    mlflow.artifacts.download_artifacts(artifact_uri=model_uri, dst_path=tmp)
+                )
+            except Exception as e:
+                raise SparkEnvError(f"cannot download model {model_uri}: {e}") from e
+        for name in (PYTHON_ENV_FILE_NAME, REQUIREMENTS_FILE_NAME):
+            if not (model_dir / name).is_file():
+                raise SparkEnvError(f"{model_uri} has no {name}; is it an MLflow pyfunc model?")
+        spec = spec_for_model_dir(model_dir, installer)
+        return ensure_venv(spec, dest, quiet=quiet)
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """CLI: build or reuse the Spark venv of a model; one-line error on failure."""
+    parser = argparse.ArgumentParser(
+        prog="python -m dai_mlflow.spark_env",
+        description="Build venvs/spark_inference for a logged model (its env + pyspark).",
+    )
+    parser.add_argument("--model-uri", required=True)
+    parser.add_argument("--dest", type=Path, default=REPO_ROOT / "venvs" / "spark_inference")
+    parser.add_argument("--installer", choices=("uv", "pip"), default="uv")
+    parser.add_argument("--quiet", action="store_true", help="hide installer output")
+    args = parser.parse_args(argv)
+    try:
+        _, built = build_spark_env(args.model_uri, args.dest, args.installer, args.quiet)
+    except DaiMlflowError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    print(
+        f"{'built' if built else 'reused'} {args.dest} -> score with: {args.dest}/bin/python "
+        f"spark_inference/score.py --model-uri {args.model_uri} --input PATH --output PATH"
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
