@@ -5,7 +5,7 @@ through as ``<i>_<col>`` (missing filled with the training mean); low-cardinalit
 one-hot ``<i>_OHE:<col>.<level>``; the high-cardinality ``State.Code`` becomes a smoothed target
 encoding ``<i>_CVTE:<col>.<k>`` (one per class after the first for multiclass, else ``.0``).
 The GLM is fitted by Newton's method on standardised features (least squares for regression,
-logistic for binary, softmax for multiclass). Weights are rounded to 12 significant digits so
+logistic for binary, softmax for multiclass). Numbers are rounded to 8 significant digits so
 that small BLAS differences between machines do not change the stored model.
 
 The result is the JSON model :mod:`h2oaicore.engine` scores; training builds its design matrix
@@ -29,7 +29,7 @@ _MAX_NEWTON_STEPS = 50
 
 
 def _round(x: float) -> float:
-    return float(f"{x:.12g}")
+    return float(f"{x:.8g}")
 
 
 def to_frame(dataset: Dataset) -> pd.DataFrame:
@@ -133,6 +133,10 @@ def _newton(z: np.ndarray, y: np.ndarray, problem: str) -> np.ndarray:
         beta -= step
         if np.max(np.abs(step)) < 1e-10:
             break
+    if k_out > 1:
+        # Softmax is unchanged by adding one vector to every class; fix the free direction
+        # (which the solver pins down poorly) so that the stored model is reproducible.
+        beta -= beta.mean(axis=0, keepdims=True)
     return beta
 
 
