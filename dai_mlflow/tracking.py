@@ -1,0 +1,285 @@
+"""Pick the tracking store for the entry point, bridging MLflow 2.x clients to 3.x stores.
+
+With no ``MLFLOW_TRACKING_URI`` set, MLflow 3.x's ``mlflow run`` uses ``sqlite:///<cwd>/mlflow.db``
+and hands that URI to the entry point. The DAI 1.10 project env runs mlflow 2.17, which cannot
+open a sqlite store whose schema is newer than its own migrations. :func:`tracking_store` then
+starts a transient loopback ``mlflow server`` on 127.0.0.1 with a newer mlflow interpreter over
+the *same* sqlite file, points this process at it over REST, and stops it on exit (also on
+errors). Runs keep their local-path ``artifact_uri``, so artifacts are written directly.
+
+The server interpreter is, in order: ``DAI_MLFLOW_SERVER_PYTHON``; the ``mlflow run`` process in
+the parent chain (found through ``/proc``: the interpreter that created the store);
+``venvs/launcher/bin/python`` of this checkout. Any other URI (http, file, a sqlite store this
+mlflow can read, databricks, ...) is used as is.
+
+Used by :mod:`dai_mlflow.entry`; not model-side.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import socket
+import sqlite3
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import Iterator, List, Optional
+
+from dai_mlflow.errors import DaiMlflowError
+
+SERVER_PYTHON_ENV = "DAI_MLFLOW_SERVER_PYTHON"
+DEFAULT_DB_NAME = "mlflow.db"
+REPO_ROOT = Path(__file__).resolve().parents[1]
+_READY_TIMEOUT_S = 90.0
+
+
+class TrackingError(DaiMlflowError):
+    """The tracking store cannot be reached or bridged."""
+
+
+def default_tracking_uri(cwd: Optional[Path] = None) -> str:
+    """MLflow 3.x's default: ``sqlite:///<cwd>/mlflow.db``."""
+    return f"sqlite:///{(cwd or Path.cwd()).resolve() / DEFAULT_DB_NAME}"
+
+
+def sqlite_path(uri: str) -> Optional[Path]:
+    """The file of a ``sqlite:///`` URI, or None for other schemes."""
+    if not uri.startswith("sqlite:///"):
+        return None
+    return Path(uri[len("sqlite:///") :].split("?")[0])
+
+
+def _known_revisions() -> List[str]:
+    import mlflow.store.db_migrations as migrations
+
+    versions = Path(migrations.__file__).parent / "versions"
+    return [p.name.split("_")[0] for p in versions.glob("*.py") if not p.name.startswith("__")]
+
+
+def store_revision(db: Path) -> Optional[str]:
+    """The alembic revision of an MLflow sqlite store, or None when it has none (yet)."""
+    if not db.is_file():
+        return None
+    try:
+        with contextlib.closing(sqlite3.connect(f"file:{db}?mode=ro", uri=True)) as conn:
+            row = conn.execute("SELECT version_num FROM alembic_version").fetchone()
+    except sqlite3.Error:
+        return None
+    return row[0] if row else None
+
+
+def needs_bridge(uri: str) -> bool:
+    """True when this process's mlflow cannot (or should not) open the sqlite store itself.
+
+    An mlflow older than 3 bridges when the store is newer than its migrations, and also when
+    the store does not exist yet: a store it created would be too old for the 3.x tools.
+    """
+    import mlflow
+
+    db = sqlite_path(uri)
+    if db is None or int(mlflow.__version__.split(".")[0]) >= 3:
+        return False
+    revision = store_revision(db)
+    return revision is None or revision not in _known_revisions()
+
+
+def _mlflow_major(python: str) -> int:
+    try:
+        out = subprocess.run(
+            [python, "-c", "import mlflow; print(mlflow.__version__)"],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            env=_clean_env(),
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return 0
+    try:
+        return int(out.stdout.strip().split(".")[0]) if out.returncode == 0 else 0
+    except ValueError:
+        return 0
+
+
+def _parent_pythons() -> List[str]:
+    """Interpreters of ancestor processes that run ``mlflow`` (nearest first)."""
+    found = []
+    pid = os.getppid()
+    for _ in range(16):
+        if pid <= 1:
+            break
+        try:
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+            status = Path(f"/proc/{pid}/status").read_text()
+        except OSError:
+            break
+        args = [a.decode(errors="replace") for a in cmdline if a]
+        if any(Path(a).name == "mlflow" or a == "mlflow.cli" for a in args[:3]):
+            first = args[0] if args else ""
+            if "python" in Path(first).name and Path(first).is_absolute():
+                found.append(first)
+            else:
+                with contextlib.suppress(OSError):
+                    found.append(os.readlink(f"/proc/{pid}/exe"))
+        ppid = [ln for ln in status.splitlines() if ln.startswith("PPid:")]
+        pid = int(ppid[0].split()[1]) if ppid else 0
+    return found
+
+
+def server_python() -> str:
+    """An interpreter with mlflow >= 3 to run the bridge server.
+
+    Raises:
+        TrackingError: none found.
+    """
+    explicit = os.environ.get(SERVER_PYTHON_ENV)
+    if explicit:
+        if _mlflow_major(explicit) < 3:
+            raise TrackingError(
+                f"{SERVER_PYTHON_ENV}={explicit} has no mlflow >= 3; "
+                "point it at venvs/launcher/bin/python"
+            )
+        return explicit
+    candidates = _parent_pythons() + [str(REPO_ROOT / "venvs" / "launcher" / "bin" / "python")]
+    for python in candidates:
+        if Path(python).exists() and _mlflow_major(python) >= 3:
+            return python
+    raise TrackingError(
+        "the sqlite tracking store needs mlflow >= 3 but this env has an older mlflow, and no "
+        f"mlflow >= 3 interpreter was found; set {SERVER_PYTHON_ENV}, run `make venvs`, or set "
+        "MLFLOW_TRACKING_URI to a tracking server"
+    )
+
+
+def _clean_env() -> dict:
+    env = dict(os.environ)
+    for var in ("PYTHONPATH", "PYTHONHOME", "VIRTUAL_ENV", "MLFLOW_RUN_ID"):
+        env.pop(var, None)
+    return env
+
+
+def _free_port() -> int:
+    with contextlib.closing(socket.socket(socket.AF_INET, socket.SOCK_STREAM)) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _wait_ready(url: str, proc: subprocess.Popen, log: Path) -> None:
+    deadline = time.monotonic() + _READY_TIMEOUT_S
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            tail = [ln for ln in log.read_text(errors="replace").splitlines() if ln.strip()]
+            raise TrackingError(
+                f"the bridge tracking server exited ({proc.returncode}): "
+                f"{tail[-1] if tail else 'no output'}"
+            )
+        try:
+            with urllib.request.urlopen(f"{url}/health", timeout=2) as resp:
+                if resp.status == 200:
+                    return
+        except (urllib.error.URLError, OSError):
+            pass
+        time.sleep(0.3)
+    raise TrackingError(f"the bridge tracking server did not answer on {url} within 90 s")
+
+
+@contextlib.contextmanager
+def bridge_server(uri: str, python: Optional[str] = None) -> Iterator[str]:
+    """Run ``mlflow server`` on loopback over the store ``uri``; yield its http URL.
+
+    The server is stopped when the block exits, whatever happens inside.
+    """
+    python = python or server_python()
+    port = _free_port()
+    db = sqlite_path(uri)
+    workdir = db.parent if db else Path(tempfile.gettempdir())
+    url = f"http://127.0.0.1:{port}"
+    with tempfile.NamedTemporaryFile(prefix="dai-mlflow-server-", suffix=".log", delete=False) as f:
+        log = Path(f.name)
+    cmd = [
+        python,
+        "-m",
+        "mlflow",
+        "server",
+        "--backend-store-uri",
+        uri,
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--workers",
+        "1",
+        # What a 3.x client uses for this store: artifacts under <store folder>/mlruns, written
+        # directly by clients (not proxied), so models stay loadable without this server.
+        "--default-artifact-root",
+        str(workdir / "mlruns"),
+        "--no-serve-artifacts",
+    ]
+    env = _clean_env()
+    # The bridge serves one run's REST calls: no background job runner (saves a process).
+    env["MLFLOW_SERVER_ENABLE_JOB_EXECUTION"] = "false"
+    with log.open("wb") as out:
+        proc = subprocess.Popen(
+            cmd,
+            cwd=str(workdir),
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            env=env,
+            start_new_session=True,
+        )
+    try:
+        _wait_ready(url, proc, log)
+        print(
+            f"[dai-mlflow] tracking: {uri} through a loopback mlflow server at {url} ({python})",
+            file=sys.stderr,
+            flush=True,
+        )
+        yield url
+    finally:
+        _stop(proc)
+        with contextlib.suppress(OSError):
+            log.unlink()
+
+
+def _stop(proc: subprocess.Popen) -> None:
+    if proc.poll() is not None:
+        return
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(proc.pid, 15)
+    try:
+        proc.wait(timeout=15)
+    except subprocess.TimeoutExpired:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(proc.pid, 9)
+        proc.wait(timeout=15)
+
+
+@contextlib.contextmanager
+def tracking_store() -> Iterator[str]:
+    """Point this process at a usable tracking store; yield its URI.
+
+    ``MLFLOW_TRACKING_URI`` when set (bridged if it is a sqlite store this mlflow cannot open),
+    else MLflow 3.x's default ``sqlite:///<cwd>/mlflow.db`` (bridged the same way).
+    """
+    import mlflow
+
+    uri = os.environ.get("MLFLOW_TRACKING_URI") or default_tracking_uri()
+    if not needs_bridge(uri):
+        mlflow.set_tracking_uri(uri)
+        yield uri
+        return
+    previous = os.environ.get("MLFLOW_TRACKING_URI")
+    with bridge_server(uri) as url:
+        os.environ["MLFLOW_TRACKING_URI"] = url
+        mlflow.set_tracking_uri(url)
+        try:
+            yield url
+        finally:
+            if previous is None:
+                os.environ.pop("MLFLOW_TRACKING_URI", None)
+            else:
+                os.environ["MLFLOW_TRACKING_URI"] = previous
