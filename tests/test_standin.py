@@ -8,6 +8,7 @@ import csv
 import hashlib
 import json
 import re
+import shutil
 import subprocess
 import sys
 import zipfile
@@ -300,3 +301,16 @@ def test_model_learned_something(standin, problem):
     else:
         base = holdout[build.target].astype(str).value_counts(normalize=True).max()
         assert m["ACCURACY"] > base + 0.03
+
+
+def test_fixture_reuses_a_finished_build_and_rejects_stale_ones(standin, tmp_path):
+    build = standin("2", "regression")
+    assert load_build(build.out_dir) == build
+    copy = tmp_path / "copy"
+    shutil.copytree(build.out_dir, copy)
+    manifest = json.loads((copy / "standin.json").read_text())
+    manifest["builder"] = "0" * 16
+    (copy / "standin.json").write_text(json.dumps(manifest))
+    assert load_build(copy) is None, "a build made by other builder code is stale"
+    assert load_build(copy, current_only=False) is not None
+    (build.out_dir / "standin.json").read_text()  # untouched

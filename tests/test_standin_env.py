@@ -343,3 +343,14 @@ def test_builder_is_byte_identical_on_the_pipelines_own_python(standin_env, tmp_
         )  # fmt: skip
         assert code == 0, err
         assert (there / "scorer.zip").read_bytes() == here.zip_path.read_bytes()
+
+
+@pytest.mark.parametrize("dai_version", LINES)
+def test_example_py_runs_in_the_pipelines_env(standin, standin_env, tmp_path, dai_version):
+    build = standin(dai_version, "multiclass")
+    python = standin_env(dai_version)
+    code, out, err = _run(python, [str(build.folder / "example.py")], tmp_path, build.license_env())
+    assert code == 0, err
+    assert "---------- score a frame ----------" in out
+    assert f"{build.target}.{build.labels[0]}" in out
+    assert (tmp_path / "tmp").is_dir()

@@ -247,7 +247,7 @@ def build_pipeline(out_dir: Path, dai_version: str, problem: str, seed: int = 0)
             json.dumps(stats, indent=2, ensure_ascii=True) + "\n"
         ).encode()
         files["example.py"] = texts.example_py(
-            module, dataset.columns, stats, hold_rows[:3]
+            module, dataset.columns, stats, hold_rows[:15]
         ).encode()
         files["run_example.sh"] = texts.run_example_sh(line).encode()
         files["README.txt"] = texts.readme_txt(

@@ -56,60 +56,83 @@ def _range(stats: Dict[str, Any]) -> str:
     return "levels: " + ", ".join(repr(level) for level in stats["levels"])
 
 
+# DAI data type -> the dtype example.py shows in its header / builds its frame with.
+_HEADER_TYPES = {"real": "float32", "int": "int32", "str": "str"}
+_FRAME_DTYPES = {"real": "float32", "int": "float32", "str": "object"}
+
+
+def _text(value: Any) -> str:
+    return "None" if value is None else repr(str(value))
+
+
 def example_py(
     module: str,
     columns: Sequence[str],
     stats: Dict[str, Dict[str, Any]],
     rows: List[List[Any]],
+    n_single: int = 5,
 ) -> str:
-    """A DAI-style example.py: column table header, ``score`` per row, ``score_batch``."""
-    width = max(len(repr(c)) for c in columns) + 2
-    table = [f"#   {'Column':<{width}} {'Type':<6} Training range"]
+    """A DAI-shaped example.py: a header table of the input columns, ``score`` on single rows
+    (values as text, one per line with the column as comment), ``score_batch`` on a frame built
+    from one ``pd.Series(..., name=..., dtype=...)`` per column, contributions, column names."""
+    width = max(len(c) for c in columns) + 2
+    rule = "# " + "-" * (width + 10 + 40)
+    table = [rule, f"# {'Name':<{width}} {'Type':<9} Range", rule]
     for name in columns:
         st = stats[name]
-        table.append(f"#   {repr(name):<{width}} {st['data_type']:<6} {_range(st)}")
-    calls = []
-    for row in rows:
-        values = ", ".join("None" if v is None else repr(str(v)) for v in row)
-        calls.append(f"print(scorer.score([{values}], apply_data_recipes=False))")
-    frame_rows = ",\n    ".join(
-        "[" + ", ".join("None" if v is None else repr(str(v)) for v in row) + "]" for row in rows
-    )
+        table.append(f"# {name:<{width}} {_HEADER_TYPES[st['data_type']]:<9} {_range(st)}")
+    table.append(rule)
+    singles = []
+    for row in rows[:n_single]:
+        values = "".join(f"    {_text(v)},  # {c}\n" for c, v in zip(columns, row))
+        singles.append(f"print(scorer.score([\n{values}], apply_data_recipes=False))")
+    series = []
+    for j, name in enumerate(columns):
+        values = ", ".join(_text(row[j]) for row in rows)
+        dtype = _FRAME_DTYPES[stats[name]["data_type"]]
+        series.append(f"    pd.Series([{values}], name={name!r}, dtype={dtype!r}),")
+    first = "".join(f"    {_text(v)},  # {c}\n" for c, v in zip(columns, rows[0]))
     return f'''"""Example of scoring with this pipeline ({NOTICE})
 
 Run it with ``bash run_example.sh`` (installs the requirements into ./env first) or, in an env
 that has them, ``python example.py``. A license is required: set DRIVERLESS_AI_LICENSE_KEY or
 DRIVERLESS_AI_LICENSE_FILE, or put it at ~/.driverlessai/license.sig.
 """
-# The model was trained on these input columns:
-#
-{chr(10).join(table)}
-#
 import pandas as pd
 
 from {module} import Scorer
 
-# Create a singleton Scorer once; constructing it is slow, scoring is fast.
+# Input record of Scorer.score(): one value per column, in this order.
+#
+{chr(10).join(table)}
+
+# Constructing a Scorer is slow (license check, start-up): make one and reuse it.
 scorer = Scorer()
 
-# Score one row at a time: values in get_column_names() order, as text or numbers; None = NA.
-{chr(10).join(calls)}
+# One row per call; values may be text, as here, or numbers; None is a missing value.
+print("---------- score one row ----------")
+{chr(10).join(singles)}
 
-# Input and transformed column names.
+# Many rows per call: a pandas frame with the input columns (far faster than row by row).
+print("---------- score a frame ----------")
+columns = [
+{chr(10).join(series)}
+]
+df = pd.concat(columns, axis=1)
+print(scorer.score_batch(df, apply_data_recipes=False))
+
+# Contributions per transformed feature, in margin (link) space: together with the bias they
+# add up to the margin that output_margin=True returns (the two flags are exclusive).
+print("---------- contributions ----------")
+print(scorer.score([
+{first}], pred_contribs=True, apply_data_recipes=False))
+print(scorer.score_batch(df, pred_contribs=True, fast_approx=True, apply_data_recipes=False))
+print(scorer.score_batch(df, output_margin=True, apply_data_recipes=False))
+
+print("---------- column names ----------")
 print(scorer.get_column_names())
 print(scorer.get_transformed_column_names())
 print(scorer.get_target_labels())
-
-# Score a pandas frame in one call (much faster than row by row).
-columns = {list(columns)!r}
-frame = pd.DataFrame([
-    {frame_rows}
-], columns=columns)
-print(scorer.score_batch(frame, apply_data_recipes=False))
-
-# Per-feature contributions in link space; with contrib_bias they add up to the margin.
-print(scorer.score_batch(frame, pred_contribs=True, fast_approx=True, apply_data_recipes=False))
-print(scorer.score_batch(frame, output_margin=True, apply_data_recipes=False))
 '''
 
 

@@ -45,13 +45,12 @@ def parse_text(values: Any) -> np.ndarray:
     """Categorical values as an object array of str, with None for missing."""
     series = values if isinstance(values, pd.Series) else pd.Series(values, dtype=object)
     series = series.astype(object)
-    missing = series.isna().to_numpy()
-    out = np.empty(len(series), dtype=object)
-    raw = series.to_numpy()
-    for i in np.flatnonzero(~missing):
-        text = str(raw[i])
-        out[i] = None if text in NA_STRINGS else text
-    return out
+    # np.array copies: pandas' copy-on-write hands out read-only views.
+    text = np.array(series.astype(str).to_numpy(dtype=object), dtype=object)
+    missing = np.array(series.isna().to_numpy(), dtype=bool)
+    missing |= pd.Series(text, dtype=object).isin(NA_STRINGS).to_numpy()
+    text[missing] = None
+    return text
 
 
 def column_values(frame: pd.DataFrame, columns: Sequence[Dict[str, Any]]) -> Dict[str, np.ndarray]:
