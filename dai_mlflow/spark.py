@@ -170,18 +170,60 @@ def _model_python(local_dir: Path, model: object) -> str:
 
 
 def download_model(model_uri: str, dst: Optional[Path] = None) -> Path:
-    """Download (or locate) a model and return its local folder."""
+    """Download (or locate) a model and return its local folder.
+
+    ``models:/`` and ``runs:/`` URIs are resolved through ``dai_mlflow.tracking``, which bridges
+    an MLflow 2.x driver (the Python 3.8 Spark venv) to a sqlite store made by MLflow 3.x.
+    """
     import mlflow.artifacts
 
     if Path(model_uri).is_dir():
         return Path(model_uri).resolve()
+    scheme = model_uri.split(":", 1)[0] if ":" in model_uri else ""
+    store = contextlib.nullcontext()
+    if scheme in ("models", "runs"):
+        from dai_mlflow.tracking import tracking_store
+
+        store = tracking_store()
     try:
-        path = mlflow.artifacts.download_artifacts(
-            artifact_uri=model_uri, dst_path=str(dst) if dst else None
-        )
+        with store:
+            path = mlflow.artifacts.download_artifacts(
+                artifact_uri=model_uri, dst_path=str(dst) if dst else None
+            )
+    except DaiMlflowError:
+        raise
     except Exception as e:
         raise SparkScoringError(f"cannot download model {model_uri}: {_one_line(e)}") from e
     return Path(path)
+
+
+def input_columns(path: str, input_format: Optional[str] = None) -> Optional[List[str]]:
+    """Column names of a local csv/parquet input without starting Spark; None if unknown."""
+    local = Path(path)
+    if not local.exists():
+        return None
+    try:
+        fmt = input_format or _format_of(path)
+        files = sorted(p for p in local.rglob("*") if p.is_file()) if local.is_dir() else [local]
+        files = [f for f in files if not f.name.startswith((".", "_"))]
+        if not files:
+            return None
+        if fmt == "csv":
+            return list(pd.read_csv(files[0], nrows=0).columns)
+        import pyarrow.parquet as pq
+
+        return list(pq.read_schema(str(files[0])).names)
+    except Exception:  # an unreadable file is reported by Spark, with its own message
+        return None
+
+
+def precheck(model_dir: Path, input_path: str, input_format: Optional[str] = None) -> ModelSpec:
+    """Fail fast, before Spark starts: the model is scorable and a local input has its columns."""
+    spec = ModelSpec.from_dir(model_dir)
+    columns = input_columns(input_path, input_format)
+    if columns is not None:
+        validate_input(spec, columns)
+    return spec
 
 
 # ----------------------------------------------------------------------------- driver side
@@ -215,7 +257,9 @@ def thread_env(spark: object) -> Dict[str, str]:
 
 
 @contextlib.contextmanager
-def _worker_environment(spark: object, update: Dict[str, str]) -> Iterator[None]:
+def _worker_environment(
+    spark: object, defaults: Dict[str, str], overrides: Dict[str, str]
+) -> Iterator[None]:
     """Variables for Python workers started for UDFs created inside the block.
 
     PySpark copies ``SparkContext.environment`` into each UDF when the UDF column is built, and
@@ -224,8 +268,9 @@ def _worker_environment(spark: object, update: Dict[str, str]) -> Iterator[None]
     """
     env = spark.sparkContext.environment
     saved = dict(env)
-    for key, value in update.items():
+    for key, value in defaults.items():
         env.setdefault(key, value)
+    env.update(overrides)
     try:
         yield
     finally:
@@ -252,6 +297,8 @@ def score(
     partitions: Optional[int] = None,
     batch_size: Optional[int] = None,
     add_metadata: bool = False,
+    env: Optional[Dict[str, str]] = None,
+    source_uri: Optional[str] = None,
 ) -> object:
     """Add the DAI output columns of ``model_uri`` to ``df``, scored with ``spark_udf``.
 
@@ -265,6 +312,9 @@ def score(
         batch_size: rows per Arrow batch; sets ``spark.sql.execution.arrow.maxRecordsPerBatch``
             on the session when given.
         add_metadata: also add ``model_uri`` and ``scored_at`` (timestamp) columns.
+        env: variables for the model on the workers, e.g. ``DRIVERLESS_AI_LICENSE_KEY`` from a
+            secret store (workers otherwise see the environment Spark started with).
+        source_uri: the URI written to the ``model_uri`` column (default: ``model_uri``).
 
     Returns:
         A lazy DataFrame: the input columns plus one column per DAI output column. Errors in the
@@ -297,6 +347,7 @@ def score(
     extra_env.update(
         {k: os.environ[k] for k in ("MLFLOW_SCORING_SERVER_REQUEST_TIMEOUT",) if k in os.environ}
     )
+    extra_env.update(env or {})
     try:
         with patched_environ(build_env):
             mlflow_udf = mlflow.pyfunc.spark_udf(
@@ -322,12 +373,15 @@ def score(
         for name, _ in spec.inputs
         if name in df.columns
     ]
-    with _worker_environment(spark, thread_env(spark)):
+    with _worker_environment(spark, thread_env(spark), dict(env or {})):
         scored = laid_out.withColumn(PRED_COLUMN, guarded(F.struct(*model_cols)))
     out = [F.col(_q(c)) for c in df.columns]
     out += [F.col(PRED_COLUMN).getField(name).alias(name) for name in spec.output_names]
     if add_metadata:
-        out += [F.lit(model_uri).alias("model_uri"), F.current_timestamp().alias("scored_at")]
+        out += [
+            F.lit(source_uri or model_uri).alias("model_uri"),
+            F.current_timestamp().alias("scored_at"),
+        ]
     return scored.select(*out)
 
 
@@ -534,10 +588,13 @@ def worker_hooks(env_manager: str) -> Iterator[None]:
 
 
 def read_input(spark: object, path: str, input_format: Optional[str] = None) -> object:
-    """Read csv (header row, inferred types) or parquet; the format follows the extension."""
+    """Read csv (RFC 4180: header row, ``""`` escapes; inferred types) or parquet.
+
+    The format follows the extension unless ``input_format`` is given.
+    """
     fmt = input_format or _format_of(path)
     if fmt == "csv":
-        return spark.read.csv(path, header=True, inferSchema=True)
+        return spark.read.csv(path, header=True, inferSchema=True, escape='"', multiLine=False)
     return spark.read.parquet(path)
 
 
@@ -634,6 +691,8 @@ def score_to_path(
     partitions: Optional[int] = None,
     batch_size: Optional[int] = DEFAULT_BATCH_SIZE,
     add_metadata: bool = False,
+    env: Optional[Dict[str, str]] = None,
+    source_uri: Optional[str] = None,
 ) -> None:
     """Read ``input_path``, score it with :func:`score`, write parquet to ``output_path``.
 
@@ -661,6 +720,8 @@ def score_to_path(
             partitions=partitions,
             batch_size=batch_size,
             add_metadata=add_metadata,
+            env=env,
+            source_uri=source_uri,
         )
         write_atomically(spark, scored, output_path)
     finally:

@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import os
 import sys
+import tempfile
+from pathlib import Path
 from typing import Optional
 
 import click
@@ -27,7 +29,13 @@ if _ROOT not in sys.path:
 
 from dai_mlflow.envmanagers import ENV_MANAGERS  # noqa: E402
 from dai_mlflow.errors import DaiMlflowError  # noqa: E402
-from dai_mlflow.spark import DEFAULT_BATCH_SIZE, INPUT_FORMATS, score_to_path  # noqa: E402
+from dai_mlflow.spark import (  # noqa: E402
+    DEFAULT_BATCH_SIZE,
+    INPUT_FORMATS,
+    download_model,
+    precheck,
+    score_to_path,
+)
 
 
 def build_session(master: str, log_level: str = "FATAL") -> object:
@@ -93,18 +101,23 @@ def main(
     """Score INPUT with the model and write OUTPUT as parquet."""
     spark = None
     try:
-        spark = build_session(master, log_level)
-        score_to_path(
-            spark,
-            model_uri,
-            input_path,
-            output_path,
-            env_manager,
-            input_format=input_format,
-            partitions=partitions,
-            batch_size=batch_size,
-            add_metadata=add_metadata,
-        )
+        with tempfile.TemporaryDirectory(prefix="dai-mlflow-score-") as tmp:
+            # Model and input columns are checked before Spark starts: bad input fails in seconds.
+            model_dir = download_model(model_uri, Path(tmp))
+            precheck(model_dir, input_path, input_format)
+            spark = build_session(master, log_level)
+            score_to_path(
+                spark,
+                str(model_dir),
+                input_path,
+                output_path,
+                env_manager,
+                input_format=input_format,
+                partitions=partitions,
+                batch_size=batch_size,
+                add_metadata=add_metadata,
+                source_uri=model_uri,
+            )
     except DaiMlflowError as e:
         raise click.ClickException(str(e)) from e
     finally:

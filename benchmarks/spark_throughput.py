@@ -1,0 +1,171 @@
+"""Rows/s of a DAI model: raw ``Scorer.score_batch`` vs ``spark_udf`` (local and uv).
+
+    venvs/launcher/bin/python benchmarks/spark_throughput.py [--dai-version 2] [--problem binary]
+        [--rows 1000000] [--batch-size 20000] [--cores N] [--skip-uv]
+
+By default the model is the DAI-shaped stand-in logged by the tests' fixture (cached under
+``tests/.cache``); ``--model-uri URI --sample CSV`` benchmarks any logged model instead. The
+sample rows are repeated to ``--rows`` rows of parquet. Three measurements, each timing only the
+scoring (not Spark start-up or env builds):
+
+1. raw: ``Scorer().score_batch`` over batches of ``--batch-size`` rows in one process (one core),
+   in the model's Spark venv (``dai_mlflow.spark_env``, the env ``make spark-venv`` builds);
+2. spark_udf local: ``dai_mlflow.spark.score`` in that venv, ``local[cores]``;
+3. spark_udf uv: the same from this (launcher) interpreter with ``env_manager="uv"``.
+
+It prints rows/s, rows/s per core and the ratio to raw per core (target: local >= 0.8).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Dict, List, Optional
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+if str(REPO_ROOT) not in sys.path:
+    sys.path.insert(0, str(REPO_ROOT))
+
+_RAW = r"""
+import importlib, json, os, sys, time
+import pandas as pd
+path, module, batch = sys.argv[1], sys.argv[2], int(sys.argv[3])
+df = pd.read_parquet(path)
+scorer = importlib.import_module(module).Scorer()
+scorer.score_batch(df.iloc[:100])
+start = time.perf_counter()
+rows = 0
+for i in range(0, len(df), batch):
+    rows += len(scorer.score_batch(df.iloc[i:i + batch]))
+print(json.dumps({"rows": rows, "seconds": time.perf_counter() - start}))
+"""
+
+
+def _spark_phase(args: argparse.Namespace) -> Dict[str, float]:
+    """Inside one interpreter: score the parquet with spark_udf and time the action."""
+    from pyspark.sql import SparkSession
+
+    from dai_mlflow.spark import score
+
+    os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
+    spark = (
+        SparkSession.builder.master(f"local[{args.cores}]")
+        .config("spark.ui.enabled", "false")
+        .config("spark.executorEnv.PYTHONPATH", str(REPO_ROOT))
+        .getOrCreate()
+    )
+    spark.sparkContext.setLogLevel("FATAL")
+    try:
+        df = spark.read.parquet(args.data)
+        rows = df.count()
+        scored = score(spark, args.model_uri, df, args.phase, batch_size=args.batch_size)
+        start = time.perf_counter()
+        scored.write.format("noop").mode("overwrite").save()
+        seconds = time.perf_counter() - start
+    finally:
+        spark.stop()
+    return {"rows": rows, "seconds": seconds}
+
+
+def _run_json(cmd: List[str], env: Dict[str, str]) -> Dict[str, float]:
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, cwd=tempfile.mkdtemp())
+    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("{")]
+    if proc.returncode != 0 or not lines:
+        sys.stderr.write(proc.stderr[-4000:])
+        raise SystemExit(f"benchmark step failed: {' '.join(cmd[:3])} ... (exit {proc.returncode})")
+    return json.loads(lines[-1])
+
+
+def _prepare(args: argparse.Namespace) -> Dict[str, str]:
+    """Model URI, sample, license env; the Spark venv; the parquet of --rows rows."""
+    import pandas as pd
+
+    from dai_mlflow.spark_env import build_spark_env
+
+    env = dict(os.environ)
+    if args.model_uri:
+        sample = Path(args.sample)
+    else:
+        from tests.fixtures_model import get_logged_model
+
+        model = get_logged_model(args.dai_version, args.problem)
+        args.model_uri = str(model.local_dir)
+        sample = model.build.sample_input_csv
+        env.update(model.license_env)
+    venv = REPO_ROOT / "tests" / ".cache" / "venvs" / f"spark-bench-{args.dai_version}"
+    python, _ = build_spark_env(args.model_uri, venv, quiet=True)
+    base = pd.read_csv(sample)
+    reps = -(-args.rows // len(base))
+    data = pd.concat([base] * reps, ignore_index=True).iloc[: args.rows]
+    out = Path(tempfile.mkdtemp(prefix="dai-mlflow-bench-")) / "input.parquet"
+    data.to_parquet(out, index=False)
+    env["DAI_MLFLOW_BENCH_PYTHON"] = str(python)
+    env["DAI_MLFLOW_BENCH_DATA"] = str(out)
+    return env
+
+
+def _scorer_module(model_uri: str) -> str:
+    import yaml
+
+    mlmodel = yaml.safe_load((Path(model_uri) / "MLmodel").read_text())
+    config = mlmodel["flavors"]["python_function"].get("config") or {}
+    module = config.get("scorer_module") or mlmodel.get("metadata", {}).get("scorer_module")
+    if not module:
+        raise SystemExit("cannot find the scorer module in MLmodel's model_config")
+    return str(module)
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    """Run the three measurements and print the table."""
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--dai-version", default="2", choices=("1.10", "2"))
+    parser.add_argument("--problem", default="binary")
+    parser.add_argument("--model-uri", help="a local model folder (default: the stand-in)")
+    parser.add_argument("--sample", help="csv of input rows for --model-uri")
+    parser.add_argument("--rows", type=int, default=1_000_000)
+    parser.add_argument("--batch-size", type=int, default=20000)
+    parser.add_argument("--cores", type=int, default=os.cpu_count() or 1)
+    parser.add_argument("--skip-uv", action="store_true")
+    parser.add_argument("--phase", choices=("local", "uv"), help=argparse.SUPPRESS)
+    parser.add_argument("--data", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.phase:
+        print(json.dumps(_spark_phase(args)))
+        return 0
+    env = _prepare(args)
+    python, data = env["DAI_MLFLOW_BENCH_PYTHON"], env["DAI_MLFLOW_BENCH_DATA"]
+    module = _scorer_module(args.model_uri)
+    results = {"raw": _run_json([python, "-c", _RAW, data, module, str(args.batch_size)], env)}
+    common = [
+        "--model-uri",
+        args.model_uri,
+        "--data",
+        data,
+        "--cores",
+        str(args.cores),
+        "--batch-size",
+        str(args.batch_size),
+    ]
+    me = str(Path(__file__).resolve())
+    results["spark_udf local"] = _run_json([python, me, "--phase", "local", *common], env)
+    if not args.skip_uv:
+        results["spark_udf uv"] = _run_json([sys.executable, me, "--phase", "uv", *common], env)
+    raw_per_core = results["raw"]["rows"] / results["raw"]["seconds"]
+    print(f"model {args.model_uri}, {args.rows} rows, batch {args.batch_size}, {args.cores} cores")
+    print(f"{'':18}{'rows/s':>12}{'cores':>7}{'rows/s/core':>13}{'x raw/core':>12}")
+    for name, r in results.items():
+        cores = 1 if name == "raw" else args.cores
+        rate = r["rows"] / r["seconds"]
+        ratio = rate / cores / raw_per_core
+        print(f"{name:18}{rate:12.0f}{cores:7d}{rate / cores:13.0f}{ratio:12.2f}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,118 @@
+"""Spark fixtures (loaded by tests/conftest.py when present).
+
+- ``spark``: one local Spark session for the whole test run (``local[1]``, no UI, workers run
+  this interpreter and can import ``dai_mlflow``); stopped at the end.
+- ``spark_venv(model) -> Path``: python of the model's Spark venv, built by
+  ``dai_mlflow.spark_env`` (what ``make spark-venv`` builds) under ``tests/.cache/venvs``,
+  behind a file lock and reused while the model's env spec is unchanged.
+- ``expected_scores(model, input_csv) -> DataFrame``: the scorer's own ``score_batch`` on the
+  csv, computed in the model's own env (``row_id`` = csv row number, then DAI's columns).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Callable, Dict
+
+import pandas as pd
+import pytest
+from filelock import FileLock
+
+from tests.fixtures_model import LoggedDaiModel, model_python, run_env
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+CACHE = REPO_ROOT / "tests" / ".cache"
+
+_SCORE_BATCH = r"""
+import importlib, os, sys
+import pandas as pd
+csv, module, out = sys.argv[1], sys.argv[2], sys.argv[3]
+frame = pd.read_csv(csv)
+os.chdir(os.environ["WORKDIR"])
+scorer = importlib.import_module(module).Scorer()
+scores = scorer.score_batch(frame[list(scorer.get_column_names())])
+scores.insert(0, "row_id", range(len(frame)))
+scores.to_csv(out, index=False)
+"""
+
+
+@pytest.fixture(scope="session")
+def spark():
+    """The shared local Spark session."""
+    from pyspark.sql import SparkSession
+
+    os.environ["PYSPARK_PYTHON"] = sys.executable
+    session = (
+        SparkSession.builder.master("local[1]")
+        .appName("dai-mlflow-tests")
+        .config("spark.ui.enabled", "false")
+        .config("spark.sql.shuffle.partitions", "1")
+        .config("spark.executorEnv.PYTHONPATH", str(REPO_ROOT))
+        .getOrCreate()
+    )
+    session.sparkContext.setLogLevel("FATAL")
+    yield session
+    session.stop()
+
+
+def get_spark_venv(model: LoggedDaiModel) -> Path:
+    """Python of the model's Spark venv (its env + pyspark), cached per line and problem."""
+    from dai_mlflow.spark_env import spec_for_model_dir
+    from dai_mlflow.venvs import ensure_venv
+
+    dest = CACHE / "venvs" / f"spark-{model.build.dai_line}-{model.build.problem}"
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(dest) + ".lock"):
+        python, _ = ensure_venv(
+            spec_for_model_dir(model.local_dir), dest, quiet=True, progress=lambda _m: None
+        )
+    return python
+
+
+@pytest.fixture(scope="session")
+def spark_venv() -> Callable[[LoggedDaiModel], Path]:
+    """Factory: ``spark_venv(model)`` → python of ``dai_mlflow.spark_env``'s venv for it."""
+    return get_spark_venv
+
+
+def get_expected_scores(model: LoggedDaiModel, input_csv: Path) -> pd.DataFrame:
+    """``Scorer().score_batch`` of ``input_csv`` in the model's env, cached by content."""
+    digest = hashlib.sha256(input_csv.read_bytes())
+    digest.update(json.dumps([str(model.local_dir), model.build.module_name]).encode())
+    out = CACHE / "expected" / f"{digest.hexdigest()[:16]}.csv"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(out) + ".lock"):
+        if not out.is_file():
+            workdir = out.with_suffix(".work")
+            workdir.mkdir(exist_ok=True)
+            env: Dict[str, str] = {**run_env(model.license_env), "WORKDIR": str(workdir)}
+            tmp = out.with_suffix(".part")
+            proc = subprocess.run(
+                [
+                    str(model_python(model)),
+                    "-c",
+                    _SCORE_BATCH,
+                    str(input_csv),
+                    model.build.module_name,
+                    str(tmp),
+                ],
+                cwd=str(workdir),
+                env=env,
+                capture_output=True,
+                text=True,
+                timeout=600,
+            )
+            assert proc.returncode == 0, proc.stderr[-3000:]
+            tmp.replace(out)
+    return pd.read_csv(out)
+
+
+@pytest.fixture(scope="session")
+def expected_scores() -> Callable[[LoggedDaiModel, Path], pd.DataFrame]:
+    """Factory: ``expected_scores(model, csv)`` → row_id + DAI's output columns."""
+    return get_expected_scores
