@@ -86,13 +86,14 @@ def run_command_in_process(command: str, work_dir: str) -> int:
 
 
 def _tracking_context() -> contextlib.AbstractContextManager:
-    """The project's embedded tracking default, when the library provides one."""
-    try:
-        from dai_mlflow import tracking
-    except ImportError:
-        return contextlib.nullcontext()
-    factory = getattr(tracking, "embedded_tracking", None)
-    return factory() if factory else contextlib.nullcontext()
+    """The store `mlflow run` would use: MLFLOW_TRACKING_URI, else the embedded default.
+
+    `mlflow run` (MLflow 3.x) defaults to `sqlite:///<cwd>/mlflow.db`; the project env may run
+    MLflow 2.17, which cannot open that store, so the library bridges it (dai_mlflow.tracking).
+    """
+    from dai_mlflow.tracking import tracking_store
+
+    return tracking_store()
 
 
 def debug_run(
