@@ -46,7 +46,10 @@ def test_layout_names_and_wheel_tags(standin, dai_version, problem):
     line = DAI_LINES[dai_version]
     with zipfile.ZipFile(build.zip_path) as zf:
         names = zf.namelist()
+        modes = {i.filename: i.external_attr >> 16 for i in zf.infolist()}
     assert names == sorted(names)
+    assert modes["scoring-pipeline/run_example.sh"] == 0o100755
+    assert modes["scoring-pipeline/requirements.txt"] == 0o100644
     assert all(n.startswith("scoring-pipeline/") for n in names)
     key = build.experiment_key
     module = "scoring_h2oai_experiment_" + key.replace("-", "_")
@@ -170,7 +173,9 @@ def test_data_files_stats_summary_and_example(standin, dai_version, problem):
     assert ".score([" in example
     for column in build.input_columns:
         assert repr(column) in example, "the header lists every input column"
-    assert "stand-in" in (build.folder / "README.txt").read_text()
+    readme = (build.folder / "README.txt").read_text()
+    assert "stand-in" in readme
+    assert "contrib_bias.<label>" in readme, "the multiclass contribution scheme is documented"
 
 
 def test_two_builds_are_byte_identical(tmp_path):

@@ -160,6 +160,8 @@ def test_scorer_api_in_fresh_venv(standin, standin_env, tmp_path, dai_version, p
     assert "License is valid" in log
     signature = build.license_path.read_text().strip().splitlines()[-1].split(":", 1)[1]
     assert signature not in log, "the license text is never logged"
+    assert "License manager initialized" in err, "start-up is logged to the console, like DAI"
+    assert signature not in err + out
 
 
 _CONSTRUCT = "import sys; m = __import__(sys.argv[1]); m.Scorer(); print('constructed')"

@@ -68,6 +68,7 @@ class StandinBuild:
         holdout_csv: input columns plus the target.
         experiment_wheel / core_wheel / h2o4gpu_wheel: wheel file names inside ``folder``.
         input_columns: input column names in ``get_column_names()`` order.
+        seed: the seed the build was made with.
     """
 
     out_dir: Path
@@ -88,6 +89,7 @@ class StandinBuild:
     core_wheel: str
     h2o4gpu_wheel: str
     input_columns: Tuple[str, ...]
+    seed: int = 0
 
     def license_env(self) -> Dict[str, str]:
         """Env vars that point the scorer at this build's license."""
@@ -305,10 +307,10 @@ def build_pipeline(out_dir: Path, dai_version: str, problem: str, seed: int = 0)
         core_wheel=core.name,
         h2o4gpu_wheel=gpu.name,
         input_columns=tuple(dataset.columns),
+        seed=seed,
     )
     manifest = {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(build).items()}
     manifest["builder"] = builder_fingerprint()
-    manifest["seed"] = seed
     (out_dir / MANIFEST_NAME).write_text(json.dumps(manifest, indent=2) + "\n")
     return build
 
@@ -321,7 +323,6 @@ def load_build(out_dir: Path, current_only: bool = True) -> Optional[StandinBuil
     try:
         data = json.loads((Path(out_dir) / MANIFEST_NAME).read_text())
         builder = data.pop("builder", None)
-        data.pop("seed", None)
         if current_only and builder != builder_fingerprint():
             return None
         fields = {}

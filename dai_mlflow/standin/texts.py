@@ -179,6 +179,16 @@ PYTHON API
   scorer.score_batch(frame, pred_contribs=True)   # contributions in link space, plus bias
   scorer.get_target_labels(), scorer.get_transformed_column_names(), scorer.get_pred_columns()
 
+OUTPUT COLUMNS (scorer.get_pred_columns(output_margin, pred_contribs))
+  default            regression: <target>; classification: <target>.<label> per class
+  output_margin      regression: <target>; binary: <target>.<positive label> (log-odds);
+                     multiclass: <target>.<label> per class (softmax inputs)
+  pred_contribs      regression, binary: contrib_<transformed feature> ... contrib_bias;
+                     multiclass: that block once per class, each name suffixed .<label>
+                     (contrib_<feature>.<label> ... contrib_bias.<label>), classes in label order
+  Contributions are exact and in margin space: each block adds up to the margin of its output.
+  output_margin and pred_contribs cannot be combined. score() returns the same values, as a list.
+
 LICENSE SPECIFICATION
   The scorer needs a license, looked up in this order:
   DRIVERLESS_AI_LICENSE_KEY (base64 of the license file), DRIVERLESS_AI_LICENSE_FILE (its path),

@@ -16,7 +16,9 @@ from typing import Dict, Iterable, Mapping, Sequence
 
 FIXED_DATE_TIME = (1980, 1, 1, 0, 0, 0)
 _FILE_MODE = 0o100644
+_EXEC_MODE = 0o100755
 _DIR_MODE = 0o040755
+EXECUTABLE_SUFFIXES = (".sh",)
 
 
 def _info(name: str, mode: int) -> zipfile.ZipInfo:
@@ -36,7 +38,10 @@ def write_zip(path: Path, files: Mapping[str, bytes], folders: Iterable[str] = (
     path.parent.mkdir(parents=True, exist_ok=True)
     with zipfile.ZipFile(path, "w") as zf:
         for name in sorted(entries):
-            mode = _DIR_MODE if name.endswith("/") else _FILE_MODE
+            if name.endswith("/"):
+                mode = _DIR_MODE
+            else:
+                mode = _EXEC_MODE if name.endswith(EXECUTABLE_SUFFIXES) else _FILE_MODE
             zf.writestr(_info(name, mode), entries[name])
     return path
 

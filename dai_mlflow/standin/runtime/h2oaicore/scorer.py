@@ -14,6 +14,7 @@ from __future__ import annotations
 import datetime
 import json
 import os
+import sys
 import time
 from typing import Any, List, Optional, Sequence
 
@@ -43,9 +44,10 @@ class StandinScorer:
         )
         self._log_path = os.path.join(tmp_dir, f"h2oai_experiment_{self._experiment_key}.log")
         self._log(STANDIN_NOTICE)
-        self._log("License manager initialized")
+        self._log("License manager initialized", console=True)
         source, fields = load_license()
-        self._log(f"License is valid (from {source}, serial {fields.get('serial_number', '?')})")
+        serial = fields.get("serial_number", "?")
+        self._log(f"License is valid (from {source}, serial {serial})", console=True)
         with open(os.path.join(self._package_dir, self._model_file), encoding="utf-8") as f:
             self._model = Model(json.load(f))
         self._log(f"experiment_tmp_dir = ./tmp/h2oai_experiment_{self._experiment_key}")
@@ -54,10 +56,14 @@ class StandinScorer:
             time.sleep(remaining)
         self._log(f"Scorer ready in {time.monotonic() - started:.2f}s")
 
-    def _log(self, message: str) -> None:
+    def _log(self, message: str, console: bool = False) -> None:
         stamp = datetime.datetime.now().strftime("%Y-%m-%d %H:%M:%S")
+        line = f"{stamp} INFO {message}\n"
         with open(self._log_path, "a", encoding="utf-8") as f:
-            f.write(f"{stamp} INFO {message}\n")
+            f.write(line)
+        if console:
+            # DAI's scorer logs its start-up to the console too; stderr keeps stdout clean.
+            sys.stderr.write(line)
 
     def get_column_names(self) -> List[str]:
         """Input column names, in the order ``score()`` expects values."""
