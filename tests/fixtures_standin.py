@@ -14,6 +14,8 @@ Run code in that env with a subprocess, from a writable cwd, with ``build.licens
 
 from __future__ import annotations
 
+import os
+import shutil
 from pathlib import Path
 from typing import Callable, Dict, List
 
@@ -27,13 +29,27 @@ CACHE = Path(__file__).resolve().parent / ".cache"
 
 
 def get_standin(dai_version: str, problem: str) -> StandinBuild:
-    """Build (or reuse) the cached stand-in pipeline for a line and a problem."""
+    """Build (or reuse) the cached stand-in pipeline for a line and a problem.
+
+    A stale build is replaced by building beside it and swapping folders, so a test session
+    still reading the old folder sees it whole or gone, never half-written.
+    """
     out_dir = CACHE / "standin" / f"{dai_version}-{problem}"
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     with FileLock(str(out_dir) + ".lock"):
         build = load_build(out_dir)
-        if build is None:
-            build = build_pipeline(out_dir, dai_version, problem, seed=0)
+        if build is not None:
+            return build
+        fresh = out_dir.with_name(out_dir.name + f".new-{os.getpid()}")
+        old = out_dir.with_name(out_dir.name + f".old-{os.getpid()}")
+        shutil.rmtree(fresh, ignore_errors=True)
+        build_pipeline(fresh, dai_version, problem, seed=0)
+        if out_dir.exists():
+            out_dir.rename(old)
+        fresh.rename(out_dir)
+        shutil.rmtree(old, ignore_errors=True)
+        build = load_build(out_dir)
+        assert build is not None, f"{out_dir}: the fresh build has no readable manifest"
         return build
 
 

@@ -313,9 +313,12 @@ def test_fixture_reuses_a_finished_build_and_rejects_stale_ones(standin, tmp_pat
     assert load_build(build.out_dir) == build
     copy = tmp_path / "copy"
     shutil.copytree(build.out_dir, copy)
+    moved = load_build(copy)
+    assert moved is not None
+    assert moved.zip_path == copy / "scorer.zip", "manifest paths are relative"
+    assert moved.experiment_key == build.experiment_key
     manifest = json.loads((copy / "standin.json").read_text())
     manifest["builder"] = "0" * 16
     (copy / "standin.json").write_text(json.dumps(manifest))
     assert load_build(copy) is None, "a build made by other builder code is stale"
     assert load_build(copy, current_only=False) is not None
-    (build.out_dir / "standin.json").read_text()  # untouched

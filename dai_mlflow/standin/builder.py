@@ -309,7 +309,12 @@ def build_pipeline(out_dir: Path, dai_version: str, problem: str, seed: int = 0)
         input_columns=tuple(dataset.columns),
         seed=seed,
     )
-    manifest = {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(build).items()}
+    # Paths relative to out_dir, so a finished build can be moved (the test cache swaps folders).
+    manifest = {
+        k: (v.relative_to(out_dir).as_posix() if isinstance(v, Path) else v)
+        for k, v in asdict(build).items()
+        if k != "out_dir"
+    }
     manifest["builder"] = builder_fingerprint()
     (out_dir / MANIFEST_NAME).write_text(json.dumps(manifest, indent=2) + "\n")
     return build
@@ -320,20 +325,21 @@ def load_build(out_dir: Path, current_only: bool = True) -> Optional[StandinBuil
 
     With ``current_only``, a build made by a different version of this builder counts as none.
     """
+    out_dir = Path(out_dir).resolve()
     try:
-        data = json.loads((Path(out_dir) / MANIFEST_NAME).read_text())
+        data = json.loads((out_dir / MANIFEST_NAME).read_text())
         builder = data.pop("builder", None)
         if current_only and builder != builder_fingerprint():
             return None
-        fields = {}
+        fields: Dict[str, object] = {"out_dir": out_dir}
         for name, value in data.items():
             if name in ("labels", "input_columns"):
                 fields[name] = None if value is None else tuple(value)
-            elif name in ("out_dir", "zip_path", "folder", "license_path") or name.endswith("_csv"):
-                fields[name] = Path(value)
+            elif name in ("zip_path", "folder", "license_path") or name.endswith("_csv"):
+                fields[name] = out_dir / value
             else:
                 fields[name] = value
-        build = StandinBuild(**fields)
+        build = StandinBuild(**fields)  # type: ignore[arg-type]
     except (OSError, ValueError, TypeError):
         return None
     if not (build.zip_path.is_file() and build.folder.is_dir() and build.license_path.is_file()):
