@@ -106,8 +106,13 @@ def test_wheels_are_valid_and_reproducible_archives(standin, dai_version):
             raw = base64.urlsafe_b64encode(hashlib.sha256(contents[name]).digest()).rstrip(b"=")
             assert digest == "sha256=" + raw.decode()
             assert int(size) == len(contents[name])
-    _, meta, *_ = _wheel_meta(build.folder / build.experiment_wheel)
+    _, meta, _, _, contents = _wheel_meta(build.folder / build.experiment_wheel)
     assert f"Requires-Dist: h2oaicore=={line.dai_version}\n" in meta
+    module = build.module_name
+    assert {f"{module}/__init__.py", f"{module}/scorer.py", f"{module}/fitted_model.json"} <= set(
+        contents
+    )
+    assert not any(n.endswith((".pickle", ".pkl")) for n in contents), "JSON, never pickle"
     _, meta, *_ = _wheel_meta(build.folder / build.core_wheel)
     assert f"Requires-Python: =={line.python}.*" in meta
     assert f"Requires-Dist: {line.pin('numpy')}" in meta
@@ -241,6 +246,10 @@ def test_license_lookup_order_and_rejections(standin, monkeypatch, tmp_path):
     monkeypatch.setenv("DRIVERLESS_AI_LICENSE_FILE", str(build.license_path))
     assert licensing.load_license()[0] == "DRIVERLESS_AI_LICENSE_FILE"
     monkeypatch.setenv("DRIVERLESS_AI_LICENSE_KEY", base64.b64encode(text.encode()).decode())
+    assert licensing.load_license()[0] == "DRIVERLESS_AI_LICENSE_KEY"
+    wrapped = base64.encodebytes(text.replace("\n", "\r\n").encode()).decode()  # as `base64` does
+    assert "\n" in wrapped.strip()
+    monkeypatch.setenv("DRIVERLESS_AI_LICENSE_KEY", wrapped)
     assert licensing.load_license()[0] == "DRIVERLESS_AI_LICENSE_KEY"
     made_up = base64.b64encode(b"license_version:1\nsignature:" + b"0" * 64).decode()
     monkeypatch.setenv("DRIVERLESS_AI_LICENSE_KEY", made_up)

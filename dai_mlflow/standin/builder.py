@@ -219,7 +219,7 @@ def build_pipeline(out_dir: Path, dai_version: str, problem: str, seed: int = 0)
         exp = build_wheel(
             wheel_dir, module, "1.0.0", "py3-none-any",
             {
-                f"{module}/__init__.py": texts.experiment_module(key, module).encode(),
+                **{n: src.encode() for n, src in texts.experiment_module(key, module).items()},
                 f"{module}/fitted_model.json": model_bytes,
             },
             summary=f"Scoring module of experiment {key} ({texts.NOTICE})",

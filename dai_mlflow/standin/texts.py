@@ -16,12 +16,11 @@ NOTICE = (
     "It contains no H2O.ai code or text."
 )
 
-_MODULE_TEMPLATE = '''"""Scoring module of experiment {key} ({notice})
+_INIT_TEMPLATE = '''"""Scoring module of experiment {key} ({notice})
 
 Usage, as with DAI: ``from {module} import Scorer; scorer = Scorer()`` (needs a license).
 """
 
-import os
 import sys
 
 # Native libraries loaded by DAI scorers query the process's stdout/stderr file descriptors
@@ -29,7 +28,16 @@ import sys
 sys.stdout.fileno()
 sys.stderr.fileno()
 
-from h2oaicore.scorer import StandinScorer as _StandinScorer  # noqa: E402
+from .scorer import SCORING_MODULE_HASH, Scorer  # noqa: E402
+
+__all__ = ["Scorer", "SCORING_MODULE_HASH"]
+'''
+
+_SCORER_TEMPLATE = '''"""The Scorer of experiment {key} ({notice})"""
+
+import os
+
+from h2oaicore.scorer import StandinScorer as _StandinScorer
 
 SCORING_MODULE_HASH = "{key}"
 
@@ -39,15 +47,15 @@ class Scorer(_StandinScorer):
 
     _package_dir = os.path.dirname(os.path.abspath(__file__))
     _experiment_key = "{key}"
-
-
-__all__ = ["Scorer", "SCORING_MODULE_HASH"]
 '''
 
 
-def experiment_module(key: str, module: str) -> str:
-    """Source of the experiment package's ``__init__.py``."""
-    return _MODULE_TEMPLATE.format(key=key, module=module, notice=NOTICE)
+def experiment_module(key: str, module: str) -> Dict[str, str]:
+    """Sources of the experiment package: ``__init__.py`` and its ``scorer`` submodule."""
+    return {
+        f"{module}/__init__.py": _INIT_TEMPLATE.format(key=key, module=module, notice=NOTICE),
+        f"{module}/scorer.py": _SCORER_TEMPLATE.format(key=key, notice=NOTICE),
+    }
 
 
 def _range(stats: Dict[str, Any]) -> str:

@@ -54,7 +54,7 @@ def parse_license(text: str, source: str) -> Dict[str, str]:
     Raises:
         LicenseError: the text is not a license signed for this runtime, or it has expired.
     """
-    lines = text.strip("\n").split("\n")
+    lines = text.replace("\r\n", "\n").strip("\n").split("\n")
     if len(lines) < 2 or not lines[-1].startswith(_SIGNATURE_FIELD + ":"):
         raise LicenseError(f"invalid Driverless AI license from {source}: not a license; {_HOW_TO}")
     body = "\n".join(lines[:-1])
@@ -87,7 +87,9 @@ def load_license() -> Tuple[str, Dict[str, str]]:
     key = os.environ.get(ENV_LICENSE_KEY)
     if key:
         try:
-            text = base64.b64decode(key.strip(), validate=True).decode("utf-8")
+            # `base64 license.sig` wraps its output at 76 columns: whitespace is not part of it.
+            compact = "".join(key.split())
+            text = base64.b64decode(compact, validate=True).decode("utf-8")
         except (binascii.Error, ValueError) as e:
             raise LicenseError(
                 f"invalid Driverless AI license in {ENV_LICENSE_KEY}: not base64; {_HOW_TO}"
