@@ -69,8 +69,8 @@ def main(pipeline: Path, model_name: str, alias: str, exclude: str, index_option
             policy=RequirementsPolicy.from_csv(exclude, index_options=index_options),
         )
         preflight(request)
-        with tracking_store():
-            result = log_pipeline(request)
+        with tracking_store() as store:
+            result = log_pipeline(request, tracking_ready=store.wait)
     except DaiMlflowError as e:
         raise click.ClickException(str(e).replace("\n", " ")) from e
     sys.stdout.flush()

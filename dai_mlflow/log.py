@@ -33,7 +33,7 @@ import tempfile
 import textwrap
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 from dai_mlflow.errors import DaiMlflowError
 from dai_mlflow.license import LicenseSource, find_license, license_bytes
@@ -418,14 +418,18 @@ def preflight(request: LogRequest) -> None:
         find_python(pipeline.python)
 
 
-def log_pipeline(request: LogRequest) -> LogResult:
+def log_pipeline(
+    request: LogRequest, tracking_ready: Optional[Callable[[], None]] = None
+) -> LogResult:
     """Log (and optionally register) a DAI pipeline in the active or a new MLflow run.
 
     The tracking URI must already be set (see :mod:`dai_mlflow.tracking`). Inside
-    ``mlflow run`` the run is the one MLflow created (``MLFLOW_RUN_ID``).
+    ``mlflow run`` the run is the one MLflow created (``MLFLOW_RUN_ID``). The model is staged
+    and validated before tracking is touched; ``tracking_ready`` is called just before.
 
     Args:
         request: what to log.
+        tracking_ready: blocks until the tracking store answers (e.g. a bridge starting up).
 
     Returns:
         The URIs and registry coordinates.
@@ -437,8 +441,7 @@ def log_pipeline(request: LogRequest) -> LogResult:
 
     source = find_license()
     _say(f"license: found at {source.describe()} (read at scoring time, never stored)")
-    with tempfile.TemporaryDirectory(prefix="dai-mlflow-log-") as tmp, mlflow.start_run() as run:
-        run_id = run.info.run_id
+    with tempfile.TemporaryDirectory(prefix="dai-mlflow-log-") as tmp:
         staged = stage_model(request.pipeline, Path(tmp), request.policy)
         _say(
             f"pipeline: {staged.pipeline.module_name} (DAI {staged.pipeline.dai_version or '?'}, "
@@ -448,26 +451,37 @@ def log_pipeline(request: LogRequest) -> LogResult:
         _say(f"validated: output columns {result['columns']}")
         _guard_license(staged.path, source)
         _set_output_schema(staged, result["columns"])
-        _set_run_identity(staged, run_id)
-        mlflow.set_tags(_tags(staged))
-        mlflow.log_artifacts(str(staged.path), MODEL_ARTIFACT_PATH)
-        runs_uri = f"runs:/{run_id}/{MODEL_ARTIFACT_PATH}"
-        if request.model_name is None:
-            return LogResult(runs_uri, run_id, runs_uri, output_columns=tuple(result["columns"]))
-        version = mlflow.register_model(runs_uri, request.model_name)
-        mlflow.MlflowClient().set_registered_model_alias(
-            request.model_name, request.alias, version.version
-        )
-        _say(f"registered {request.model_name} version {version.version} as @{request.alias}")
-        return LogResult(
-            model_uri=f"models:/{request.model_name}/{version.version}",
-            run_id=run_id,
-            runs_uri=runs_uri,
-            model_name=request.model_name,
-            version=str(version.version),
-            alias=request.alias,
-            output_columns=tuple(result["columns"]),
-        )
+        if tracking_ready is not None:
+            tracking_ready()
+        with mlflow.start_run() as run:
+            return _log_staged(staged, run.info.run_id, request, tuple(result["columns"]))
+
+
+def _log_staged(
+    staged: StagedModel, run_id: str, request: LogRequest, columns: Tuple[str, ...]
+) -> LogResult:
+    import mlflow
+
+    _set_run_identity(staged, run_id)
+    mlflow.set_tags(_tags(staged))
+    mlflow.log_artifacts(str(staged.path), MODEL_ARTIFACT_PATH)
+    runs_uri = f"runs:/{run_id}/{MODEL_ARTIFACT_PATH}"
+    if request.model_name is None:
+        return LogResult(runs_uri, run_id, runs_uri, output_columns=columns)
+    version = mlflow.register_model(runs_uri, request.model_name)
+    mlflow.MlflowClient().set_registered_model_alias(
+        request.model_name, request.alias, version.version
+    )
+    _say(f"registered {request.model_name} version {version.version} as @{request.alias}")
+    return LogResult(
+        model_uri=f"models:/{request.model_name}/{version.version}",
+        run_id=run_id,
+        runs_uri=runs_uri,
+        model_name=request.model_name,
+        version=str(version.version),
+        alias=request.alias,
+        output_columns=columns,
+    )
 
 
 def _guard_license(model_dir: Path, source: LicenseSource) -> None:

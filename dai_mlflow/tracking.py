@@ -27,8 +27,9 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, List, Optional
+from typing import Callable, Iterator, List, Optional
 
 from dai_mlflow.errors import DaiMlflowError
 
@@ -187,11 +188,25 @@ def _wait_ready(url: str, proc: subprocess.Popen, log: Path) -> None:
     raise TrackingError(f"the bridge tracking server did not answer on {url} within 90 s")
 
 
-@contextlib.contextmanager
-def bridge_server(uri: str, python: Optional[str] = None) -> Iterator[str]:
-    """Run ``mlflow server`` on loopback over the store ``uri``; yield its http URL.
+@dataclass(frozen=True)
+class TrackingStore:
+    """The store this process talks to; ``wait()`` blocks until it answers (bridge start-up
+    runs in the background meanwhile, so callers do their slow local work first)."""
 
-    The server is stopped when the block exits, whatever happens inside.
+    uri: str
+    wait: Callable[[], None]
+
+
+def _no_wait() -> None:
+    return None
+
+
+@contextlib.contextmanager
+def bridge_server(uri: str, python: Optional[str] = None) -> Iterator[TrackingStore]:
+    """Start ``mlflow server`` on loopback over the store ``uri``; yield its http URL.
+
+    The server starts in the background; ``wait()`` of the yielded store blocks until it is
+    ready. It is stopped when the block exits, whatever happens inside.
     """
     python = python or server_python()
     port = _free_port()
@@ -231,14 +246,21 @@ def bridge_server(uri: str, python: Optional[str] = None) -> Iterator[str]:
             env=env,
             start_new_session=True,
         )
+    ready = []
+
+    def _wait() -> None:
+        if not ready:
+            _wait_ready(url, proc, log)
+            ready.append(True)
+            print(
+                f"[dai-mlflow] tracking: {uri} through a loopback mlflow server at {url} "
+                f"({python})",
+                file=sys.stderr,
+                flush=True,
+            )
+
     try:
-        _wait_ready(url, proc, log)
-        print(
-            f"[dai-mlflow] tracking: {uri} through a loopback mlflow server at {url} ({python})",
-            file=sys.stderr,
-            flush=True,
-        )
-        yield url
+        yield TrackingStore(url, _wait)
     finally:
         _stop(proc)
         with contextlib.suppress(OSError):
@@ -259,25 +281,26 @@ def _stop(proc: subprocess.Popen) -> None:
 
 
 @contextlib.contextmanager
-def tracking_store() -> Iterator[str]:
-    """Point this process at a usable tracking store; yield its URI.
+def tracking_store() -> Iterator[TrackingStore]:
+    """Point this process at a usable tracking store; yield it.
 
     ``MLFLOW_TRACKING_URI`` when set (bridged if it is a sqlite store this mlflow cannot open),
-    else MLflow 3.x's default ``sqlite:///<cwd>/mlflow.db`` (bridged the same way).
+    else MLflow 3.x's default ``sqlite:///<cwd>/mlflow.db`` (bridged the same way). Call
+    ``wait()`` on the yielded store before the first tracking call.
     """
     import mlflow
 
     uri = os.environ.get("MLFLOW_TRACKING_URI") or default_tracking_uri()
     if not needs_bridge(uri):
         mlflow.set_tracking_uri(uri)
-        yield uri
+        yield TrackingStore(uri, _no_wait)
         return
     previous = os.environ.get("MLFLOW_TRACKING_URI")
-    with bridge_server(uri) as url:
-        os.environ["MLFLOW_TRACKING_URI"] = url
-        mlflow.set_tracking_uri(url)
+    with bridge_server(uri) as store:
+        os.environ["MLFLOW_TRACKING_URI"] = store.uri
+        mlflow.set_tracking_uri(store.uri)
         try:
-            yield url
+            yield store
         finally:
             if previous is None:
                 os.environ.pop("MLFLOW_TRACKING_URI", None)

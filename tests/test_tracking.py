@@ -21,8 +21,9 @@ from dai_mlflow.tracking import needs_bridge, tracking_store
 uri = os.environ["MLFLOW_TRACKING_URI"]
 out = {"mlflow": mlflow.__version__, "needs_bridge": needs_bridge(uri)}
 try:
-    with tracking_store() as url:
-        out["url"] = url
+    with tracking_store() as store:
+        store.wait()
+        out["url"] = store.uri
         with mlflow.start_run(run_id=os.environ["RUN_ID"]):
             mlflow.log_param("from_child", "yes")
         raise RuntimeError("boom")
