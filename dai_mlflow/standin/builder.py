@@ -17,7 +17,7 @@ import uuid
 import zipfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Dict, List, Optional, Tuple
+from typing import Any, Dict, List, Optional, Tuple
 
 import pandas as pd
 
@@ -102,13 +102,27 @@ class StandinBuild:
         return [ln for ln in keep if not ln.startswith(("h2o4gpu", "pyorc"))]
 
 
-def builder_fingerprint() -> str:
-    """Hash of the builder's own sources: a cached build made by other code is stale."""
+def _read_sources() -> Tuple[str, Dict[str, bytes]]:
+    """(hash of every source of this package, bytes of the runtime wheel's files), read once.
+
+    Read when the module is imported, not when a build runs: a long-lived process that loaded
+    older code must label its builds with the hash of the code it runs, or another process
+    would take them for current.
+    """
     digest = hashlib.sha256()
     root = Path(__file__).resolve().parent
     for path in sorted(root.rglob("*.py")):
         digest.update(path.relative_to(root).as_posix().encode() + b"\0" + path.read_bytes())
-    return digest.hexdigest()[:16]
+    runtime = {f"h2oaicore/{n}": (_RUNTIME_DIR / n).read_bytes() for n in _RUNTIME_FILES}
+    return digest.hexdigest()[:16], runtime
+
+
+_FINGERPRINT, _RUNTIME_SOURCES = _read_sources()
+
+
+def builder_fingerprint() -> str:
+    """Hash of the builder's sources as loaded: a cached build made by other code is stale."""
+    return _FINGERPRINT
 
 
 def experiment_key(dai_line: str, problem: str, seed: int) -> str:
@@ -137,7 +151,7 @@ def _data_seed(dai_line: str, problem: str, seed: int) -> int:
 
 
 def _runtime_files(line: DaiLine) -> Dict[str, bytes]:
-    files = {f"h2oaicore/{n}": (_RUNTIME_DIR / n).read_bytes() for n in _RUNTIME_FILES}
+    files = dict(_RUNTIME_SOURCES)
     init = files["h2oaicore/__init__.py"].decode()
     files["h2oaicore/__init__.py"] = init.replace(
         '__version__ = "0+standin"', f'__version__ = "{line.dai_version}+standin"'
@@ -163,6 +177,91 @@ def _requirements_txt(line: DaiLine, experiment_wheel: str) -> str:
     return "\n".join(lines) + "\n"
 
 
+@dataclass(frozen=True)
+class _Trained:
+    """The data and the fitted model of one build."""
+
+    train: data_mod.Dataset
+    holdout: data_mod.Dataset
+    model: Dict[str, Any]
+    metrics: Dict[str, float]
+    stats: Dict[str, Dict[str, Any]]
+
+
+def _train(line: DaiLine, problem: str, seed: int, key: str) -> _Trained:
+    data = data_mod.generate(problem, N_TRAIN + N_HOLDOUT, _data_seed(line.name, problem, seed))
+
+    def _part(rows: slice) -> data_mod.Dataset:
+        return data_mod.Dataset(
+            data.columns, data.data_types, data.rows[rows], data.target, data.labels[rows]
+        )
+
+    train_set, holdout = _part(slice(0, N_TRAIN)), _part(slice(N_TRAIN, None))
+    model = train(train_set, problem, key)
+    metrics = engine.metrics(engine.Model(model), to_frame(holdout), pd.Series(holdout.labels))
+    return _Trained(train_set, holdout, model, metrics, data_mod.column_stats(train_set))
+
+
+def _wheels(wheel_dir: Path, line: DaiLine, key: str, module: str, model: Dict[str, Any]):
+    """Write the runtime, h2o4gpu and experiment wheels; return their paths."""
+    platform_tag = f"{line.cp_tag}-{line.cp_tag}-linux_x86_64"
+    core = build_wheel(
+        wheel_dir, "h2oaicore", line.dai_version, platform_tag, _runtime_files(line),
+        summary=f"Stand-in DAI core runtime for DAI {line.dai_version} ({texts.NOTICE})",
+        requires_dist=(line.pin("numpy"), line.pin("pandas")),
+        requires_python=f"=={line.python}.*", root_is_purelib=False,
+    )  # fmt: skip
+    gpu = build_wheel(
+        wheel_dir, "h2o4gpu", line.h2o4gpu_version, platform_tag,
+        {"h2o4gpu/__init__.py": f'"""{texts.NOTICE} Not meant to be installed."""\n'.encode()},
+        summary=f"Stand-in for the GPU library DAI bundles ({texts.NOTICE})",
+        requires_dist=H2O4GPU_REQUIRES, root_is_purelib=False,
+    )  # fmt: skip
+    files = {n: src.encode() for n, src in texts.experiment_module(key, module).items()}
+    files[f"{module}/fitted_model.json"] = (json.dumps(model, indent=1) + "\n").encode()
+    exp = build_wheel(
+        wheel_dir, module, "1.0.0", "py3-none-any", files,
+        summary=f"Scoring module of experiment {key} ({texts.NOTICE})",
+        requires_dist=(f"h2oaicore=={line.dai_version}",),
+    )  # fmt: skip
+    return core, gpu, exp
+
+
+def _pipeline_files(
+    staging: Path, line: DaiLine, key: str, module: str, trained: _Trained
+) -> Tuple[Dict[str, bytes], Tuple[str, str, str]]:
+    """Every file of ``scoring-pipeline/`` (name -> bytes) and the three wheel names."""
+    core, gpu, exp = _wheels(staging / "wheels", line, key, module, trained.model)
+    data = trained.train
+    summary = {
+        "experiment_key": key,
+        "dai_version": line.dai_version,
+        "target": data.target,
+        "problem_type": trained.model["problem"],
+        "labels": trained.model["labels"],
+        "scoring_module": module,
+        "columns": list(data.columns),
+        "transformed_features": [f["name"] for f in trained.model["features"]],
+        "train_rows": len(data.rows),
+        "holdout_metrics": {k: round(v, 6) for k, v in trained.metrics.items()},
+        "notice": texts.NOTICE,
+    }
+    summary_zip = write_zip(
+        staging / f"h2oai_experiment_summary_{key}.zip",
+        {"summary.json": texts.summary_json(summary)},
+    )
+    files = {p.name: p.read_bytes() for p in (core, gpu, exp, summary_zip)}
+    files["requirements.txt"] = _requirements_txt(line, exp.name).encode()
+    files["req_constraints_deps.txt"] = ("\n".join(line.constraints) + "\n").encode()
+    files["training_data_column_stats.json"] = (json.dumps(trained.stats, indent=2) + "\n").encode()
+    example = texts.example_py(module, data.columns, trained.stats, trained.holdout.rows[:15])
+    files["example.py"] = example.encode()
+    files["run_example.sh"] = texts.run_example_sh(line).encode()
+    names = [*files, "README.txt"]
+    files["README.txt"] = texts.readme_txt(line, key, module, data.target, names).encode()
+    return files, (core.name, gpu.name, exp.name)
+
+
 def build_pipeline(out_dir: Path, dai_version: str, problem: str, seed: int = 0) -> StandinBuild:
     """Build a stand-in pipeline into ``out_dir`` (created; files of a previous build replaced).
 
@@ -183,91 +282,18 @@ def build_pipeline(out_dir: Path, dai_version: str, problem: str, seed: int = 0)
     out_dir.mkdir(parents=True, exist_ok=True)
     key = experiment_key(line.name, problem, seed)
     module = module_name_for(key)
-
-    dataset = data_mod.generate(problem, N_TRAIN + N_HOLDOUT, _data_seed(line.name, problem, seed))
-    train_set = data_mod.Dataset(
-        dataset.columns, dataset.data_types, dataset.rows[:N_TRAIN], dataset.target,
-        dataset.labels[:N_TRAIN],
-    )  # fmt: skip
-    hold_rows, hold_labels = dataset.rows[N_TRAIN:], dataset.labels[N_TRAIN:]
-    model = train(train_set, problem, key)
-    holdout = data_mod.Dataset(
-        dataset.columns, dataset.data_types, hold_rows, dataset.target, hold_labels
-    )
-    scores = engine.metrics(engine.Model(model), to_frame(holdout), pd.Series(hold_labels))
-    stats = data_mod.column_stats(train_set)
+    trained = _train(line, problem, seed, key)
 
     staging = out_dir / ".staging"
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir()
     try:
-        wheel_dir = staging / "wheels"
-        core = build_wheel(
-            wheel_dir, "h2oaicore", line.dai_version, f"{line.cp_tag}-{line.cp_tag}-linux_x86_64",
-            _runtime_files(line),
-            summary=f"Stand-in DAI core runtime for DAI {line.dai_version} ({texts.NOTICE})",
-            requires_dist=(line.pin("numpy"), line.pin("pandas")),
-            requires_python=f"=={line.python}.*", root_is_purelib=False,
-        )  # fmt: skip
-        gpu = build_wheel(
-            wheel_dir, "h2o4gpu", line.h2o4gpu_version, f"{line.cp_tag}-{line.cp_tag}-linux_x86_64",
-            {"h2o4gpu/__init__.py": f'"""{texts.NOTICE} Not meant to be installed."""\n'.encode()},
-            summary=f"Stand-in for the GPU library DAI bundles ({texts.NOTICE})",
-            requires_dist=H2O4GPU_REQUIRES, root_is_purelib=False,
-        )  # fmt: skip
-        model_bytes = (json.dumps(model, indent=1, ensure_ascii=True) + "\n").encode()
-        exp = build_wheel(
-            wheel_dir, module, "1.0.0", "py3-none-any",
-            {
-                **{n: src.encode() for n, src in texts.experiment_module(key, module).items()},
-                f"{module}/fitted_model.json": model_bytes,
-            },
-            summary=f"Scoring module of experiment {key} ({texts.NOTICE})",
-            requires_dist=(f"h2oaicore=={line.dai_version}",),
-        )  # fmt: skip
-        summary = {
-            "experiment_key": key,
-            "dai_version": line.dai_version,
-            "target": dataset.target,
-            "problem_type": problem,
-            "labels": model["labels"],
-            "scoring_module": module,
-            "columns": list(dataset.columns),
-            "transformed_features": [f["name"] for f in model["features"]],
-            "train_rows": N_TRAIN,
-            "holdout_metrics": {k: round(v, 6) for k, v in scores.items()},
-            "notice": texts.NOTICE,
-        }
-        summary_zip = write_zip(
-            staging / f"h2oai_experiment_summary_{key}.zip",
-            {"summary.json": texts.summary_json(summary)},
-        )
-        files: Dict[str, bytes] = {p.name: p.read_bytes() for p in (core, gpu, exp, summary_zip)}
-        files["requirements.txt"] = _requirements_txt(line, exp.name).encode()
-        files["req_constraints_deps.txt"] = ("\n".join(line.constraints) + "\n").encode()
-        files["training_data_column_stats.json"] = (
-            json.dumps(stats, indent=2, ensure_ascii=True) + "\n"
-        ).encode()
-        files["example.py"] = texts.example_py(
-            module, dataset.columns, stats, hold_rows[:15]
-        ).encode()
-        files["run_example.sh"] = texts.run_example_sh(line).encode()
-        files["README.txt"] = texts.readme_txt(
-            line, key, module, dataset.target, [*files, "README.txt"]
-        ).encode()
+        files, (core, gpu, exp) = _pipeline_files(staging, line, key, module, trained)
         prefix = SCORING_PIPELINE_DIR_NAME + "/"
         zip_tmp = write_zip(
             staging / SCORER_ZIP_NAME,
             {prefix + name: data for name, data in files.items()},
             folders=[prefix],
-        )
-        license_text = sign_license(
-            {
-                "license_version": "1",
-                "serial_number": f"standin-{seed}",
-                "licensee_organization": "dai-mlflow tests and demo",
-                "expiration_date": "2099/12/31",
-            }
         )
         folder = out_dir / SCORING_PIPELINE_DIR_NAME
         shutil.rmtree(folder, ignore_errors=True)
@@ -278,16 +304,25 @@ def build_pipeline(out_dir: Path, dai_version: str, problem: str, seed: int = 0)
         shutil.rmtree(staging, ignore_errors=True)
 
     license_path = out_dir / LICENSE_FILE_NAME
-    license_path.write_text(license_text)
-    license_path.chmod(0o600)
-    sample_csv = out_dir / SAMPLE_INPUT_NAME
-    data_mod.write_csv(sample_csv, dataset.columns, hold_rows[:N_SAMPLE])
-    holdout_csv = out_dir / HOLDOUT_NAME
-    data_mod.write_csv(
-        holdout_csv,
-        [*dataset.columns, dataset.target],
-        [[*row, label] for row, label in zip(hold_rows, hold_labels)],
+    license_path.write_text(
+        sign_license(
+            {
+                "license_version": "1",
+                "serial_number": f"standin-{seed}",
+                "licensee_organization": "dai-mlflow tests and demo",
+                "expiration_date": "2099/12/31",
+            }
+        )
     )
+    license_path.chmod(0o600)
+    holdout = trained.holdout
+    data_mod.write_csv(out_dir / SAMPLE_INPUT_NAME, holdout.columns, holdout.rows[:N_SAMPLE])
+    data_mod.write_csv(
+        out_dir / HOLDOUT_NAME,
+        [*holdout.columns, holdout.target],
+        [[*row, label] for row, label in zip(holdout.rows, holdout.labels)],
+    )
+    labels = trained.model["labels"]
     build = StandinBuild(
         out_dir=out_dir,
         zip_path=out_dir / SCORER_ZIP_NAME,
@@ -295,18 +330,18 @@ def build_pipeline(out_dir: Path, dai_version: str, problem: str, seed: int = 0)
         license_path=license_path,
         experiment_key=key,
         module_name=module,
-        target=dataset.target,
-        labels=None if model["labels"] is None else tuple(model["labels"]),
+        target=holdout.target,
+        labels=None if labels is None else tuple(labels),
         problem=problem,
         dai_line=line.name,
         dai_version=line.dai_version,
         python=line.python,
-        sample_input_csv=sample_csv,
-        holdout_csv=holdout_csv,
-        experiment_wheel=exp.name,
-        core_wheel=core.name,
-        h2o4gpu_wheel=gpu.name,
-        input_columns=tuple(dataset.columns),
+        sample_input_csv=out_dir / SAMPLE_INPUT_NAME,
+        holdout_csv=out_dir / HOLDOUT_NAME,
+        experiment_wheel=exp,
+        core_wheel=core,
+        h2o4gpu_wheel=gpu,
+        input_columns=tuple(holdout.columns),
         seed=seed,
     )
     # Paths relative to out_dir, so a finished build can be moved (the test cache swaps folders).
