@@ -331,3 +331,60 @@ def test_fixture_reuses_a_finished_build_and_rejects_stale_ones(standin, tmp_pat
     (copy / "standin.json").write_text(json.dumps(manifest))
     assert load_build(copy) is None, "a build made by other builder code is stale"
     assert load_build(copy, current_only=False) is not None
+
+
+# --- the Scorer class, in-process (numpy 2 / pandas 3 here; the venv tests cover 3.8) --------
+
+
+@pytest.fixture
+def scorer(standin, tmp_path, monkeypatch):
+    """A Scorer of the 2/binary build, constructed in-process in a writable cwd."""
+    from dai_mlflow.standin.runtime.h2oaicore.scorer import StandinScorer
+
+    build = standin("2", "binary")
+    package = tmp_path / "package"
+    with zipfile.ZipFile(build.folder / build.experiment_wheel) as zf:
+        zf.extract(f"{build.module_name}/fitted_model.json", package)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("DRIVERLESS_AI_LICENSE_FILE", str(build.license_path))
+
+    class Scorer(StandinScorer):
+        _package_dir = str(package / build.module_name)
+        _experiment_key = build.experiment_key
+
+    return Scorer(), build
+
+
+def test_scorer_inputs_are_forgiving_where_dai_is(scorer):
+    s, build = scorer
+    frame = pd.read_csv(build.sample_input_csv).head(50)
+    expected = s.score_batch(frame)
+    # Column order does not matter and extra columns are ignored.
+    shuffled = frame[list(reversed(frame.columns))].assign(extra=1)
+    pd.testing.assert_frame_equal(s.score_batch(shuffled), expected)
+    # Text, nullable and string dtypes give the same numbers.
+    as_text = frame.astype(object).where(frame.notna(), None).astype(str)
+    as_text = as_text.replace({"None": "NA", "nan": ""})
+    pd.testing.assert_frame_equal(s.score_batch(as_text), expected)
+    typed = frame.astype({"Account Length": "Int64", "State.Code": "string"})
+    pd.testing.assert_frame_equal(s.score_batch(typed), expected)
+    # NA spellings in score() are missing values, like None.
+    row = [None] * len(build.input_columns)
+    assert s.score(row) == s.score(["NA", "", "?", "nan", None, "None", "N/A", "unknown", None])
+    assert isinstance(s.get_target_labels(), np.ndarray)
+    assert s.get_pred_columns(output_margin=True) == [f"{build.target}.{build.labels[1]}"]
+
+
+def test_scorer_rejects_bad_inputs(scorer):
+    s, build = scorer
+    with pytest.raises(ValueError, match="list of 9 values"):
+        s.score(["1", "2"])
+    with pytest.raises(ValueError, match="string"):
+        s.score("1,2,3")
+    with pytest.raises(TypeError, match="pandas DataFrame"):
+        s.score_batch([[1, 2]])
+    frame = pd.read_csv(build.sample_input_csv).drop(columns=["x1"])
+    with pytest.raises(KeyError, match="x1"):
+        s.score_batch(frame)
+    with pytest.raises(ValueError, match="both"):
+        s.score_batch(frame, output_margin=True, pred_contribs=True)
