@@ -368,6 +368,8 @@ def load_build(out_dir: Path, current_only: bool = True) -> Optional[StandinBuil
             return None
         fields: Dict[str, object] = {"out_dir": out_dir}
         for name, value in data.items():
+            if name == "out_dir":
+                continue  # older manifests held absolute paths; the folder read is the truth
             if name in ("labels", "input_columns"):
                 fields[name] = None if value is None else tuple(value)
             elif name in ("zip_path", "folder", "license_path") or name.endswith("_csv"):
