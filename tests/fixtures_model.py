@@ -29,6 +29,7 @@ import os
 import shutil
 import subprocess
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Dict, Optional
@@ -68,6 +69,11 @@ _SOURCES = (
     ),
 )
 ALIASES = {"1.10": "challenger", "2": "champion"}
+ALL_CASES = tuple(
+    (line, problem) for line in ("1.10", "2") for problem in ("regression", "binary", "multiclass")
+)
+# Logging runs are partly waits (scorer start-up, server start-up): a few at once save time.
+PREFETCH_WORKERS = int(os.environ.get("DAI_MLFLOW_TEST_LOG_WORKERS", "3"))
 
 
 @dataclass(frozen=True)
@@ -207,10 +213,25 @@ def _log(dai_version: str, problem: str, folder: Path) -> Dict[str, object]:
     }
 
 
+def _folder(dai_version: str, problem: str) -> Path:
+    return CACHE / "logged" / sources_key() / f"{dai_version}-{problem}"
+
+
+def prefetch_logged_models(cases=ALL_CASES) -> None:
+    """Log every case not cached yet, several at once (the first alone: it builds the project
+    env, which concurrent ``mlflow run`` calls must not race to create)."""
+    missing = [c for c in cases if not (_folder(*c) / "result.json").is_file()]
+    if not missing:
+        return
+    get_logged_model(*missing[0])
+    with ThreadPoolExecutor(max_workers=max(1, PREFETCH_WORKERS)) as pool:
+        list(pool.map(lambda c: get_logged_model(*c), missing[1:]))
+
+
 def get_logged_model(dai_version: str, problem: str) -> LoggedDaiModel:
     """Log (or reuse) the stand-in of a line and problem with the real ``mlflow run``."""
     build = get_standin(dai_version, problem)
-    folder = CACHE / "logged" / sources_key() / f"{dai_version}-{problem}"
+    folder = _folder(dai_version, problem)
     folder.parent.mkdir(parents=True, exist_ok=True)
     result_file = folder / "result.json"
     with FileLock(str(folder) + ".lock"):

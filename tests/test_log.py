@@ -165,3 +165,13 @@ def test_missing_license_is_one_line_error(standin, tmp_path: Path) -> None:
     assert str(home / ".driverlessai" / "license.sig") in errors[0]
     key = base64.b64encode(build.license_path.read_bytes()).decode()
     assert key not in proc.stderr
+
+
+def test_mlproject_passes_empty_defaults_as_empty_strings() -> None:
+    """No sentinel strings: an omitted model_name reaches the CLI as '' (= do not register)."""
+    from mlflow.projects._project_spec import load_project
+
+    entry = load_project(str(REPO)).get_entry_point("main")
+    cmd = entry.compute_command({"pipeline": str(REPO), "exclude": ""}, str(REPO))
+    assert "--model-name '' --alias challenger --exclude '' --index-options keep" in cmd
+    assert load_project(str(REPO)).get_entry_point("freeze").command == "python -m pip freeze"

@@ -25,6 +25,7 @@ from tests.fixtures_model import (
     license_env_for,
     mlflow_run,
     model_python,
+    prefetch_logged_models,
     run_env,
     sources_key,
 )
@@ -69,8 +70,14 @@ print("RESULT=" + json.dumps(out))
 """
 
 
+@pytest.fixture(scope="module")
+def _all_logged() -> None:
+    """Log the six cases up front, a few at once (each run is partly waiting)."""
+    prefetch_logged_models(CASES)
+
+
 @pytest.fixture(scope="module", params=CASES, ids=[f"{a}-{b}" for a, b in CASES])
-def case(request, logged_model) -> LoggedDaiModel:
+def case(request, logged_model, _all_logged) -> LoggedDaiModel:
     return logged_model(*request.param)
 
 
