@@ -281,18 +281,14 @@ _VALIDATE = textwrap.dedent(
     model = mlflow.pyfunc.load_model(model_dir)
     default = model.predict(example)
     contribs = model.predict(example, params={"pred_contribs": True})
-    from dai_mlflow.model import get_scorer, prepare_input
-    import importlib
-    scorer_cols = list(get_scorer(model.metadata.metadata["scorer_module"]).get_column_names())
-    bad = [c for c in list(default.columns) + list(contribs.columns)
-           if str(default.get(c, contribs.get(c)).dtype) not in ("float64", "float32")]
+    from dai_mlflow.model import get_scorer
+    module = model.metadata.metadata["scorer_module"]
     print("DAI_MLFLOW_VALIDATION=" + json.dumps({
         "rows": len(example),
         "columns": [str(c) for c in default.columns],
         "contrib_columns": [str(c) for c in contribs.columns],
         "default_rows": len(default),
-        "scorer_columns": scorer_cols,
-        "non_float": [str(c) for c in bad],
+        "scorer_columns": [str(c) for c in get_scorer(module).get_column_names()],
     }))
     """
 )
