@@ -69,7 +69,7 @@ def main(pipeline: Path, model_name: str, alias: str, exclude: str, index_option
             policy=RequirementsPolicy.from_csv(exclude, index_options=index_options),
         )
         preflight(request)
-        with tracking_store() as store:
+        with tracking_store(wait=False) as store:
             result = log_pipeline(request, tracking_ready=store.wait)
     except DaiMlflowError as e:
         raise click.ClickException(str(e).replace("\n", " ")) from e

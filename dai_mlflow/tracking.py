@@ -281,12 +281,16 @@ def _stop(proc: subprocess.Popen) -> None:
 
 
 @contextlib.contextmanager
-def tracking_store() -> Iterator[TrackingStore]:
+def tracking_store(wait: bool = True) -> Iterator[TrackingStore]:
     """Point this process at a usable tracking store; yield it.
 
     ``MLFLOW_TRACKING_URI`` when set (bridged if it is a sqlite store this mlflow cannot open),
-    else MLflow 3.x's default ``sqlite:///<cwd>/mlflow.db`` (bridged the same way). Call
-    ``wait()`` on the yielded store before the first tracking call.
+    else MLflow 3.x's default ``sqlite:///<cwd>/mlflow.db`` (bridged the same way).
+
+    Args:
+        wait: block until the store answers before yielding. With False, a bridge starts in the
+            background and the caller must call ``wait()`` on the yielded store before its
+            first tracking call (the entry point stages and validates the model meanwhile).
     """
     import mlflow
 
@@ -300,6 +304,8 @@ def tracking_store() -> Iterator[TrackingStore]:
         os.environ["MLFLOW_TRACKING_URI"] = store.uri
         mlflow.set_tracking_uri(store.uri)
         try:
+            if wait:
+                store.wait()
             yield store
         finally:
             if previous is None:
