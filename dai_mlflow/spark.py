@@ -217,6 +217,56 @@ def input_columns(path: str, input_format: Optional[str] = None) -> Optional[Lis
         return None
 
 
+_PANDAS_TYPES = {"double": "float64", "float": "float32", "long": "int64", "int": "int32"}
+
+
+def _sample_rows(path: str, input_format: Optional[str], rows: int) -> Optional[pd.DataFrame]:
+    """The first rows of a local csv/parquet input, read without Spark; None if not local."""
+    local = Path(path)
+    if not local.exists():
+        return None
+    fmt = input_format or _format_of(path)
+    files = sorted(p for p in local.rglob("*") if p.is_file()) if local.is_dir() else [local]
+    files = [f for f in files if not f.name.startswith((".", "_"))]
+    if not files:
+        return None
+    if fmt == "csv":
+        return pd.read_csv(files[0], nrows=rows)
+    import pyarrow.parquet as pq
+
+    return pq.ParquetFile(str(files[0])).read_row_group(0).to_pandas().head(rows)
+
+
+def preflight_predict(
+    spec: ModelSpec, input_path: str, input_format: Optional[str] = None, rows: int = 5
+) -> None:
+    """Load the model in this process and score the input's first rows, before Spark starts.
+
+    For ``env_manager="local"`` the driver's env is the workers' env, so a missing license, a
+    scorer that cannot be imported or built, or a scorer exception shows here in seconds instead
+    of after the JVM, the workers and the first task have started. Costs one model load.
+
+    Raises:
+        SparkScoringError: the model failed; the message is its error, one line.
+    """
+    import mlflow.pyfunc
+
+    sample = _sample_rows(input_path, input_format, rows)
+    if sample is None or sample.empty:
+        return
+    names = [name for name, _ in spec.inputs if name in sample.columns]
+    frame = sample[names].copy()
+    for name, typ in spec.inputs:
+        if name in frame.columns and typ in _PANDAS_TYPES and frame[name].notna().all():
+            frame[name] = frame[name].astype(_PANDAS_TYPES[typ])
+        elif name in frame.columns and typ in ("double", "float"):
+            frame[name] = frame[name].astype("float64")
+    try:
+        mlflow.pyfunc.load_model(str(spec.local_dir)).predict(frame)
+    except Exception as e:
+        raise SparkScoringError(f"scoring failed in the model: {_one_line(e)}") from e
+
+
 def precheck(model_dir: Path, input_path: str, input_format: Optional[str] = None) -> ModelSpec:
     """Fail fast, before Spark starts: the model is scorable and a local input has its columns."""
     spec = ModelSpec.from_dir(model_dir)
@@ -373,7 +423,9 @@ def score(
         for name, _ in spec.inputs
         if name in df.columns
     ]
-    with _worker_environment(spark, thread_env(spark), dict(env or {})):
+    # uv/virtualenv hand ``env`` to the model server (extra_env); only local workers need it.
+    worker_env = dict(env or {}) if env_manager == "local" else {}
+    with _worker_environment(spark, thread_env(spark), worker_env):
         scored = laid_out.withColumn(PRED_COLUMN, guarded(F.struct(*model_cols)))
     out = [F.col(_q(c)) for c in df.columns]
     out += [F.col(PRED_COLUMN).getField(name).alias(name) for name in spec.output_names]

@@ -34,6 +34,7 @@ from dai_mlflow.spark import (  # noqa: E402
     INPUT_FORMATS,
     download_model,
     precheck,
+    preflight_predict,
     score_to_path,
 )
 
@@ -85,6 +86,12 @@ def build_session(master: str, log_level: str = "FATAL") -> object:
     show_default=True,
     help="Spark log level (the error that fails the job is printed anyway)",
 )
+@click.option(
+    "--preflight/--no-preflight",
+    default=True,
+    show_default=True,
+    help="local: load the model and score the first rows before starting Spark",
+)
 @click.option("--add-metadata", is_flag=True, help="also write model_uri and scored_at columns")
 def main(
     model_uri: str,
@@ -96,6 +103,7 @@ def main(
     batch_size: int,
     partitions: Optional[int],
     log_level: str,
+    preflight: bool,
     add_metadata: bool,
 ) -> None:
     """Score INPUT with the model and write OUTPUT as parquet."""
@@ -104,7 +112,9 @@ def main(
         with tempfile.TemporaryDirectory(prefix="dai-mlflow-score-") as tmp:
             # Model and input columns are checked before Spark starts: bad input fails in seconds.
             model_dir = download_model(model_uri, Path(tmp))
-            precheck(model_dir, input_path, input_format)
+            spec = precheck(model_dir, input_path, input_format)
+            if env_manager == "local" and preflight:
+                preflight_predict(spec, input_path, input_format)
             spark = build_session(master, log_level)
             score_to_path(
                 spark,
