@@ -325,7 +325,8 @@ def test_cli_no_license_fails_fast_with_the_real_error(
     model = logged_model("1.10", "binary")
     python = spark_venv(model)
     out = _previous_output(tmp_path / "out")
-    args = ["--model-uri", model.model_uri, "--input", str(model.build.sample_input_csv)]
+    # The model folder: a models:/ URI would add the py3.8 driver's tracking bridge start-up.
+    args = ["--model-uri", str(model.local_dir), "--input", str(model.build.sample_input_csv)]
     env = _cli_env(model, dict(NO_LICENSE, HOME=str(tmp_path)))
     proc, elapsed = _score_cli(python, [*args, "--output", str(out)], env, tmp_path)
     assert proc.returncode == 1
