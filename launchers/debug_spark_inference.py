@@ -1,0 +1,142 @@
+"""Debug Spark batch scoring: the model's `predict` in *this* process first, then `spark_udf`.
+
+`spark_udf` runs the model in Python worker processes (and, with `uv`/`virtualenv`, in a model
+server inside them), so an IDE's breakpoints in the model code never hit (MLflow issue #14312).
+This launcher, run with `venvs/spark_inference/bin/python` (`make spark-venv MODEL_URI=…`):
+
+1. downloads the model and checks the input's columns against its signature (as score.py does);
+2. with `--sample N`, loads the pyfunc with `mlflow.pyfunc.load_model` here and calls `predict`
+   on the first N input rows in this process — breakpoints in `dai_mlflow/model.py` and in the
+   DAI scorer hit now — and prints the pid `predict` ran in;
+3. unless `--sample-only`, scores the whole input with local Spark and `env_manager="local"`
+   through the same code as `spark_inference/score.py`, writing the same parquet.
+
+    venvs/spark_inference/bin/python launchers/debug_spark_inference.py \\
+        --model-uri models:/churn@challenger --input in.csv --output out.parquet --sample 5
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+from pathlib import Path
+from typing import List, Optional, Sequence
+
+ROOT = Path(__file__).resolve().parents[1]
+for _path in (ROOT, ROOT / "spark_inference"):  # run as a script: find dai_mlflow and score.py
+    if str(_path) not in sys.path:
+        sys.path.insert(1, str(_path))
+
+from dai_mlflow.errors import DaiMlflowError  # noqa: E402
+
+
+def read_sample(path: str, rows: int, input_format: Optional[str] = None):  # noqa: ANN201
+    """The first ``rows`` rows of a csv or parquet input, as pandas."""
+    import pandas as pd
+
+    fmt = input_format or ("parquet" if not path.lower().endswith(".csv") else "csv")
+    if fmt == "csv":
+        return pd.read_csv(path, nrows=rows)
+    return pd.read_parquet(path).head(rows)
+
+
+def _as_signature_types(frame, schema):  # noqa: ANN001, ANN202
+    """Cast columns to the signature's types, as Spark does before the UDF sees them.
+
+    pandas reads an integer csv column as int64, which MLflow refuses to cast to a `double`
+    input ("Can not safely convert int64 to float64"); Spark hands the model doubles.
+    """
+    if schema is None:
+        return frame
+    frame = frame.copy()
+    for col in schema.inputs:
+        kind = str(getattr(col.type, "name", col.type))
+        if col.name in frame and kind in ("double", "float"):
+            frame[col.name] = frame[col.name].astype("float64")
+    return frame
+
+
+def predict_in_driver(model_dir: Path, sample) -> tuple[object, List[int]]:  # noqa: ANN001
+    """Load the pyfunc here and predict ``sample``; return (predictions, pids predict ran in)."""
+    import mlflow.pyfunc
+
+    model = mlflow.pyfunc.load_model(str(model_dir))
+    sample = _as_signature_types(sample, model.metadata.get_input_schema())
+    python_model = model.unwrap_python_model()
+    pids: List[int] = []
+    original = python_model.predict
+
+    def traced_predict(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202 - same as predict
+        pids.append(os.getpid())
+        return original(*args, **kwargs)  # step in here to reach DaiScoringModel.predict
+
+    python_model.predict = traced_predict
+    return model.predict(sample), pids
+
+
+def run(args: argparse.Namespace) -> int:
+    """Sample in the driver, then (unless --sample-only) the Spark job; return the exit code."""
+    from dai_mlflow.spark import download_model, precheck, score_to_path
+
+    with tempfile.TemporaryDirectory(prefix="dai-mlflow-debug-") as tmp:
+        model_dir = download_model(args.model_uri, Path(tmp))
+        precheck(model_dir, args.input, args.input_format)
+        if args.sample:
+            sample = read_sample(args.input, args.sample, args.input_format)
+            predictions, pids = predict_in_driver(model_dir, sample)
+            print(predictions.to_string(max_rows=args.sample))
+            print(f"in-driver sample: predict ran in pid {pids[0]} (this process: {os.getpid()})")
+        if args.sample_only:
+            return 0
+        from score import build_session  # spark_inference/score.py: the job's own session
+
+        spark = build_session(args.master, args.log_level)
+        try:
+            score_to_path(
+                spark,
+                str(model_dir),
+                args.input,
+                args.output,
+                "local",
+                input_format=args.input_format,
+                source_uri=args.model_uri,
+            )
+        finally:
+            spark.stop()
+    print(f"scored {args.input} -> {args.output} (env manager local, in-process driver)")
+    return 0
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """CLI: score.py's options for env manager local, plus --sample / --sample-only."""
+    parser = argparse.ArgumentParser(
+        prog="debug_spark_inference.py",
+        description="Debug Spark scoring: predict on a sample in this process, then spark_udf.",
+    )
+    parser.add_argument("--model-uri", required=True)
+    parser.add_argument("--input", required=True, help="csv or parquet")
+    parser.add_argument("--output", help="parquet folder (required unless --sample-only)")
+    parser.add_argument("--input-format", choices=("csv", "parquet"))
+    parser.add_argument(
+        "--sample", type=int, default=0, metavar="N",
+        help="first predict N input rows in this process (breakpoints hit)",
+    )  # fmt: skip
+    parser.add_argument("--sample-only", action="store_true", help="stop after the sample")
+    parser.add_argument("--master", default="local[1]", help="Spark master (default local[1])")
+    parser.add_argument("--log-level", default="FATAL")
+    args = parser.parse_args(argv)
+    if not args.sample_only and not args.output:
+        parser.error("--output is required unless --sample-only")
+    if args.sample_only and not args.sample:
+        parser.error("--sample-only needs --sample N")
+    try:
+        return run(args)
+    except DaiMlflowError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
