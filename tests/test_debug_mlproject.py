@@ -111,3 +111,90 @@ def test_bad_param_syntax_is_one_line_error(repo_root):
     )
     assert out.returncode == 2
     assert out.stderr.strip() == "error: -P takes key=value, got 'novalue'"
+
+
+# --- against the real project and the real `mlflow run` ----------------------------------------
+
+
+def _debug_real_project(repo_root: Path, env: dict, cwd: Path, *params: str):
+    args = [str(repo_root / "venvs" / "mlproject" / "bin" / "python"),
+            str(repo_root / "launchers" / "debug_mlproject.py")]  # fmt: skip
+    for p in params:
+        args += ["-P", p]
+    cwd.mkdir(parents=True, exist_ok=True)
+    return subprocess.run(args, capture_output=True, text=True, env=env, cwd=cwd, timeout=1200)
+
+
+def _model_files(model_dir: Path) -> dict:
+    """Relative path -> bytes; MLmodel without the keys that name the run, model id or time.
+
+    MLflow also records the (random) temporary staging folder the model was saved from as the
+    artifact source and code path; that folder name is normalised, nothing else.
+    """
+    import re
+
+    import yaml
+
+    volatile = {"run_id", "utc_time_created", "model_uuid", "model_id", "artifact_path"}
+    files = {}
+    for path in sorted(p for p in model_dir.rglob("*") if p.is_file()):
+        rel = str(path.relative_to(model_dir))
+        if rel == "MLmodel":
+            data = {k: v for k, v in yaml.safe_load(path.read_text()).items() if k not in volatile}
+            text = yaml.safe_dump(data, sort_keys=True)
+            text = re.sub(r"dai-mlflow-log-[A-Za-z0-9_]+", "dai-mlflow-log-TMP", text)
+            files[rel] = text.encode()
+        else:
+            files[rel] = path.read_bytes()
+    return files
+
+
+@pytest.mark.venv
+@pytest.mark.mlflow_run
+def test_debug_run_logs_the_same_model_as_mlflow_run(logged_model, repo_root, tmp_path):
+    import mlflow
+
+    from tests.fixtures_model import last_stdout_line, run_env
+
+    model = logged_model("1.10", "binary")
+    env = run_env({**model.license_env, "MLFLOW_TRACKING_URI": model.tracking_uri})
+    name = f"{model.model_name}_debug"
+    out = _debug_real_project(
+        repo_root, env, tmp_path / "cwd", f"pipeline={model.build.zip_path}", f"model_name={name}"
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert last_stdout_line(out.stdout).startswith(f"model_uri=models:/{name}/")
+
+    client = mlflow.MlflowClient(tracking_uri=model.tracking_uri, registry_uri=model.tracking_uri)
+    version = client.get_model_version_by_alias(name, "challenger")
+    run = client.get_run(version.run_id)
+    assert run.info.status == "FINISHED"
+    assert run.data.tags["mlflow.project.entryPoint"] == "main"
+    ours = _model_files(Path(run.info.artifact_uri) / "model")
+    theirs = _model_files(model.local_dir)
+    assert sorted(ours) == sorted(theirs)
+    assert ours["requirements.txt"] == theirs["requirements.txt"]
+    different = [rel for rel in ours if ours[rel] != theirs[rel]]
+    assert different == []
+
+
+@pytest.mark.venv
+@pytest.mark.mlflow_run
+def test_debug_run_of_a_bad_pipeline_ends_failed(logged_model, repo_root, tmp_path):
+    import mlflow
+
+    from tests.fixtures_model import run_env
+
+    model = logged_model("1.10", "binary")
+    bad = tmp_path / "scorer.zip"
+    bad.write_bytes(b"this is not a zip file")
+    env = run_env({**model.license_env, "MLFLOW_TRACKING_URI": model.tracking_uri})
+    out = _debug_real_project(
+        repo_root, env, tmp_path / "cwd", f"pipeline={bad}", "model_name=never_registered"
+    )
+    assert out.returncode != 0
+    client = mlflow.MlflowClient(tracking_uri=model.tracking_uri, registry_uri=model.tracking_uri)
+    assert not client.search_registered_models("name='never_registered'")
+    (run_id,) = {ln.split()[2] for ln in out.stderr.splitlines() if ln.startswith("=== run ")}
+    assert client.get_run(run_id).info.status == "FAILED"
+    assert "scorer.zip" in out.stderr
