@@ -20,6 +20,7 @@ import yaml
 
 from tests.fixtures_model import (
     CACHE,
+    LAUNCHER_BIN,
     LoggedDaiModel,
     last_stdout_line,
     license_env_for,
@@ -218,3 +219,46 @@ def test_dai2_project_env_logs_a_dai_110_pipeline(tmp_path: Path) -> None:
     env = yaml.safe_load((model_dir / "python_env.yaml").read_text())
     assert env["python"].startswith("3.8.")
     assert "mlflow==2.17.2" in (model_dir / "requirements.txt").read_text().splitlines()
+
+
+@pytest.mark.parametrize("line", ["1.10", "2"])
+def test_mlflow_restores_the_model_env_itself(logged_model, line: str, tmp_path: Path) -> None:
+    """MLflow's own env restore (uv, as serving and spark_udf do) installs the bundled wheels
+    from ./artifacts/scoring-pipeline and scores."""
+    import pandas as pd
+
+    case = logged_model(line, "binary")
+    frame = pd.read_csv(case.build.sample_input_csv).head(20)
+    types = yaml.safe_load((case.local_dir / "MLmodel").read_text())["signature"]["inputs"]
+    for spec in json.loads(types):
+        if spec["type"] == "double":
+            frame[spec["name"]] = frame[spec["name"]].astype("float64")
+    split = json.loads(frame.to_json(orient="split", index=False))
+    (tmp_path / "input.json").write_text(json.dumps({"dataframe_split": split}))
+    out = tmp_path / "out.json"
+    proc = subprocess.run(
+        [
+            str(LAUNCHER_BIN / "mlflow"),
+            "models",
+            "predict",
+            "-m",
+            str(case.local_dir),
+            "-i",
+            str(tmp_path / "input.json"),
+            "-t",
+            "json",
+            "-o",
+            str(out),
+            "--env-manager",
+            "uv",
+        ],
+        cwd=str(tmp_path),
+        env=run_env(case.license_env),
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    predictions = json.loads(out.read_text())["predictions"]
+    assert len(predictions) == len(frame)
+    assert set(predictions[0]) == {f"{case.build.target}.{label}" for label in case.build.labels}
