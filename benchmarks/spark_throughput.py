@@ -31,6 +31,8 @@ import time
 from pathlib import Path
 from typing import Dict, Iterator, List, Optional
 
+import pandas as pd
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
 if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))
@@ -87,7 +89,6 @@ def _time_noop(df: object) -> float:
 
 def _identity(df: object, partitions: int) -> object:
     """The same rows through a pandas UDF that does nothing: Spark + Arrow's own cost."""
-    import pandas as pd
     from pyspark.sql import functions as F
 
     def same(batches: Iterator[pd.DataFrame]) -> Iterator[pd.Series]:
@@ -110,8 +111,6 @@ def _run_json(cmd: List[str], env: Dict[str, str]) -> Dict[str, float]:
 
 def _prepare(args: argparse.Namespace) -> Dict[str, str]:
     """Model URI, sample, license env; the Spark venv; the parquet of --rows rows."""
-    import pandas as pd
-
     from dai_mlflow.spark_env import build_spark_env
 
     env = dict(os.environ)
