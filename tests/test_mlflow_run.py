@@ -55,12 +55,14 @@ for spec in schema.inputs:
         inputs[spec.name] = inputs[spec.name].astype("float64")
 got = model.predict(inputs)
 got_c = model.predict(inputs, params={"pred_contribs": True})
+got_m = model.predict(inputs, params={"output_margin": True})
 os.chdir(os.environ["WORKDIR"])
 scorer = importlib.import_module(module).Scorer()
 ref = scorer.score_batch(frame[list(scorer.get_column_names())])
 ref_c = scorer.score_batch(frame[list(scorer.get_column_names())], pred_contribs=True)
+ref_m = scorer.score_batch(frame[list(scorer.get_column_names())], output_margin=True)
 out = {}
-for name, a, b in (("default", got, ref), ("contribs", got_c, ref_c)):
+for name, a, b in (("default", got, ref), ("contribs", got_c, ref_c), ("margin", got_m, ref_m)):
     out[name] = {
         "columns": [list(map(str, a.columns)), list(map(str, b.columns))],
         "rows": [len(a), len(b)],
@@ -137,7 +139,7 @@ def test_predictions_equal_score_batch(case: LoggedDaiModel, tmp_path: Path) -> 
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert lines, proc.stderr[-3000:]
     result = json.loads(lines[-1][len("RESULT=") :])
-    for kind in ("default", "contribs"):
+    for kind in ("default", "contribs", "margin"):
         r = result[kind]
         assert r["columns"][0] == r["columns"][1], kind
         assert r["rows"][0] == r["rows"][1] > 0, kind
