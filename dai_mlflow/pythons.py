@@ -27,7 +27,12 @@ from typing import Dict, Iterator, List, Optional, Sequence, Tuple
 
 from dai_mlflow.errors import PythonNotFoundError, python_env_var
 
-_PROBE = "import sys, platform; print(platform.python_version()); print(sys.executable)"
+# The real base interpreter: a venv's python found on PATH must not become the base of other
+# venvs (they would break when that venv is deleted).
+_PROBE = (
+    "import os, sys, platform; print(platform.python_version()); "
+    "print(os.path.realpath(getattr(sys, '_base_executable', None) or sys.executable))"
+)
 
 
 @dataclass(frozen=True)

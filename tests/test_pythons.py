@@ -86,3 +86,16 @@ def test_cli_prints_version_and_path():
     requested, version, exe = out.stdout.strip().split("\t")
     assert (requested, version) == (me.version, me.version)
     assert Path(exe).exists()
+
+
+def test_a_venv_on_path_resolves_to_its_base_interpreter(monkeypatch):
+    """Envs built from a venv's python would break when that venv is deleted."""
+    if sys.prefix == sys.base_prefix:
+        pytest.skip("the suite runs from venvs/launcher; this needs a venv interpreter")
+    me = pythons.current()
+    monkeypatch.setenv("PATH", f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}")
+    monkeypatch.delenv(f"DAI_MLFLOW_PYTHON_{me.major_minor.replace('.', '_')}", raising=False)
+    pythons._probe_cache.clear()
+    found = pythons.find_python(me.version)
+    assert not str(found.executable).startswith(sys.prefix)
+    assert str(found.executable).startswith(os.path.realpath(sys.base_prefix))
