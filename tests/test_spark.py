@@ -190,13 +190,36 @@ BUILDING_CASES = [
 ]
 
 
+@pytest.fixture
+def fresh_mlflow_envs() -> None:
+    """Forget the model envs MLflow built earlier in this process.
+
+    spark_udf keeps them in one temp folder per process, named by requirements only, so a
+    ``virtualenv`` case would silently reuse the env a ``uv`` case built (or vice versa).
+    """
+    import shutil
+
+    from mlflow.utils.file_utils import get_or_create_tmp_dir
+
+    shutil.rmtree(Path(get_or_create_tmp_dir()) / "envs" / "virtualenv_envs", ignore_errors=True)
+
+
 @pytest.mark.spark
 @pytest.mark.venv
 @pytest.mark.parametrize(
     ("env_manager", "line", "problem"), BUILDING_CASES, ids=["-".join(c) for c in BUILDING_CASES]
 )
 def test_rebuilt_env_scores_like_score_batch_offline(
-    spark, logged_model, expected_scores, tmp_path: Path, env_manager, line, problem, monkeypatch
+    spark,
+    logged_model,
+    expected_scores,
+    tmp_path: Path,
+    env_manager,
+    line,
+    problem,
+    monkeypatch,
+    capfd,
+    fresh_mlflow_envs,
 ) -> None:
     """From the Python 3.11 / PySpark 4 driver, offline: no Python download, no pyspark leak."""
     model = logged_model(line, problem)
@@ -208,6 +231,12 @@ def test_rebuilt_env_scores_like_score_batch_offline(
     score_to_path(
         spark, str(model.local_dir), str(input_csv), str(out), env_manager, env=model.license_env
     )
+    built = capfd.readouterr().err
+    if env_manager == "virtualenv":
+        assert "pyenv_offline: linked " in built  # MLflow's `pyenv install` went to the wrapper
+    else:
+        assert "interpreter at: " in built  # uv found a local Python ...
+        assert "cpython-" not in built.lower()  # ... and fetched none
     _assert_matches_score_batch(out, model, input_csv, expected_scores(model, input_csv))
 
 
