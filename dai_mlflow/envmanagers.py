@@ -25,13 +25,13 @@ from __future__ import annotations
 import atexit
 import os
 import shutil
-import sys
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Dict, Iterator, Optional
 
 from dai_mlflow.pythons import find_python
+from dai_mlflow.venvs import find_uv
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 PYENV_OFFLINE_SCRIPT = REPO_ROOT / "launchers" / "pyenv_offline"
@@ -67,13 +67,6 @@ def _which_outside(name: str, exclude: Path) -> Optional[str]:
     return None
 
 
-def _find_uv() -> Optional[str]:
-    sibling = Path(sys.executable).parent / "uv"
-    if sibling.is_file():
-        return str(sibling)
-    return shutil.which("uv")
-
-
 def tool_dir(python_version: str) -> Path:
     """A per-process folder with ``pyenv`` (offline wrapper), ``uv`` and ``python3.X`` links.
 
@@ -93,7 +86,7 @@ def tool_dir(python_version: str) -> Path:
     for name in {f"python{interp.major_minor}", f"python{python_version}"}:
         (folder / name).symlink_to(real)
     (folder / "pyenv").symlink_to(PYENV_OFFLINE_SCRIPT)
-    uv = _find_uv()
+    uv = find_uv()
     if uv:
         (folder / "uv").symlink_to(os.path.realpath(uv))
     _tool_dirs[python_version] = folder

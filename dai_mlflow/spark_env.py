@@ -68,14 +68,22 @@ def spark_requirements(python_version: str, lines: Sequence[str]) -> List[str]:
 
 def spec_for_model_dir(model_dir: Path, installer: str = "uv") -> VenvSpec:
     """The venv spec for a downloaded model folder."""
-    env = load_python_env(model_dir / PYTHON_ENV_FILE_NAME)
+    return spec_for_files(
+        model_dir / PYTHON_ENV_FILE_NAME, model_dir / REQUIREMENTS_FILE_NAME, installer
+    )
+
+
+def spec_for_files(python_env: Path, requirements_file: Path, installer: str = "uv") -> VenvSpec:
+    """The venv spec for a python_env.yaml + requirements.txt pair (relative paths resolve
+    against the requirements file's folder, as they do against a model folder)."""
+    env = load_python_env(python_env)
     python = str(env["python"])
-    requirements = model_requirements(read_requirement_lines(model_dir / REQUIREMENTS_FILE_NAME))
+    requirements = model_requirements(read_requirement_lines(requirements_file))
     return VenvSpec(
         python=python,
         build_dependencies=tuple(env.get("build_dependencies") or ()),
         dependencies=tuple(requirements) + tuple(spark_requirements(python, requirements)),
-        base_dir=model_dir.resolve(),
+        base_dir=requirements_file.resolve().parent,
         installer=installer,
         site_paths=(str(REPO_ROOT),),
     )
@@ -118,19 +126,28 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         prog="python -m dai_mlflow.spark_env",
         description="Build venvs/spark_inference for a logged model (its env + pyspark).",
     )
-    parser.add_argument("--model-uri", required=True)
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--model-uri", help="models:/name@alias, runs:/.../model or a folder")
+    source.add_argument("--python-env", type=Path, help="a python_env.yaml (with --requirements)")
+    parser.add_argument("--requirements", type=Path, help="the requirements.txt beside it")
     parser.add_argument("--dest", type=Path, default=REPO_ROOT / "venvs" / "spark_inference")
     parser.add_argument("--installer", choices=("uv", "pip"), default="uv")
     parser.add_argument("--quiet", action="store_true", help="hide installer output")
     args = parser.parse_args(argv)
+    if bool(args.python_env) != bool(args.requirements):
+        parser.error("--python-env and --requirements go together")
     try:
-        _, built = build_spark_env(args.model_uri, args.dest, args.installer, args.quiet)
+        if args.python_env:
+            spec = spec_for_files(args.python_env, args.requirements, args.installer)
+            _, built = ensure_venv(spec, args.dest, quiet=args.quiet)
+        else:
+            _, built = build_spark_env(args.model_uri, args.dest, args.installer, args.quiet)
     except DaiMlflowError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
     print(
         f"{'built' if built else 'reused'} {args.dest} -> score with: {args.dest}/bin/python "
-        f"spark_inference/score.py --model-uri {args.model_uri} --input PATH --output PATH"
+        f"spark_inference/score.py --model-uri {args.model_uri or 'URI'} --input PATH --output PATH"
     )
     return 0
 

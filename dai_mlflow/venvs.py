@@ -193,7 +193,8 @@ def is_current(dest: Path, key: str) -> bool:
         return False
 
 
-def _find_uv() -> Optional[str]:
+def find_uv() -> Optional[str]:
+    """The uv next to this interpreter (a venv with uv), else uv on PATH, else None."""
     sibling = Path(sys.executable).parent / "uv"
     if sibling.is_file():
         return str(sibling)
@@ -269,7 +270,7 @@ def ensure_venv(
     if dest.exists():
         progress(f"[venv] {dest} is stale or incomplete: rebuilding")
         shutil.rmtree(dest)
-    uv = _find_uv() if spec.installer == "uv" else None
+    uv = find_uv() if spec.installer == "uv" else None
     groups = [g for g in (spec.build_dependencies, spec.dependencies) if g]
     total = 1 + len(groups) + (1 if spec.installer == "uv" and not uv else 0)
     started = time.monotonic()
@@ -356,15 +357,7 @@ def _cli(argv: Optional[Sequence[str]] = None) -> int:
     p.add_argument("--dest", type=Path, required=True)
     p.add_argument("--python-env", type=Path, required=True)
     p.add_argument("--installer", choices=INSTALLERS, default="pip")
-    p = sub.add_parser(
-        "spark-inference", help="model env (python_env.yaml + requirements.txt) plus pyspark"
-    )
-    p.add_argument("--dest", type=Path, required=True)
-    p.add_argument("--python-env", type=Path, required=True)
-    p.add_argument("--requirements", type=Path, required=True)
-    p.add_argument("--installer", choices=INSTALLERS, default="uv")
-    p.add_argument("--site-path", action="append", default=[], help="add a folder to sys.path")
-    for name in ("requirements", "python-env", "spark-inference"):
+    for name in ("requirements", "python-env"):
         sub.choices[name].add_argument("--quiet", action="store_true", help="hide installer output")
     args = parser.parse_args(argv)
     try:
@@ -387,18 +380,7 @@ def _spec_from_args(args: argparse.Namespace) -> VenvSpec:
             installer=args.installer,
             site_paths=tuple(str(Path(p).resolve()) for p in args.site_path),
         )
-    if args.command == "python-env":
-        return VenvSpec.from_python_env(args.python_env, installer=args.installer)
-    data = load_python_env(args.python_env)
-    requirements = read_requirement_lines(args.requirements)
-    return VenvSpec(
-        python=str(data["python"]),
-        build_dependencies=tuple(data.get("build_dependencies") or ()),
-        dependencies=tuple(requirements) + (pyspark_requirement(str(data["python"])),),
-        base_dir=args.requirements.resolve().parent,
-        installer=args.installer,
-        site_paths=tuple(str(Path(p).resolve()) for p in args.site_path),
-    )
+    return VenvSpec.from_python_env(args.python_env, installer=args.installer)
 
 
 if __name__ == "__main__":

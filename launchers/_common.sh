@@ -43,7 +43,16 @@ _host_python() {
   _die "no Python >= 3.10 found for venvs/launcher (MLflow 3.x needs it); install one (pyenv install 3.11) or set DAI_MLFLOW_HOST_PYTHON"
 }
 
+# The launcher venv's python: $VENVS/launcher, else this checkout's venvs/launcher (so a scratch
+# DAI_MLFLOW_VENVS can receive new venvs built by the existing launcher). Call it in an
+# assignment (`py="$(_launcher_python)"`): errexit then stops the script when it fails.
 _launcher_python() {
-  [ -x "$LAUNCHER_VENV/bin/python" ] || _die "venvs/launcher is missing; run \`make venvs\` first"
-  printf '%s\n' "$LAUNCHER_VENV/bin/python"
+  local venv
+  for venv in "$LAUNCHER_VENV" "$ROOT/venvs/launcher"; do
+    if [ -x "$venv/bin/python" ]; then
+      printf '%s\n' "$venv/bin/python"
+      return 0
+    fi
+  done
+  _die "venvs/launcher is missing; run \`make venvs\` first"
 }

@@ -6,13 +6,14 @@
 source "$(dirname "${BASH_SOURCE[0]}")/_common.sh"
 
 _main() {
-  local quiet=()
+  local quiet=() python
   case "${1:-}" in
     "") ;;
     --quiet) quiet=(--quiet) ;;
     *) _die "usage: $0 [--quiet]" ;;
   esac
-  "$(_launcher_python)" -m dai_mlflow.venvs python-env "${quiet[@]}" \
+  python="$(_launcher_python)"
+  "$python" -m dai_mlflow.venvs python-env "${quiet[@]}" \
     --dest "$MLPROJECT_VENV" --python-env "$ROOT/python_env.yaml" --installer pip
 }
 

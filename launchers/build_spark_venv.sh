@@ -10,7 +10,7 @@ _usage() {
 }
 
 _main() {
-  local python_env="" requirements=""
+  local python_env="" requirements="" python
   case "${1:-}" in
     "" | -h | --help) _usage ;;
     --python-env)
@@ -20,11 +20,13 @@ _main() {
       ;;
     *)
       [ $# -eq 1 ] || _usage
-      exec "$(_launcher_python)" -m dai_mlflow.spark_env --model-uri "$1" --dest "$SPARK_VENV"
+      python="$(_launcher_python)"
+      exec "$python" -m dai_mlflow.spark_env --model-uri "$1" --dest "$SPARK_VENV"
       ;;
   esac
-  "$(_launcher_python)" -m dai_mlflow.venvs spark-inference --dest "$SPARK_VENV" \
-    --python-env "$python_env" --requirements "$requirements" --site-path "$ROOT"
+  python="$(_launcher_python)"
+  "$python" -m dai_mlflow.spark_env --dest "$SPARK_VENV" \
+    --python-env "$python_env" --requirements "$requirements"
 }
 
 _main "$@"
