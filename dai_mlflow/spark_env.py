@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import List, Optional, Sequence, Tuple
 
 from dai_mlflow.errors import DaiMlflowError
+from dai_mlflow.requirements import canonical_name
 from dai_mlflow.venvs import (
     VenvSpec,
     ensure_venv,
@@ -43,7 +44,7 @@ def _requirement_name(line: str) -> str:
     match = re.match(r"^\s*([A-Za-z0-9][A-Za-z0-9._-]*)", line)
     if not match or line.lstrip().startswith("-") or "/" in line or line.endswith(".whl"):
         return ""
-    return match.group(1).lower().replace("_", "-")
+    return canonical_name(match.group(1))
 
 
 def model_requirements(lines: Sequence[str]) -> List[str]:
