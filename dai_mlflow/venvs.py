@@ -35,6 +35,7 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 from dai_mlflow.errors import DaiMlflowError, VenvBuildError
 from dai_mlflow.pythons import Interpreter, find_python
+from dai_mlflow.wheelhouse import ensure_wheels
 
 STAMP_FILE_NAME = ".dai-mlflow-venv.json"
 PYTHON_ENV_FILE_NAME = "python_env.yaml"
@@ -226,9 +227,18 @@ def _run(cmd: Sequence[str], step: str, dest: Path, cwd: Optional[Path], quiet: 
 
 
 def _install_group(
-    spec: VenvSpec, dest: Path, lines: Sequence[str], uv: Optional[str], quiet: bool, step: str
+    spec: VenvSpec,
+    dest: Path,
+    lines: Sequence[str],
+    uv: Optional[str],
+    quiet: bool,
+    step: str,
+    wheels: Optional[Path] = None,
 ) -> None:
-    """Install one group of lines the way MLflow does: from a temp dir mirroring base_dir."""
+    """Install one group of lines the way MLflow does: from a temp dir mirroring base_dir.
+
+    ``wheels``: a folder passed with ``--find-links`` (see :mod:`dai_mlflow.wheelhouse`).
+    """
     with tempfile.TemporaryDirectory(prefix="dai-mlflow-req-") as tmp:
         for item in os.listdir(spec.base_dir):
             os.symlink(spec.base_dir / item, Path(tmp) / item)
@@ -240,6 +250,8 @@ def _install_group(
             cmd = [venv_python(dest), "-m", "pip", "install", "-r", req.name]
             if quiet:
                 cmd.append("--quiet")
+        if wheels is not None:
+            cmd += ["--find-links", str(wheels)]
         _run(cmd, step, dest, Path(tmp), quiet)
 
 
@@ -294,8 +306,9 @@ def ensure_venv(
             uv = str(dest / "bin" / "uv")
         for group in groups:
             what = "build dependencies" if group is spec.build_dependencies else "dependencies"
+            wheels = ensure_wheels(group, interpreter.executable, progress, quiet)
             label = _step(f"installing {len(group)} {what} with {spec.installer}")
-            _install_group(spec, dest, group, uv, quiet, label)
+            _install_group(spec, dest, group, uv, quiet, label, wheels)
         if spec.site_paths:
             _write_pth(dest, spec.site_paths)
         stamp = {"key": key, "python": interpreter.version, "spec": _spec_summary(spec)}

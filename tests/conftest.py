@@ -17,7 +17,14 @@ CACHE_DIR = REPO_ROOT / "tests" / ".cache"
 
 pytest_plugins = [
     p
-    for p in ("tests.fixtures_standin", "tests.fixtures_model", "tests.fixtures_spark")
+    for p in (
+        "tests.fixtures_standin",
+        "tests.fixtures_model",
+        "tests.fixtures_spark",
+        "tests.fixtures_switch",
+        "tests.fixtures_serve",
+        "tests.fixtures_lifecycle",
+    )
     if (REPO_ROOT / (p.replace(".", "/") + ".py")).is_file()
 ]
 
