@@ -81,7 +81,9 @@ def ensure_wheels(
     return folder if have else None
 
 
-def _build(pin: str, python: str, folder: Path, progress: Callable[[str], None], quiet: bool) -> bool:
+def _build(
+    pin: str, python: str, folder: Path, progress: Callable[[str], None], quiet: bool
+) -> bool:
     """Build one wheel into ``folder`` atomically (a temp folder, then a rename)."""
     folder.mkdir(parents=True, exist_ok=True)
     progress(f"[wheelhouse] building {pin} once into {folder} (source-only on PyPI; ~1 min)")
