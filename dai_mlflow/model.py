@@ -139,7 +139,13 @@ def _coerce(values: pd.Series, name: str, kind: str) -> pd.Series:
     if kind == "boolean":
         return values.astype("object")
     if kind == "string":
-        return values.map(lambda v: v if v is None or isinstance(v, str) or v != v else str(v))
+        if pd.api.types.infer_dtype(values, skipna=True) in ("string", "empty"):
+            return values
+        # Non-missing values become str; None/NaN stay missing (vectorised: no per-row lambda).
+        present = values.notna()
+        out = values.astype("object")
+        out[present] = out[present].astype(str)
+        return out
     return values
 
 
