@@ -58,7 +58,8 @@ def find_license(
         return LicenseSource("key", LICENSE_KEY_ENV)
     file_var = env.get(LICENSE_FILE_ENV, "").strip()
     if file_var:
-        path = Path(file_var).expanduser()
+        # Absolute now: the scorer runs in its own working folder, where a relative path breaks.
+        path = Path(os.path.abspath(Path(file_var).expanduser()))
         if not path.is_file():
             raise LicenseNotFoundError(
                 f"{LICENSE_FILE_ENV}={path} does not exist; point it at your license.sig or "
@@ -75,8 +76,12 @@ def find_license(
 
 
 def export_license_location(source: LicenseSource) -> None:
-    """Make a file found at the default place explicit for scorers that only read the env var."""
-    if source.kind == "file" and not os.environ.get(LICENSE_FILE_ENV):
+    """Point ``DRIVERLESS_AI_LICENSE_FILE`` at the found file, as an absolute path.
+
+    Scorers only read the env var, and run in their own working folder: a file found at the
+    default place becomes explicit, and a relative path given by the user becomes absolute.
+    """
+    if source.kind == "file" and os.environ.get(LICENSE_FILE_ENV) != source.where:
         os.environ[LICENSE_FILE_ENV] = source.where
 
 
