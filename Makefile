@@ -47,6 +47,30 @@ test: venvs ## run every test (unit, venv, mlflow run, spark, serve); fails if n
 test-fast: launcher-venv ## run only the tests that build no venv and start no Spark or server
 	@$(LAUNCHER) -m pytest -m "not venv and not mlflow_run and not spark and not serve" $(PYTEST_ARGS)
 
+# Lifecycle entry points (docs/lifecycle.md); each is `mlflow run . -e <name>` from venvs/launcher.
+MODEL_NAME    ?=
+HOLDOUT       ?=
+INPUT         ?=
+TABLE         ?= data/output/scored
+MONITOR_TABLE ?= data/output/monitoring
+DATE          ?=
+MLFLOW_RUN     = source $(VENVS)/launcher/bin/activate && mlflow run .
+
+.PHONY: validate
+validate: launcher-venv ## promote MODEL_NAME@challenger to champion if better on HOLDOUT=<labelled csv|parquet>
+	@test -n "$(MODEL_NAME)" && test -n "$(HOLDOUT)" || { echo "error: pass MODEL_NAME=<registered model> HOLDOUT=<labelled csv|parquet>" >&2; exit 2; }
+	@$(MLFLOW_RUN) -e validate -P model_name="$(MODEL_NAME)" -P holdout="$(HOLDOUT)"
+
+.PHONY: batch
+batch: launcher-venv ## score INPUT with MODEL_NAME@champion into TABLE's DATE partition (default today)
+	@test -n "$(MODEL_NAME)" && test -n "$(INPUT)" || { echo "error: pass MODEL_NAME=<registered model> INPUT=<csv|parquet> [TABLE=dir] [DATE=YYYY-MM-DD]" >&2; exit 2; }
+	@$(MLFLOW_RUN) -e batch -P model_name="$(MODEL_NAME)" -P input="$(INPUT)" -P table="$(TABLE)" -P date="$(DATE)"
+
+.PHONY: monitor
+monitor: launcher-venv ## drift of TABLE's DATE partition vs the training baseline -> MONITOR_TABLE
+	@test -n "$(MODEL_NAME)" || { echo "error: pass MODEL_NAME=<registered model> [TABLE=dir] [MONITOR_TABLE=dir] [DATE=YYYY-MM-DD]" >&2; exit 2; }
+	@$(MLFLOW_RUN) -e monitor -P model_name="$(MODEL_NAME)" -P table="$(TABLE)" -P output="$(MONITOR_TABLE)" -P date="$(DATE)"
+
 .PHONY: lint
 lint: launcher-venv ## ruff check + format check
 	@$(VENVS)/launcher/bin/ruff check . && $(VENVS)/launcher/bin/ruff format --check .

@@ -1,0 +1,216 @@
+"""Scheduled batch scoring: ``mlflow run . -e batch -P model_name=NAME -P input=PATH -P table=DIR``.
+
+:func:`batch` resolves ``NAME@champion`` to a version, downloads it, checks the input's columns
+against its signature, then runs :mod:`.batch_job` (Spark) in a subprocess and records the run.
+The job scores with :func:`dai_mlflow.spark.score` and replaces the ``date=D`` partition of the
+output table (:mod:`.tables`): every row gets ``model_name``, ``model_version``, ``model_uri`` and
+``scored_at``; a re-run for the same date replaces that partition, never duplicates it.
+
+Where the Spark job runs (the entry point's own env has no pyspark by default):
+
+- ``env_manager=local`` (default): in the champion's Spark venv, the model's Python and
+  requirements plus pyspark (:mod:`dai_mlflow.spark_env`, what ``make spark-venv`` builds), at
+  ``--spark-venv`` (default ``venvs/spark_inference``), built or reused (rebuilt when the
+  champion's env spec changed);
+- ``env_manager=uv|virtualenv``: MLflow rebuilds the model env for the workers; the driver is
+  this interpreter when it has pyspark, else ``venvs/launcher/bin/python``.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import List, Optional
+
+from dai_mlflow.lifecycle import registry, scoring, tables
+from dai_mlflow.lifecycle.errors import LifecycleError
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+DEFAULT_SPARK_VENV = REPO_ROOT / "venvs" / "spark_inference"
+LAUNCHER_PYTHON = REPO_ROOT / "venvs" / "launcher" / "bin" / "python"
+ENV_MANAGERS = ("local", "uv", "virtualenv")
+METADATA_COLUMNS = ("model_name", "model_version", "model_uri", "scored_at")
+JOB_ERROR_PREFIX = "error: "
+JOB_RESULT_PREFIX = "batch_result="
+
+
+@dataclass(frozen=True)
+class BatchRequest:
+    """Inputs of :func:`batch`."""
+
+    model_name: str
+    input: Path
+    table: str
+    day: str = ""
+    alias: str = registry.CHAMPION
+    env_manager: str = "local"
+    spark_venv: Optional[Path] = None
+    master: str = "local[*]"
+
+    def __post_init__(self) -> None:
+        if not self.model_name.strip():
+            raise LifecycleError("model_name is empty; pass the registered model's name")
+        if self.env_manager not in ENV_MANAGERS:
+            raise LifecycleError(f"env_manager {self.env_manager!r}: use one of {ENV_MANAGERS}")
+        scoring.data_format(self.input)
+        tables.local_table(self.table)
+        if self.day:
+            tables.validate_date(self.day)
+
+    @property
+    def date(self) -> str:
+        """The partition: ``day``, or today (UTC)."""
+        return tables.validate_date(self.day) if self.day else _today()
+
+
+@dataclass(frozen=True)
+class BatchResult:
+    run_id: str
+    model_uri: str
+    partition: Path
+    rows: int
+
+
+def _today() -> str:
+    return datetime.now(timezone.utc).date().isoformat()
+
+
+def _say(msg: str) -> None:
+    print(f"[dai-mlflow] {msg}", file=sys.stderr, flush=True)
+
+
+def spark_venv_python(model_dir: Path, dest: Path) -> Path:
+    """Build or reuse ``dest`` as the model's Spark venv (its env + pyspark + pyarrow)."""
+    from dai_mlflow.spark_env import spec_for_model_dir
+    from dai_mlflow.venvs import ensure_venv
+
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    with open(str(dest) + ".lock", "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        python, built = ensure_venv(
+            spec_for_model_dir(model_dir), dest, quiet=True, progress=lambda _m: None
+        )
+    _say(f"spark venv {'built' if built else 'reused'}: {dest}")
+    return python
+
+
+def _has_pyspark() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("pyspark") is not None
+
+
+def job_python(request: BatchRequest, model_dir: Path) -> Path:
+    """The interpreter that runs the Spark job (see the module docstring)."""
+    if request.env_manager == "local":
+        return spark_venv_python(model_dir, request.spark_venv or DEFAULT_SPARK_VENV)
+    if _has_pyspark():
+        return Path(sys.executable)
+    if LAUNCHER_PYTHON.exists():
+        return LAUNCHER_PYTHON
+    raise LifecycleError(
+        f"env_manager={request.env_manager} needs a driver with pyspark and mlflow 3; run "
+        "`make venvs` (venvs/launcher) or use env_manager=local"
+    )
+
+
+def job_command(request: BatchRequest, python: Path, model_dir: Path, ref: object) -> List[str]:
+    """The ``python -m dai_mlflow.lifecycle.batch_job ...`` command line."""
+    return [
+        str(python),
+        "-m",
+        "dai_mlflow.lifecycle.batch_job",
+        "--model-dir", str(model_dir),
+        "--model-name", ref.name,
+        "--model-version", ref.version,
+        "--input", str(request.input.resolve()),
+        "--table", str(tables.local_table(request.table)),
+        "--date", request.date,
+        "--env-manager", request.env_manager,
+        "--master", request.master,
+    ]  # fmt: skip
+
+
+def _job_env() -> dict:
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONHOME", "VIRTUAL_ENV")}
+    env["PYTHONPATH"] = str(REPO_ROOT)  # the job imports dai_mlflow from this checkout
+    env.pop("MLFLOW_RUN_ID", None)  # the job does no tracking
+    return env
+
+
+def run_job(command: List[str]) -> int:
+    """Run the Spark job; return the rows written.
+
+    Raises:
+        LifecycleError: the job failed (its one-line error; the table is unchanged).
+    """
+    proc = subprocess.run(
+        command, cwd=str(REPO_ROOT), env=_job_env(), capture_output=True, text=True
+    )
+    sys.stderr.write(proc.stderr[-4000:] if proc.returncode else "")
+    result = [ln for ln in proc.stdout.splitlines() if ln.startswith(JOB_RESULT_PREFIX)]
+    if proc.returncode != 0 or not result:
+        lines = [ln.strip() for ln in (proc.stdout + "\n" + proc.stderr).splitlines()]
+        errors = [ln[len(JOB_ERROR_PREFIX) :] for ln in lines if ln.startswith(JOB_ERROR_PREFIX)]
+        detail = errors[-1] if errors else next((ln for ln in reversed(lines) if ln), "no output")
+        raise LifecycleError(f"batch scoring failed: {detail}")
+    return int(result[-1].split("=", 1)[1])
+
+
+def batch(request: BatchRequest) -> BatchResult:
+    """Score the input with ``NAME@champion`` and replace the date's partition of the table.
+
+    Raises:
+        DaiMlflowError: any expected failure (one line); the table is unchanged and the run
+            ends FAILED.
+    """
+    import mlflow
+
+    with mlflow.start_run() as run:
+        day = request.date
+        mlflow.log_params(
+            {
+                "model_name": request.model_name,
+                "alias": request.alias,
+                "input": str(request.input),
+                "table": str(tables.local_table(request.table)),
+                "date": day,
+                "env_manager": request.env_manager,
+            }
+        )
+        ref = registry.require_alias(request.model_name, request.alias)
+        mlflow.log_param("model_version", ref.version)
+        work = Path(tempfile.mkdtemp(prefix="dai-mlflow-batch-"))
+        try:
+            model_dir = registry.download(ref, work / "model")
+            _check_input(model_dir, request.input)
+            python = job_python(request, model_dir)
+            _say(f"scoring {request.input} with {ref.uri} into date={day} ({python})")
+            rows = run_job(job_command(request, python, model_dir, ref))
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
+        partition = tables.partition_dir(tables.local_table(request.table), day)
+        mlflow.log_metric("rows", rows)
+        mlflow.set_tag(registry.TAG_PREFIX + "partition", str(partition))
+        _say(f"wrote {rows} rows to {partition}")
+        return BatchResult(run.info.run_id, ref.uri, partition, rows)
+
+
+def _check_input(model_dir: Path, path: Path) -> None:
+    """Fail before Spark starts when the input lacks model columns or has reserved ones."""
+    from dai_mlflow.spark import input_columns, precheck
+
+    precheck(model_dir, str(path))
+    columns = input_columns(str(path)) or []
+    clash = [c for c in (*METADATA_COLUMNS, tables.PARTITION_COLUMN) if c in columns]
+    if clash:
+        raise LifecycleError(
+            f"{path} has column(s) {clash} that batch adds; rename them before scoring"
+        )

@@ -1,0 +1,140 @@
+"""Command lines of the ``validate``, ``batch`` and ``monitor`` entry points (``MLproject``).
+
+``python -m dai_mlflow.lifecycle validate --model-name NAME --holdout PATH``
+``python -m dai_mlflow.lifecycle batch --model-name NAME --input PATH --table DIR [--date D]``
+``python -m dai_mlflow.lifecycle monitor --model-name NAME --table DIR --output DIR [--date D]``
+
+Each command parses options, points MLflow at the tracking store (:mod:`dai_mlflow.tracking`:
+the embedded default, bridged for mlflow 2.17), calls one library function and prints a
+``key=value`` summary as the last stdout line. Expected failures are one line on stderr and
+exit code 1 (the MLflow run then ends FAILED).
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Optional, Sequence
+
+import click
+
+from dai_mlflow.errors import DaiMlflowError
+
+MODEL_NAME = click.option("--model-name", required=True, help="registered model name")
+DATE = click.option(
+    "--date", "day", default="", help="partition date YYYY-MM-DD (empty: today, UTC)"
+)
+
+
+def _tracked(fn, *args):  # noqa: ANN001, ANN202 - runs fn inside the chosen tracking store
+    from dai_mlflow.tracking import tracking_store
+
+    try:
+        with tracking_store():
+            return fn(*args)
+    except DaiMlflowError as e:
+        raise click.ClickException(" ".join(str(e).split("\n"))) from e
+
+
+@click.group(name="dai-mlflow-lifecycle")
+def main() -> None:
+    """Champion/challenger gate, batch scoring and drift monitoring of a registered DAI model."""
+
+
+@main.command()
+@MODEL_NAME
+@click.option(
+    "--holdout",
+    required=True,
+    type=click.Path(exists=True, path_type=Path),
+    help="labelled holdout, csv or parquet (the model's inputs + the target column)",
+)
+@click.option("--target", default="", help="target column (empty: found from the outputs)")
+def validate(model_name: str, holdout: Path, target: str) -> None:
+    """Score @challenger and @champion on HOLDOUT; promote the challenger only if better."""
+    from dai_mlflow.lifecycle.validate import ValidateRequest
+    from dai_mlflow.lifecycle.validate import validate as run_validate
+
+    try:
+        request = ValidateRequest(model_name.strip(), holdout, target.strip() or None)
+    except DaiMlflowError as e:
+        raise click.ClickException(str(e)) from e
+    result = _tracked(run_validate, request)
+    champion = f"models:/{model_name}/{result.champion_version}"
+    click.echo(f"decision={result.decision} champion={champion}")
+
+
+@main.command()
+@MODEL_NAME
+@click.option("--input", "input_path", required=True, type=click.Path(exists=True, path_type=Path))
+@click.option("--table", required=True, help="output table folder (date-partitioned parquet)")
+@DATE
+@click.option("--alias", default="champion", show_default=True, help="alias of the version")
+@click.option(
+    "--env-manager",
+    type=click.Choice(["local", "uv", "virtualenv"]),
+    default="local",
+    show_default=True,
+    help="local: the champion's Spark venv; uv/virtualenv: MLflow rebuilds the model env",
+)
+@click.option(
+    "--spark-venv",
+    default="",
+    help="where the champion's Spark venv is built/reused (empty: venvs/spark_inference)",
+)
+@click.option("--master", default="local[*]", show_default=True, help="Spark master")
+def batch(
+    model_name: str,
+    input_path: Path,
+    table: str,
+    day: str,
+    alias: str,
+    env_manager: str,
+    spark_venv: str,
+    master: str,
+) -> None:
+    """Score INPUT with NAME@champion; replace the date's partition of TABLE."""
+    from dai_mlflow.lifecycle.batch import BatchRequest
+    from dai_mlflow.lifecycle.batch import batch as run_batch
+
+    try:
+        request = BatchRequest(
+            model_name.strip(), input_path, table, day.strip(), alias.strip() or "champion",
+            env_manager, Path(spark_venv) if spark_venv.strip() else None, master,
+        )  # fmt: skip
+    except DaiMlflowError as e:
+        raise click.ClickException(str(e)) from e
+    result = _tracked(run_batch, request)
+    click.echo(f"rows={result.rows} partition={result.partition} model_uri={result.model_uri}")
+
+
+@main.command()
+@MODEL_NAME
+@click.option("--table", required=True, help="the batch output table folder")
+@click.option("--output", required=True, help="monitoring table folder (date-partitioned)")
+@DATE
+@click.option("--days", type=int, default=1, show_default=True, help="partitions in the window")
+def monitor(model_name: str, table: str, output: str, day: str, days: int) -> None:
+    """Drift of the window's inputs and predictions against the training baseline."""
+    from dai_mlflow.lifecycle.monitor import MonitorRequest, summary
+    from dai_mlflow.lifecycle.monitor import monitor as run_monitor
+
+    try:
+        request = MonitorRequest(model_name.strip(), table, output, day.strip(), days)
+    except DaiMlflowError as e:
+        raise click.ClickException(str(e)) from e
+    result = _tracked(run_monitor, request)
+    click.echo(f"partition={result.partition}")
+    click.echo(summary(result))
+
+
+def run(argv: Optional[Sequence[str]] = None) -> int:
+    """Run the CLI; return its exit code (one-line ``error: ...`` on expected failures)."""
+    try:
+        main.main(args=list(argv) if argv is not None else None, standalone_mode=False)
+    except click.ClickException as e:
+        print(f"error: {e.format_message()}", file=sys.stderr, flush=True)
+        return 1
+    except click.exceptions.Abort:
+        return 1
+    return 0

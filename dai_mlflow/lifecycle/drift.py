@@ -1,0 +1,331 @@
+"""Drift of recent inputs and predictions against the training baseline, with documented limits.
+
+Baselines:
+
+- **features**: DAI's ``training_data_column_stats.json``, read from the model version's
+  ``scoring-pipeline`` artifact. Per column it has ``data_type`` and sample ``data``; DAI-shaped
+  exports may add ``count``/``missing``, ``mean``/``std``/``min``/``max`` (numeric) and
+  ``levels`` (category counts). Missing summary fields are computed from ``data`` (then the
+  baseline is only as good as that sample; the row says ``baseline_source=sample``). A file
+  that is a JSON string holding JSON is accepted (seen in exports).
+- **predictions**: ``prediction_baseline.json`` that ``validate`` logged for the version: per
+  output column, decile bin edges of the holdout predictions and the share of rows per bin.
+
+Metrics (thresholds are module constants, documented in docs/lifecycle.md):
+
+- numeric feature: ``z_mean`` = (recent mean - training mean) / training std; drifted when
+  ``|z_mean| >= Z_MEAN_THRESHOLD``;
+- categorical feature: ``psi`` over the training levels plus an "other" bucket; drifted when
+  ``psi >= PSI_THRESHOLD``;
+- any feature: drifted too when its missing rate moved by ``>= MISSING_RATE_THRESHOLD``;
+- prediction column: ``psi`` over the baseline deciles; drifted when ``psi >= PSI_THRESHOLD``.
+
+``should_retrain`` = any prediction column drifted, or at least ``FEATURE_SHARE_THRESHOLD`` of the
+features drifted. Fewer than ``MIN_ROWS`` recent rows → no verdict (``should_retrain`` false,
+``status=too_few_rows``).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+import pandas as pd
+
+from dai_mlflow.lifecycle.errors import LifecycleError
+
+COLUMN_STATS_FILE_NAME = "training_data_column_stats.json"
+NUMERIC_TYPES = ("int", "real", "float", "double", "numeric", "long", "uint")
+PSI_THRESHOLD = 0.2
+Z_MEAN_THRESHOLD = 0.3
+MISSING_RATE_THRESHOLD = 0.1
+FEATURE_SHARE_THRESHOLD = 0.3
+MIN_ROWS = 100
+PREDICTION_BINS = 10
+_PSI_FLOOR = 1e-4
+OTHER_LEVEL = "__other__"
+
+
+@dataclass(frozen=True)
+class DriftRow:
+    """One row of the monitoring table (one feature or prediction column)."""
+
+    kind: str  # feature | prediction
+    column: str
+    metric: str  # z_mean | psi | missing_rate | none
+    value: float
+    threshold: float
+    drifted: bool
+    baseline_missing_rate: float
+    recent_missing_rate: float
+    baseline_source: str  # stats | sample | validation | none
+    note: str = ""
+
+
+def output_columns(model_dir: Path) -> List[str]:
+    """The DAI output columns of a model folder (its signature's outputs).
+
+    Raises:
+        LifecycleError: the model has no named output signature.
+    """
+    from mlflow.models import Model
+
+    schema = Model.load(str(model_dir / "MLmodel")).get_output_schema()
+    if schema is None or not schema.has_input_names():
+        raise LifecycleError(f"{model_dir}: the model has no named output signature")
+    return [s.name for s in schema.inputs]
+
+
+def input_columns(model_dir: Path) -> List[str]:
+    """The input columns of a model folder's signature."""
+    from mlflow.models import Model
+
+    schema = Model.load(str(model_dir / "MLmodel")).get_input_schema()
+    return [s.name for s in schema.inputs] if schema is not None else []
+
+
+def find_column_stats(model_dir: Path) -> Path:
+    """``training_data_column_stats.json`` inside a model's artifacts.
+
+    Raises:
+        LifecycleError: the pipeline artifact has none.
+    """
+    found = sorted((model_dir / "artifacts").rglob(COLUMN_STATS_FILE_NAME))
+    if not found:
+        raise LifecycleError(
+            f"{model_dir}: no {COLUMN_STATS_FILE_NAME} in the model's scoring-pipeline artifact; "
+            "re-export the pipeline from DAI (it carries the training baseline)"
+        )
+    return found[0]
+
+
+def load_column_stats(path: Path) -> Dict[str, Dict[str, Any]]:
+    """Parse DAI's column stats (a dict per column; a JSON string of JSON is unwrapped).
+
+    Raises:
+        LifecycleError: not JSON, or not a mapping of columns.
+    """
+    try:
+        data: Any = json.loads(path.read_text())
+        if isinstance(data, str):
+            data = json.loads(data)
+    except ValueError as e:
+        raise LifecycleError(f"{path} is not valid JSON: {e}") from e
+    if not isinstance(data, dict):
+        raise LifecycleError(f"{path}: expected an object of columns, got {type(data).__name__}")
+    return {str(k): v for k, v in data.items() if isinstance(v, dict)}
+
+
+def _is_numeric(entry: Dict[str, Any]) -> bool:
+    dtype = str(entry.get("data_type", "")).strip().lower()
+    return dtype.startswith(NUMERIC_TYPES)
+
+
+def _to_float(values: Sequence[Any]) -> np.ndarray:
+    return pd.to_numeric(pd.Series(list(values), dtype=object), errors="coerce").to_numpy(
+        dtype=np.float64
+    )
+
+
+def _text(values: Sequence[Any]) -> List[Optional[str]]:
+    out: List[Optional[str]] = []
+    for v in values:
+        if v is None or (isinstance(v, float) and math.isnan(v)):
+            out.append(None)
+        else:
+            out.append(str(v))
+    return out
+
+
+def _psi(expected: np.ndarray, actual: np.ndarray) -> float:
+    """Population stability index of two distributions over the same buckets (shares)."""
+    e = np.maximum(expected, _PSI_FLOOR)
+    a = np.maximum(actual, _PSI_FLOOR)
+    return float(np.sum((a - e) * np.log(a / e)))
+
+
+def _baseline_missing(entry: Dict[str, Any]) -> float:
+    count, missing = entry.get("count"), entry.get("missing")
+    if isinstance(count, (int, float)) and isinstance(missing, (int, float)) and count > 0:
+        return float(missing) / float(count)
+    return float("nan")
+
+
+def feature_drift(entry: Dict[str, Any], name: str, recent: pd.Series) -> DriftRow:
+    """Drift of one input column against its training stats entry."""
+    values = list(recent)
+    n = len(values)
+    recent_missing = float(sum(1 for v in _text(values) if v is None)) / n if n else float("nan")
+    base_missing = _baseline_missing(entry)
+    moved = abs(recent_missing - base_missing)
+    missing_moved = not math.isnan(base_missing) and moved >= MISSING_RATE_THRESHOLD
+    if _is_numeric(entry):
+        mean, std = entry.get("mean"), entry.get("std")
+        source = "stats"
+        if not isinstance(mean, (int, float)) or not isinstance(std, (int, float)):
+            sample = _to_float(entry.get("data") or [])
+            sample = sample[~np.isnan(sample)]
+            if len(sample) < 2:
+                return DriftRow(
+                    "feature", name, "none", float("nan"), Z_MEAN_THRESHOLD, missing_moved,
+                    base_missing, recent_missing, "none", "no numeric baseline in the stats",
+                )  # fmt: skip
+            mean, std, source = float(sample.mean()), float(sample.std(ddof=1)), "sample"
+        x = _to_float(values)
+        x = x[~np.isnan(x)]
+        if len(x) == 0:
+            z = float("nan")
+        elif std and std > 0:
+            z = (float(x.mean()) - float(mean)) / float(std)
+        else:
+            z = 0.0 if float(x.mean()) == float(mean) else float("inf")
+        drifted = (not math.isnan(z) and abs(z) >= Z_MEAN_THRESHOLD) or missing_moved
+        return DriftRow(
+            "feature", name, "z_mean", z, Z_MEAN_THRESHOLD, drifted,
+            base_missing, recent_missing, source,
+        )  # fmt: skip
+    levels = entry.get("levels")
+    source = "stats"
+    if not isinstance(levels, dict) or not levels:
+        sample = [v for v in _text(entry.get("data") or []) if v is not None]
+        levels = {}
+        for v in sample:
+            levels[v] = levels.get(v, 0) + 1
+        source = "sample"
+    if not levels:
+        return DriftRow(
+            "feature", name, "none", float("nan"), PSI_THRESHOLD, missing_moved,
+            base_missing, recent_missing, "none", "no categorical baseline in the stats",
+        )  # fmt: skip
+    keys = [str(k) for k in levels]
+    total = float(sum(float(v) for v in levels.values()))
+    expected = np.array([float(levels[k]) / total for k in levels] + [0.0])
+    present = [v for v in _text(values) if v is not None]
+    counts = dict.fromkeys(keys, 0)
+    other = 0
+    for v in present:
+        if v in counts:
+            counts[v] += 1
+        else:
+            other += 1
+    m = float(len(present)) or 1.0
+    actual = np.array([counts[k] / m for k in keys] + [other / m])
+    psi = _psi(expected, actual)
+    return DriftRow(
+        "feature", name, "psi", psi, PSI_THRESHOLD, psi >= PSI_THRESHOLD or missing_moved,
+        base_missing, recent_missing, source,
+    )  # fmt: skip
+
+
+def prediction_baseline(predictions: pd.DataFrame, columns: Sequence[str]) -> Dict[str, Any]:
+    """Decile edges and per-bin shares of holdout predictions, per output column."""
+    out: Dict[str, Any] = {"bins": PREDICTION_BINS, "rows": int(len(predictions)), "columns": {}}
+    for name in columns:
+        x = predictions[name].to_numpy(dtype=np.float64)
+        x = x[~np.isnan(x)]
+        edges = np.unique(np.quantile(x, np.linspace(0, 1, PREDICTION_BINS + 1))[1:-1])
+        shares = _bin_shares(x, edges)
+        out["columns"][name] = {
+            "edges": [float(e) for e in edges],
+            "shares": [float(s) for s in shares],
+            "mean": float(x.mean()) if len(x) else None,
+        }
+    return out
+
+
+def _bin_shares(x: np.ndarray, edges: Sequence[float]) -> np.ndarray:
+    idx = np.searchsorted(np.asarray(edges, dtype=np.float64), x, side="right")
+    counts = np.bincount(idx, minlength=len(edges) + 1).astype(np.float64)
+    return counts / max(1.0, float(len(x)))
+
+
+def prediction_drift(baseline: Optional[Dict[str, Any]], name: str, recent: pd.Series) -> DriftRow:
+    """PSI of recent predictions of one output column against the validation baseline."""
+    x = pd.to_numeric(recent, errors="coerce").to_numpy(dtype=np.float64)
+    recent_missing = float(np.isnan(x).mean()) if len(x) else float("nan")
+    column = (baseline or {}).get("columns", {}).get(name)
+    if not column:
+        return DriftRow(
+            "prediction", name, "none", float("nan"), PSI_THRESHOLD, False, float("nan"),
+            recent_missing, "none", "no prediction baseline: run validate for this version",
+        )  # fmt: skip
+    shares = _bin_shares(x[~np.isnan(x)], column["edges"])
+    psi = _psi(np.asarray(column["shares"], dtype=np.float64), shares)
+    return DriftRow(
+        "prediction", name, "psi", psi, PSI_THRESHOLD, psi >= PSI_THRESHOLD, 0.0,
+        recent_missing, "validation",
+    )  # fmt: skip
+
+
+@dataclass(frozen=True)
+class DriftReport:
+    """All rows for one model version and window, and the verdict."""
+
+    rows: Tuple[DriftRow, ...]
+    n_rows: int
+    should_retrain: bool
+    status: str  # ok | too_few_rows
+
+    @property
+    def drifted_features(self) -> List[str]:
+        return [r.column for r in self.rows if r.kind == "feature" and r.drifted]
+
+    @property
+    def drifted_predictions(self) -> List[str]:
+        return [r.column for r in self.rows if r.kind == "prediction" and r.drifted]
+
+
+def drift_report(
+    stats: Dict[str, Dict[str, Any]],
+    features: Sequence[str],
+    outputs: Sequence[str],
+    recent: pd.DataFrame,
+    pred_baseline: Optional[Dict[str, Any]],
+) -> DriftReport:
+    """Compare ``recent`` rows (inputs + predictions) with the baselines.
+
+    Args:
+        stats: parsed column stats (training baseline of the inputs).
+        features: model input columns to check (those without stats get a ``none`` row).
+        outputs: the model's output columns.
+        recent: the recent rows.
+        pred_baseline: ``prediction_baseline.json`` of the version, or None.
+    """
+    rows: List[DriftRow] = []
+    for name in features:
+        if name not in recent.columns:
+            raise LifecycleError(f"recent data lacks the model input column {name!r}")
+        entry = stats.get(name)
+        if entry is None:
+            rows.append(
+                DriftRow(
+                    "feature",
+                    name,
+                    "none",
+                    float("nan"),
+                    float("nan"),
+                    False,
+                    float("nan"),
+                    float(recent[name].isna().mean()),
+                    "none",
+                    "column not in the training stats",
+                )  # fmt: skip
+            )
+            continue
+        rows.append(feature_drift(entry, name, recent[name]))
+    for name in outputs:
+        if name not in recent.columns:
+            raise LifecycleError(f"recent data lacks the prediction column {name!r}")
+        rows.append(prediction_drift(pred_baseline, name, recent[name]))
+    n = int(len(recent))
+    if n < MIN_ROWS:
+        return DriftReport(tuple(rows), n, False, "too_few_rows")
+    checked = [r for r in rows if r.kind == "feature" and r.metric != "none"]
+    share = (sum(1 for r in checked if r.drifted) / len(checked)) if checked else 0.0
+    retrain = any(r.drifted for r in rows if r.kind == "prediction")
+    retrain = retrain or (bool(checked) and share >= FEATURE_SHARE_THRESHOLD)
+    return DriftReport(tuple(rows), n, retrain, "ok")

@@ -1,0 +1,165 @@
+"""Holdout metrics of a DAI model's predictions, with numpy only (no scikit-learn in the envs).
+
+The problem type follows the model's output columns (its signature): one column named after
+the target is regression; ``<target>.<class>`` columns are classification, one probability per
+class. The target is the holdout column those names are built from.
+
+- classification: ``auc`` (binary: the last class's probability; multiclass: the mean of the
+  one-vs-rest AUCs of the classes present) and ``log_loss`` (natural log, probabilities clipped
+  to [1e-15, 1 - 1e-15]);
+- regression: ``mae`` and ``rmse``.
+
+Which is "better": :data:`PRIMARY` names the metric the gate compares and whether higher wins.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+import pandas as pd
+
+from dai_mlflow.lifecycle.errors import LifecycleError
+
+CLASSIFICATION = "classification"
+REGRESSION = "regression"
+# problem type -> (metric the gate compares, True when higher is better)
+PRIMARY: Dict[str, Tuple[str, bool]] = {CLASSIFICATION: ("auc", True), REGRESSION: ("rmse", False)}
+_EPS = 1e-15
+
+
+@dataclass(frozen=True)
+class Problem:
+    """What the model predicts: the holdout's target column and, for classification, classes."""
+
+    kind: str
+    target: str
+    output_columns: Tuple[str, ...]
+    classes: Tuple[str, ...] = ()
+
+
+def detect_problem(
+    output_columns: Sequence[str], holdout_columns: Sequence[str], target: Optional[str] = None
+) -> Problem:
+    """Tell the target and the problem type from the model's outputs and the holdout's columns.
+
+    Raises:
+        LifecycleError: no holdout column is the target of these outputs.
+    """
+    outputs = tuple(output_columns)
+    candidates = [target] if target else sorted(holdout_columns, key=len, reverse=True)
+    for name in candidates:
+        if name not in holdout_columns:
+            continue
+        if outputs == (name,):
+            return Problem(REGRESSION, name, outputs)
+        prefix = name + "."
+        if outputs and all(c.startswith(prefix) and len(c) > len(prefix) for c in outputs):
+            return Problem(CLASSIFICATION, name, outputs, tuple(c[len(prefix) :] for c in outputs))
+    wanted = f"target {target!r}" if target else "the target"
+    raise LifecycleError(
+        f"the holdout has no column that is {wanted} of the model's outputs {list(outputs)}; "
+        "add the label column (named as in the DAI experiment) or pass --target"
+    )
+
+
+def label_text(value: object) -> Optional[str]:
+    """A label as DAI names its class: integral floats lose their ``.0``; missing is None."""
+    if value is None:
+        return None
+    if isinstance(value, float):
+        if math.isnan(value):
+            return None
+        if value.is_integer():
+            return str(int(value))
+    text = str(value)
+    return text if text.strip() != "" else None
+
+
+def _auc(positive: np.ndarray, score: np.ndarray) -> float:
+    """Mann-Whitney AUC with average ranks for ties; nan when one class is absent."""
+    n_pos = int(positive.sum())
+    n_neg = len(positive) - n_pos
+    if n_pos == 0 or n_neg == 0:
+        return float("nan")
+    ranks = pd.Series(score).rank(method="average").to_numpy()
+    return float((ranks[positive].sum() - n_pos * (n_pos + 1) / 2.0) / (n_pos * n_neg))
+
+
+def classification_metrics(
+    problem: Problem, labels: Sequence[object], predictions: pd.DataFrame
+) -> Dict[str, float]:
+    """``auc`` and ``log_loss`` of class probabilities against labels.
+
+    Raises:
+        LifecycleError: a label is not one of the model's classes, or no row has a label.
+    """
+    texts = [label_text(v) for v in labels]
+    keep = np.array([t is not None for t in texts])
+    if not keep.any():
+        raise LifecycleError(f"the holdout's {problem.target!r} column has no labels")
+    unknown = sorted({t for t in texts if t is not None and t not in problem.classes})
+    if unknown:
+        raise LifecycleError(
+            f"holdout labels {unknown[:5]} of {problem.target!r} are not classes of the model "
+            f"{list(problem.classes)}; is this the holdout of the same experiment?"
+        )
+    index = {c: i for i, c in enumerate(problem.classes)}
+    y = np.array([index[t] for t in texts if t is not None])
+    probs = predictions[list(problem.output_columns)].to_numpy(dtype=np.float64)[keep]
+    picked = np.clip(probs[np.arange(len(y)), y], _EPS, 1.0 - _EPS)
+    log_loss = float(-np.mean(np.log(picked)))
+    if len(problem.classes) == 2:
+        auc = _auc(y == 1, probs[:, 1])
+    else:
+        aucs = [_auc(y == k, probs[:, k]) for k in range(len(problem.classes))]
+        present = [a for a in aucs if not math.isnan(a)]
+        auc = float(np.mean(present)) if present else float("nan")
+    return {"auc": auc, "log_loss": log_loss}
+
+
+def regression_metrics(
+    problem: Problem, labels: Sequence[object], predictions: pd.DataFrame
+) -> Dict[str, float]:
+    """``mae`` and ``rmse`` of the prediction against numeric labels.
+
+    Raises:
+        LifecycleError: labels are not numbers, or no row has a label.
+    """
+    try:
+        y = pd.to_numeric(pd.Series(list(labels)), errors="raise").to_numpy(dtype=np.float64)
+    except (TypeError, ValueError) as e:
+        raise LifecycleError(f"the holdout's {problem.target!r} column is not numeric: {e}") from e
+    pred = predictions[problem.output_columns[0]].to_numpy(dtype=np.float64)
+    keep = ~np.isnan(y)
+    if not keep.any():
+        raise LifecycleError(f"the holdout's {problem.target!r} column has no labels")
+    err = pred[keep] - y[keep]
+    return {"mae": float(np.mean(np.abs(err))), "rmse": float(np.sqrt(np.mean(err**2)))}
+
+
+def compute_metrics(
+    problem: Problem, labels: Sequence[object], predictions: pd.DataFrame
+) -> Dict[str, float]:
+    """The metrics of the problem type (see the module docstring)."""
+    if problem.kind == CLASSIFICATION:
+        return classification_metrics(problem, labels, predictions)
+    return regression_metrics(problem, labels, predictions)
+
+
+def is_better(problem: Problem, challenger: Dict[str, float], champion: Dict[str, float]) -> bool:
+    """True when the challenger beats the champion strictly on the primary metric."""
+    name, higher = PRIMARY[problem.kind]
+    new, old = challenger[name], champion[name]
+    if math.isnan(new):
+        return False
+    if math.isnan(old):
+        return True
+    return new > old if higher else new < old
+
+
+def metric_names(problem: Problem) -> List[str]:
+    """Metric names logged for this problem type."""
+    return ["auc", "log_loss"] if problem.kind == CLASSIFICATION else ["mae", "rmse"]

@@ -1,0 +1,191 @@
+"""Drift monitoring: ``mlflow run . -e monitor -P model_name=NAME -P table=DIR -P output=DIR``.
+
+:func:`monitor` reads the batch table's partitions of the window (``date`` and the ``days - 1``
+before it), and for each model version that scored rows there compares the inputs with the
+version's training baseline (DAI's ``training_data_column_stats.json`` from its
+``scoring-pipeline`` artifact) and the predictions with the holdout predictions ``validate``
+logged for it (:mod:`.drift`). One row per feature and prediction column, plus the verdict, is
+written to the monitoring table's ``date`` partition (replaced on a re-run, :mod:`.tables`), and
+the run gets ``should_retrain`` (0/1), ``drifted_features``, ``drifted_predictions`` metrics.
+
+Pure pandas/numpy: runs in the project env (Python 3.8, no Spark) and in ``venvs/launcher``.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import sys
+import tempfile
+from dataclasses import asdict, dataclass
+from datetime import date as Date
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+from typing import Any, Dict, List, Optional
+
+import pandas as pd
+
+from dai_mlflow.lifecycle import drift, registry, tables
+from dai_mlflow.lifecycle.errors import LifecycleError
+
+MONITOR_COLUMNS = (
+    "model_name", "model_version", "kind", "column", "metric", "value", "threshold", "drifted",
+    "baseline_missing_rate", "recent_missing_rate", "baseline_source", "note", "n_rows",
+    "window_start", "window_end", "status", "should_retrain", "run_id", "computed_at",
+)  # fmt: skip
+
+
+@dataclass(frozen=True)
+class MonitorRequest:
+    """Inputs of :func:`monitor`."""
+
+    model_name: str
+    table: str
+    output: str
+    day: str = ""
+    days: int = 1
+
+    def __post_init__(self) -> None:
+        if not self.model_name.strip():
+            raise LifecycleError("model_name is empty; pass the registered model's name")
+        if self.days < 1:
+            raise LifecycleError(f"days must be >= 1, got {self.days}")
+        tables.local_table(self.table)
+        tables.local_table(self.output)
+        if self.day:
+            tables.validate_date(self.day)
+
+    @property
+    def date(self) -> str:
+        if self.day:
+            return tables.validate_date(self.day)
+        return datetime.now(timezone.utc).date().isoformat()
+
+    def window(self) -> List[str]:
+        end = Date.fromisoformat(self.date)
+        return [(end - timedelta(days=k)).isoformat() for k in range(self.days - 1, -1, -1)]
+
+
+@dataclass(frozen=True)
+class MonitorResult:
+    run_id: str
+    should_retrain: bool
+    partition: Path
+    frame: pd.DataFrame
+
+
+def _say(msg: str) -> None:
+    print(f"[dai-mlflow] {msg}", file=sys.stderr, flush=True)
+
+
+def version_baselines(ref: registry.ModelVersionRef, work: Path) -> Dict[str, Any]:
+    """Training stats, input and output columns, and the prediction baseline of a version."""
+    model_dir = registry.download(ref, work / f"v{ref.version}")
+    stats = drift.load_column_stats(drift.find_column_stats(model_dir))
+    baseline = None
+    run_id = registry.version_tag(ref, registry.BASELINE_RUN_TAG)
+    if run_id:
+        path = registry.download_run_file(run_id, registry.PREDICTION_BASELINE_FILE)
+        if path is not None:
+            baseline = json.loads(path.read_text())
+            shutil.rmtree(path.parent, ignore_errors=True)
+    return {
+        "stats": stats,
+        "features": drift.input_columns(model_dir),
+        "outputs": drift.output_columns(model_dir),
+        "prediction_baseline": baseline,
+    }
+
+
+def monitor(request: MonitorRequest) -> MonitorResult:
+    """Compute drift for the window and replace the monitoring table's partition.
+
+    Raises:
+        DaiMlflowError: any expected failure (one line); the monitoring table is unchanged and
+            the run ends FAILED.
+    """
+    import mlflow
+
+    with mlflow.start_run() as run:
+        window = request.window()
+        source = tables.local_table(request.table)
+        out_table = tables.local_table(request.output)
+        mlflow.log_params(
+            {
+                "model_name": request.model_name,
+                "table": str(source),
+                "output": str(out_table),
+                "date": request.date,
+                "days": request.days,
+            }
+        )
+        recent = tables.read_partitions(source, window)
+        if "model_version" not in recent.columns:
+            raise LifecycleError(f"{source} has no model_version column; is it a batch table?")
+        if "model_name" in recent.columns:
+            recent = recent[recent["model_name"].astype(str) == request.model_name]
+        if recent.empty:
+            raise LifecycleError(f"{source} has no rows of {request.model_name} in {window}")
+        rows: List[Dict[str, Any]] = []
+        verdicts: List[drift.DriftReport] = []
+        computed_at = datetime.now(timezone.utc).replace(tzinfo=None)
+        work = Path(tempfile.mkdtemp(prefix="dai-mlflow-monitor-"))
+        try:
+            for version in sorted(recent["model_version"].astype(str).unique(), key=_version_key):
+                ref = registry.ModelVersionRef(request.model_name, version, "")
+                base = version_baselines(ref, work)
+                part = recent[recent["model_version"].astype(str) == version]
+                report = drift.drift_report(
+                    base["stats"], base["features"], base["outputs"], part,
+                    base["prediction_baseline"],
+                )  # fmt: skip
+                verdicts.append(report)
+                for r in report.rows:
+                    rows.append(
+                        {
+                            "model_name": request.model_name,
+                            "model_version": version,
+                            **asdict(r),
+                            "n_rows": report.n_rows,
+                            "window_start": window[0],
+                            "window_end": window[-1],
+                            "status": report.status,
+                            "should_retrain": report.should_retrain,
+                            "run_id": run.info.run_id,
+                            "computed_at": computed_at,
+                        }
+                    )
+                _say(
+                    f"v{version}: {report.n_rows} rows, drifted features "
+                    f"{report.drifted_features or 'none'}, drifted predictions "
+                    f"{report.drifted_predictions or 'none'}, should_retrain="
+                    f"{str(report.should_retrain).lower()} ({report.status})"
+                )
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
+        frame = pd.DataFrame(rows, columns=list(MONITOR_COLUMNS))
+        retrain = any(v.should_retrain for v in verdicts)
+        mlflow.log_metrics(
+            {
+                "should_retrain": float(retrain),
+                "rows": float(sum(v.n_rows for v in verdicts)),
+                "drifted_features": float(sum(len(v.drifted_features) for v in verdicts)),
+                "drifted_predictions": float(sum(len(v.drifted_predictions) for v in verdicts)),
+            }
+        )
+        with tempfile.TemporaryDirectory(prefix="dai-mlflow-drift-") as tmp:
+            report_csv = Path(tmp) / "drift.csv"
+            frame.to_csv(report_csv, index=False)
+            mlflow.log_artifact(str(report_csv))
+        mlflow.set_tag(registry.TAG_PREFIX + "should_retrain", str(retrain).lower())
+        partition = tables.write_frame(out_table, request.date, frame)
+        return MonitorResult(run.info.run_id, retrain, partition, frame)
+
+
+def _version_key(version: str) -> Any:
+    return (0, int(version)) if version.isdigit() else (1, version)
+
+
+def summary(result: Optional[MonitorResult]) -> str:
+    """The last stdout line of the entry point."""
+    return f"should_retrain={'true' if result and result.should_retrain else 'false'}"

@@ -1,0 +1,148 @@
+"""Registry look-ups of the lifecycle: alias -> version, download, guarded alias moves.
+
+Works with mlflow 2.17 (through :mod:`dai_mlflow.tracking`'s bridge) and 3.x clients. Aliases
+are only ever moved by :func:`move_alias`, which first checks that the alias still points where
+the caller saw it (so a concurrent promotion is not silently overwritten).
+"""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+from dai_mlflow.lifecycle.errors import LifecycleError
+
+CHAMPION = "champion"
+CHALLENGER = "challenger"
+TAG_PREFIX = "dai_mlflow."
+BASELINE_RUN_TAG = TAG_PREFIX + "prediction_baseline_run"
+PREDICTION_BASELINE_FILE = "prediction_baseline.json"
+
+
+@dataclass(frozen=True)
+class ModelVersionRef:
+    """One registered version: ``models:/<name>/<version>``."""
+
+    name: str
+    version: str
+    run_id: str
+
+    @property
+    def uri(self) -> str:
+        return f"models:/{self.name}/{self.version}"
+
+
+def client() -> object:
+    """An MlflowClient on the current tracking and registry URIs."""
+    import mlflow
+
+    return mlflow.MlflowClient()
+
+
+def _is_missing(exc: Exception) -> bool:
+    text = f"{getattr(exc, 'error_code', '')} {exc}"
+    return "RESOURCE_DOES_NOT_EXIST" in text or "not found" in text.lower()
+
+
+def version_by_alias(name: str, alias: str) -> Optional[ModelVersionRef]:
+    """The version ``alias`` points at, or None when the model has no such alias.
+
+    Raises:
+        LifecycleError: the registered model does not exist or the registry cannot be read.
+    """
+    c = client()
+    try:
+        c.get_registered_model(name)
+    except Exception as e:
+        if _is_missing(e):
+            raise LifecycleError(
+                f"no registered model {name!r}; log one with "
+                f"`mlflow run . -P pipeline=<scorer.zip> -P model_name={name}`"
+            ) from e
+        raise LifecycleError(f"cannot read registered model {name!r}: {_first_line(e)}") from e
+    try:
+        mv = c.get_model_version_by_alias(name, alias)
+    except Exception as e:
+        if _is_missing(e):
+            return None
+        raise LifecycleError(f"cannot read {name}@{alias}: {_first_line(e)}") from e
+    return ModelVersionRef(name, str(mv.version), str(mv.run_id or ""))
+
+
+def require_alias(name: str, alias: str) -> ModelVersionRef:
+    """Like :func:`version_by_alias`, but a missing alias is an error with the fix."""
+    ref = version_by_alias(name, alias)
+    if ref is None:
+        raise LifecycleError(
+            f"model {name!r} has no @{alias} version; register one with "
+            f"`mlflow run . -P pipeline=<scorer.zip> -P model_name={name} -P alias={alias}`"
+            + (" or run the validate entry point" if alias == CHAMPION else "")
+        )
+    return ref
+
+
+def download(ref: ModelVersionRef, dst: Path) -> Path:
+    """Download the version's model folder into ``dst`` (created); return the folder."""
+    import mlflow.artifacts
+
+    dst.mkdir(parents=True, exist_ok=True)
+    try:
+        return Path(mlflow.artifacts.download_artifacts(artifact_uri=ref.uri, dst_path=str(dst)))
+    except Exception as e:
+        raise LifecycleError(f"cannot download {ref.uri}: {_first_line(e)}") from e
+
+
+def move_alias(name: str, alias: str, version: str, expected: Optional[str]) -> None:
+    """Point ``alias`` at ``version`` if it still points at ``expected`` (None: unset).
+
+    Raises:
+        LifecycleError: the alias moved meanwhile (nothing is changed), or the move failed.
+    """
+    current = version_by_alias(name, alias)
+    now = current.version if current else None
+    if now != expected:
+        raise LifecycleError(
+            f"{name}@{alias} moved from version {expected} to {now} while validating; "
+            "nothing was changed — run validate again"
+        )
+    try:
+        client().set_registered_model_alias(name, alias, version)
+    except Exception as e:
+        raise LifecycleError(f"setting {name}@{alias} failed: {_first_line(e)}") from e
+
+
+def set_version_tag(ref: ModelVersionRef, key: str, value: str) -> None:
+    """Tag a model version (best effort is not enough here: errors propagate)."""
+    client().set_model_version_tag(ref.name, ref.version, key, value)
+
+
+def version_tag(ref: ModelVersionRef, key: str) -> Optional[str]:
+    """A tag of a model version, or None."""
+    mv = client().get_model_version(ref.name, ref.version)
+    tags = getattr(mv, "tags", None) or {}
+    return tags.get(key)
+
+
+def download_run_file(run_id: str, path: str) -> Optional[Path]:
+    """Download one artifact file of a run into a temp folder; None when it is missing."""
+    import mlflow.artifacts
+
+    tmp = Path(tempfile.mkdtemp(prefix="dai-mlflow-artifact-"))
+    try:
+        local = mlflow.artifacts.download_artifacts(
+            run_id=run_id, artifact_path=path, dst_path=str(tmp)
+        )
+        return Path(local)
+    except Exception as e:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if _is_missing(e) or "No such file" in str(e):
+            return None
+        raise LifecycleError(f"cannot download {path} of run {run_id}: {_first_line(e)}") from e
+
+
+def _first_line(exc: BaseException) -> str:
+    lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
+    return f"{type(exc).__name__}: {lines[0] if lines else ''}"

@@ -1,0 +1,173 @@
+"""The champion/challenger gate: ``mlflow run . -e validate -P model_name=NAME -P holdout=PATH``.
+
+Steps of :func:`validate` (all inside one MLflow run; any error ends it FAILED):
+
+1. resolve ``NAME@challenger`` (required) and ``NAME@champion`` (may be unset) to versions;
+2. download both and score the holdout with each, in the model's own env
+   (:mod:`.scoring`); tell the target and problem type from the outputs (:mod:`.metrics`);
+3. log params, ``challenger_<metric>`` / ``champion_<metric>`` metrics, the decision as tags,
+   and ``prediction_baseline.json`` (the challenger's holdout prediction distribution, which
+   :mod:`.monitor` compares recent predictions with);
+4. only then, and only when the challenger is strictly better on the primary metric (AUC for
+   classification, RMSE for regression) or there is no champion yet, move ``champion`` to the
+   challenger's version, after checking that ``champion`` still points where step 1 saw it.
+
+A failure in steps 1-3 raises before any alias is touched.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import sys
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Dict, Optional
+
+from dai_mlflow.lifecycle import drift, metrics, registry, scoring
+from dai_mlflow.lifecycle.errors import LifecycleError
+
+PROMOTED = "promoted"
+KEPT = "kept"
+FIRST = "first_champion"
+ALREADY = "already_champion"
+
+
+@dataclass(frozen=True)
+class ValidateRequest:
+    """Inputs of :func:`validate`."""
+
+    model_name: str
+    holdout: Path
+    target: Optional[str] = None
+
+    def __post_init__(self) -> None:
+        if not self.model_name.strip():
+            raise LifecycleError("model_name is empty; pass the registered model's name")
+        scoring.data_format(self.holdout)
+
+
+@dataclass(frozen=True)
+class ValidateResult:
+    """What the gate decided and on which numbers."""
+
+    run_id: str
+    decision: str
+    champion_version: str
+    challenger_version: str
+    previous_champion: Optional[str]
+    primary_metric: str
+    challenger_metrics: Dict[str, float]
+    champion_metrics: Dict[str, float]
+
+
+def _say(msg: str) -> None:
+    print(f"[dai-mlflow] {msg}", file=sys.stderr, flush=True)
+
+
+def validate(request: ValidateRequest) -> ValidateResult:
+    """Score challenger and champion on the holdout; promote the challenger only if better.
+
+    Raises:
+        DaiMlflowError: any expected failure (one line); no alias was moved and the run ends
+            FAILED.
+    """
+    import mlflow
+
+    with mlflow.start_run() as run:
+        return _validate(request, run.info.run_id)
+
+
+def _validate(request: ValidateRequest, run_id: str) -> ValidateResult:
+    import mlflow
+
+    name = request.model_name
+    mlflow.log_params({"model_name": name, "holdout": str(request.holdout)})
+    challenger = registry.require_alias(name, registry.CHALLENGER)
+    champion = registry.version_by_alias(name, registry.CHAMPION)
+    mlflow.log_params(
+        {
+            "challenger_version": challenger.version,
+            "champion_version": champion.version if champion else "none",
+        }
+    )
+    _say(
+        f"{name}: challenger v{challenger.version}, champion "
+        f"{'v' + champion.version if champion else '(none yet)'}; scoring {request.holdout}"
+    )
+    holdout = scoring.read_frame(request.holdout)
+    work = Path(tempfile.mkdtemp(prefix="dai-mlflow-validate-"))
+    try:
+        new_dir = registry.download(challenger, work / "challenger")
+        outputs = drift.output_columns(new_dir)
+        problem = metrics.detect_problem(outputs, list(holdout.columns), request.target)
+        labels = list(holdout[problem.target])
+        new_pred = scoring.score_file(new_dir, request.holdout, label=challenger.uri)
+        new_metrics = metrics.compute_metrics(problem, labels, new_pred)
+        old_metrics: Dict[str, float] = {}
+        if champion is not None and champion.version != challenger.version:
+            old_dir = registry.download(champion, work / "champion")
+            old_outputs = drift.output_columns(old_dir)
+            if tuple(old_outputs) != tuple(outputs):
+                raise LifecycleError(
+                    f"champion v{champion.version} outputs {old_outputs} but challenger "
+                    f"v{challenger.version} outputs {outputs}; they do not predict the same thing"
+                )
+            old_pred = scoring.score_file(old_dir, request.holdout, label=champion.uri)
+            old_metrics = metrics.compute_metrics(problem, labels, old_pred)
+        baseline = drift.prediction_baseline(new_pred, problem.output_columns)
+        (work / registry.PREDICTION_BASELINE_FILE).write_text(json.dumps(baseline, indent=1))
+    except Exception:
+        shutil.rmtree(work, ignore_errors=True)
+        raise
+
+    try:
+        mlflow.log_metrics({f"challenger_{k}": v for k, v in new_metrics.items()})
+        if old_metrics:
+            mlflow.log_metrics({f"champion_{k}": v for k, v in old_metrics.items()})
+        mlflow.log_artifact(str(work / registry.PREDICTION_BASELINE_FILE))
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+    primary, _ = metrics.PRIMARY[problem.kind]
+    if champion is None:
+        decision = FIRST
+    elif champion.version == challenger.version:
+        decision = ALREADY
+    elif metrics.is_better(problem, new_metrics, old_metrics):
+        decision = PROMOTED
+    else:
+        decision = KEPT
+    mlflow.set_tags(
+        {
+            registry.TAG_PREFIX + "decision": decision,
+            registry.TAG_PREFIX + "problem": problem.kind,
+            registry.TAG_PREFIX + "primary_metric": primary,
+        }
+    )
+    registry.set_version_tag(challenger, registry.BASELINE_RUN_TAG, run_id)
+    if decision in (FIRST, PROMOTED):
+        # Last step: everything above succeeded, and the alias is moved only if unchanged.
+        registry.move_alias(
+            name,
+            registry.CHAMPION,
+            challenger.version,
+            expected=champion.version if champion else None,
+        )
+    winner = challenger.version if decision in (FIRST, PROMOTED, ALREADY) else champion.version
+    _say(
+        f"{decision}: {primary} challenger={new_metrics[primary]:.6g}"
+        + (f" champion={old_metrics[primary]:.6g}" if old_metrics else "")
+        + f"; {name}@champion = v{winner}"
+    )
+    return ValidateResult(
+        run_id=run_id,
+        decision=decision,
+        champion_version=str(winner),
+        challenger_version=challenger.version,
+        previous_champion=champion.version if champion else None,
+        primary_metric=primary,
+        challenger_metrics=new_metrics,
+        champion_metrics=old_metrics,
+    )
