@@ -16,6 +16,11 @@ driver side, without touching MLflow:
   3.8 model server importing mlflow dies with ``module 'importlib.resources' has no attribute
   'files'``. :func:`model_server_env` blanks the Spark variables for the server; nothing in
   MLflow's stdin server needs them.
+* The server also inherits the driver's ``MLFLOW_TRACKING_URI``. Loading a model enables
+  MLflow tracing, which opens that store: MLflow 2.17 (the Python 3.8 env) opening the driver's
+  MLflow 3 sqlite store logs "Can't locate revision" (and could race other servers on it).
+  :func:`model_server_env` asks the server (:mod:`dai_mlflow.spark_model_server`) for a private
+  scratch store instead: one per server process, removed when it exits.
 
 Stdlib only and Python 3.8-safe (the module is imported by ``spark_inference/score.py``).
 """
@@ -50,6 +55,9 @@ SPARK_WORKER_VARS = (
     "PYSPARK_GATEWAY_PORT",
     "PYSPARK_GATEWAY_SECRET",
 )
+
+# Read by dai_mlflow/spark_model_server.py (which must not import this module).
+PRIVATE_TRACKING_ENV = "DAI_MLFLOW_PRIVATE_TRACKING"
 
 _tool_dirs: Dict[str, Path] = {}
 
@@ -111,8 +119,11 @@ def env_build_env(python_version: str) -> Dict[str, str]:
 
 
 def model_server_env() -> Dict[str, str]:
-    """Overrides for the model server's environment: no trace of the driver's Spark install."""
-    return dict.fromkeys(SPARK_WORKER_VARS, "")
+    """Overrides for the model server's environment: no trace of the driver's Spark install,
+    and a private tracking store per server instead of the driver's."""
+    env = dict.fromkeys(SPARK_WORKER_VARS, "")
+    env[PRIVATE_TRACKING_ENV] = "1"
+    return env
 
 
 @contextmanager

@@ -8,9 +8,12 @@ Steps of :func:`log_pipeline` (the ``main`` entry point of the MLflow Project ca
 2. save a models-from-code pyfunc into a staging folder: the model file, ``code/dai_mlflow``
    (the model-side modules only), the pipeline copied to ``artifacts/scoring-pipeline`` (a fixed
    name whatever the user's folder is called; licenses left out), requirements with
-   ``./artifacts/scoring-pipeline/<wheel>`` lines and ``python_env.yaml`` for the *pipeline's*
-   Python (MLflow writes the logging interpreter's version; it is rewritten);
-3. build (or reuse, keyed by requirements and wheel bytes) the model's env with uv and, in a
+   ``./artifacts/scoring-pipeline/<wheel>`` lines for the *shared* wheels only (the experiment
+   wheel stays an artifact, loaded at model load time: :mod:`dai_mlflow.experiment`) and
+   ``python_env.yaml`` for the *pipeline's* Python (MLflow writes the logging interpreter's
+   version; it is rewritten);
+3. build (or reuse, keyed by the shared requirements and wheel bytes: a second pipeline of the
+   same DAI version reuses the env) the model's env with uv and, in a
    subprocess there, load the staged folder with ``mlflow.pyfunc.load_model`` and predict on
    the input example, with and without contributions; a failure stops here, nothing is logged;
 4. check no staged file contains the license's bytes; record output columns in the signature;
@@ -45,7 +48,12 @@ from dai_mlflow.pipeline import (
     open_pipeline,
 )
 from dai_mlflow.pythons import find_python
-from dai_mlflow.requirements import RequirementsPolicy, SanitizedRequirements, sanitize
+from dai_mlflow.requirements import (
+    RequirementsPolicy,
+    SanitizedRequirements,
+    sanitize,
+    shared_requirements,
+)
 from dai_mlflow.signature import (
     InputSpec,
     build_signature,
@@ -57,7 +65,14 @@ from dai_mlflow.venvs import VenvSpec, ensure_venv, spec_key
 
 MODEL_ARTIFACT_PATH = "model"
 MODEL_CODE_FILE_NAME = "dai_scoring_model.py"
-MODEL_SIDE_MODULES = ("__init__.py", "errors.py", "license.py", "runtime.py", "model.py")
+MODEL_SIDE_MODULES = (
+    "__init__.py",
+    "errors.py",
+    "experiment.py",
+    "license.py",
+    "runtime.py",
+    "model.py",
+)
 ENV_ROOT_ENV = "DAI_MLFLOW_ENV_ROOT"
 DEFAULT_ALIAS = "challenger"
 # Build dependencies of the model env per Python line (pip/setuptools releases that support it).
@@ -206,7 +221,7 @@ def stage_model(
     import mlflow.pyfunc
 
     pipeline = open_pipeline(source, work / "extracted")
-    reqs = sanitize(pipeline, policy or RequirementsPolicy())
+    reqs = shared_requirements(sanitize(pipeline, policy or RequirementsPolicy()), pipeline)
     for note in reqs.notes:
         _say(f"requirements: {note}")
     spec = read_input_spec(pipeline)
@@ -243,6 +258,7 @@ def stage_model(
             "dai_version": pipeline.dai_version or "unknown",
             "dai_line": pipeline.dai_line,
             "scorer_module": pipeline.module_name,
+            "experiment_wheel": pipeline.experiment_wheel.file_name,
         },
     )
     _write_python_env(model_dir, interpreter.version)
@@ -282,7 +298,7 @@ _VALIDATE = textwrap.dedent(
     default = model.predict(example)
     contribs = model.predict(example, params={"pred_contribs": True})
     from dai_mlflow.model import get_scorer
-    module = model.metadata.metadata["scorer_module"]
+    module = model.metadata.metadata["scorer_module"]  # the scorer predict() just built
     print("DAI_MLFLOW_VALIDATION=" + json.dumps({
         "rows": len(example),
         "columns": [str(c) for c in default.columns],
@@ -409,7 +425,7 @@ def preflight(request: LogRequest) -> None:
     find_license()
     with tempfile.TemporaryDirectory(prefix="dai-mlflow-check-") as tmp:
         pipeline = open_pipeline(request.pipeline, Path(tmp))
-        sanitize(pipeline, request.policy)
+        shared_requirements(sanitize(pipeline, request.policy), pipeline)
         read_input_spec(pipeline)
         find_python(pipeline.python)
 

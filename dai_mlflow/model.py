@@ -8,10 +8,13 @@ Python. Configuration comes from ``model_config`` (scorer module, typed input co
 
 Per process, the scorer is imported and built once, lazily, on first predict, after the fixes
 in :mod:`dai_mlflow.runtime` and with the license located by :mod:`dai_mlflow.license`; it runs
-in a writable per-process folder. ``predict`` reorders columns to ``get_column_names()``, coerces
-them to the signature's types, names every missing column, and returns ``score_batch``'s frame
-unchanged (DAI's own output columns). Params: ``pred_contribs`` and ``output_margin`` (booleans,
-not both).
+in a writable per-process folder. The scorer module comes from the model's own experiment wheel
+(:mod:`dai_mlflow.experiment`: extracted once per content hash, put first on ``sys.path``), so
+the env holds only the dependencies that every pipeline of the DAI version shares, and two
+models whose wheels share a file name still score with their own code. ``predict`` reorders
+columns to ``get_column_names()``, coerces them to the signature's types, names every missing
+column, and returns ``score_batch``'s frame unchanged (DAI's own output columns). Params:
+``pred_contribs`` and ``output_margin`` (booleans, not both).
 
 Model-side module: imports stdlib, pandas, mlflow and (lazily) the scorer only; Python 3.8-safe.
 """
@@ -28,6 +31,7 @@ import mlflow.pyfunc
 import pandas as pd
 
 from dai_mlflow.errors import DaiMlflowError
+from dai_mlflow.experiment import ExperimentWheelError, activate_experiment
 from dai_mlflow.license import export_license_location, find_license
 from dai_mlflow.runtime import (
     ensure_stream_filenos,
@@ -43,7 +47,8 @@ PARAM_DEFAULTS: Dict[str, bool] = {"pred_contribs": False, "output_margin": Fals
 NUMERIC_TYPES = ("double", "float", "long", "integer")
 
 _lock = threading.RLock()
-_scorers: Dict[Tuple[str, int], Any] = {}
+# (module, sha256 of the experiment wheel or "" when installed, pid) -> Scorer
+_scorers: Dict[Tuple[str, str, int], Any] = {}
 
 
 class ScoringError(DaiMlflowError):
@@ -57,12 +62,28 @@ class ScorerImportError(DaiMlflowError):
 def get_scorer(module_name: str, pipeline_dir: Optional[Path] = None) -> Any:
     """The process-wide ``Scorer`` of ``module_name``, built on first use.
 
+    Args:
+        module_name: the scorer module.
+        pipeline_dir: the model's ``scoring-pipeline`` folder; its experiment wheel is loaded
+            (:func:`dai_mlflow.experiment.activate_experiment`). Without it, the scorer last
+            built for ``module_name`` in this process is returned, else the installed module
+            is imported.
+
     Raises:
         LicenseNotFoundError: no license is available.
         ScorerImportError: the scorer cannot be imported or constructed.
     """
-    key = (module_name, os.getpid())
+    pid = os.getpid()
     with _lock:
+        if pipeline_dir is None:
+            built = [v for (m, _, p), v in _scorers.items() if m == module_name and p == pid]
+            if built:
+                return built[-1]
+        try:
+            code = activate_experiment(pipeline_dir, module_name) if pipeline_dir else None
+        except ExperimentWheelError as e:
+            raise ScorerImportError(str(e)) from e
+        key = (module_name, code.sha256 if code else "", pid)
         if key in _scorers:
             return _scorers[key]
         export_license_location(find_license())

@@ -358,3 +358,56 @@ def _drop_conflicting_constraints(
             continue
         kept.append(line)
     return kept
+
+
+def _requires_dist(wheel: Wheel) -> List[str]:
+    """``Requires-Dist`` lines of a wheel that apply without extras (markers kept as text)."""
+    lines = []
+    for key, value in wheel.metadata_headers():
+        if key != "requires-dist" or "extra ==" in value.replace("extra==", "extra =="):
+            continue
+        lines.append(value)
+    return lines
+
+
+def shared_requirements(
+    reqs: SanitizedRequirements, pipeline: ScoringPipeline
+) -> SanitizedRequirements:
+    """The model env's requirements: ``reqs`` without the experiment wheel.
+
+    Every pipeline of a DAI version shares these, so envs keyed by them are shared too; the
+    experiment wheel stays in the model's artifacts and is loaded at model load time
+    (:mod:`dai_mlflow.experiment`). The wheel's own ``Requires-Dist`` entries that nothing else
+    provides are added, so the env still has everything its code imports.
+
+    Returns:
+        The same requirements, minus the experiment wheel line, plus such dependencies, with a
+        note for each decision. ``wheels`` still lists the experiment wheel (it must be stored).
+    """
+    wheel = pipeline.experiment_wheel
+    wheel_line = f"{ARTIFACT_PREFIX}/{wheel.file_name}"
+    kept = [line for line in reqs.requirements if line != wheel_line]
+    provided = {canonical_name(w.project) for w in pipeline.wheels}
+    for line in kept:
+        m = _NAME.match(line)
+        if m and not line.startswith(("-", ".", "/")):
+            provided.add(canonical_name(m.group(1)))
+    notes = list(reqs.notes)
+    notes.append(
+        f"experiment wheel {wheel.file_name} is loaded from the model's artifacts at load "
+        "time, not installed: the env holds only what every pipeline of this DAI version shares"
+    )
+    for dep in _requires_dist(wheel):
+        m = _NAME.match(dep)
+        if not m or canonical_name(m.group(1)) in provided:
+            continue
+        provided.add(canonical_name(m.group(1)))
+        kept.append(dep)
+        notes.append(f"added {dep!r}, required by the experiment wheel and by nothing else")
+    return SanitizedRequirements(
+        python=reqs.python,
+        requirements=tuple(kept),
+        constraints=reqs.constraints,
+        wheels=reqs.wheels,
+        notes=tuple(notes),
+    )

@@ -8,7 +8,9 @@ the model's signature: ``<target>.<class>`` for classification, ``<target>`` for
 What this adds around ``spark_udf`` (each measured on mlflow 3.17.2 / pyspark 4.3):
 
 * offline env building for ``uv``/``virtualenv`` with local interpreters
-  (:mod:`dai_mlflow.envmanagers`);
+  (:mod:`dai_mlflow.envmanagers`), in a persistent env root shared by every model of a DAI
+  version, so repeated jobs and new models of a seen version skip the build
+  (:mod:`dai_mlflow.model_envs`; MLflow alone rebuilds per call, issue #12204);
 * a pre-flight on the driver: the input must hold the signature's required columns, checked
   before any task starts;
 * real errors instead of "Scoring timeout": a model server that fails to load or predict
@@ -47,6 +49,7 @@ from dai_mlflow.envmanagers import (
     patched_environ,
 )
 from dai_mlflow.errors import DaiMlflowError
+from dai_mlflow.model_envs import persistent_model_envs
 
 MODEL_SERVER_SCRIPT = Path(__file__).resolve().parent / "spark_model_server.py"
 ERROR_MARKER = "[dai-mlflow model error]"
@@ -399,7 +402,7 @@ def score(
     )
     extra_env.update(env or {})
     try:
-        with patched_environ(build_env):
+        with patched_environ(build_env), persistent_model_envs(local_dir, env_manager):
             mlflow_udf = mlflow.pyfunc.spark_udf(
                 spark,
                 str(local_dir),

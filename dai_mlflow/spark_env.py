@@ -7,6 +7,11 @@ dependencies (relative wheel paths resolve against the downloaded model folder, 
 and :func:`spark_requirements` adds a pyspark (and pyarrow) that support that Python. The venv
 gets the checkout on its ``sys.path`` so ``spark_inference/score.py --env-manager local`` can
 import ``dai_mlflow``. It is rebuilt only when any of that changes (``dai_mlflow.venvs``).
+
+The experiment wheel is never installed (:func:`model_requirements`): the model loads it from its
+own artifacts (:mod:`dai_mlflow.experiment`). So the venv depends only on what every pipeline of
+a DAI version shares, and ``make spark-venv`` for a second model of that version reuses it in
+seconds.
 """
 
 from __future__ import annotations
@@ -47,14 +52,38 @@ def _requirement_name(line: str) -> str:
     return canonical_name(match.group(1))
 
 
-def model_requirements(lines: Sequence[str]) -> List[str]:
-    """The model's requirement lines that go into the Spark venv.
+def _wheel_project(line: str) -> str:
+    target = line.split(";")[0].strip()
+    if not target.endswith(".whl"):
+        return ""
+    return canonical_name(Path(target).name.split("-")[0])
 
-    Today: all of them, the experiment wheel included. Issue 7 (loading the experiment wheel
-    from the model's artifacts at load time) will drop that wheel here; keep the choice in this
-    one function.
+
+def model_requirements(lines: Sequence[str], scorer_module: Optional[str] = None) -> List[str]:
+    """The model's requirement lines that go into the Spark venv: all but the experiment wheel.
+
+    Models logged by this version of dai-mlflow do not list it; older ones do, and the wheel
+    whose project is ``scorer_module`` is dropped here (the model loads it from its artifacts).
     """
-    return list(lines)
+    if not scorer_module:
+        return list(lines)
+    module = canonical_name(scorer_module)
+    return [line for line in lines if _wheel_project(line) != module]
+
+
+def scorer_module_of(model_dir: Path) -> Optional[str]:
+    """The scorer module recorded in a dai-mlflow model's MLmodel (metadata), or None."""
+    import yaml
+
+    mlmodel = model_dir / "MLmodel"
+    if not mlmodel.is_file():
+        return None
+    data = yaml.safe_load(mlmodel.read_text()) or {}
+    module = (data.get("metadata") or {}).get("scorer_module")
+    if not module:
+        config = (data.get("flavors") or {}).get("python_function", {}).get("config") or {}
+        module = config.get("scorer_module")
+    return str(module) if module else None
 
 
 def spark_requirements(python_version: str, lines: Sequence[str]) -> List[str]:
@@ -70,16 +99,24 @@ def spark_requirements(python_version: str, lines: Sequence[str]) -> List[str]:
 def spec_for_model_dir(model_dir: Path, installer: str = "uv") -> VenvSpec:
     """The venv spec for a downloaded model folder."""
     return spec_for_files(
-        model_dir / PYTHON_ENV_FILE_NAME, model_dir / REQUIREMENTS_FILE_NAME, installer
+        model_dir / PYTHON_ENV_FILE_NAME,
+        model_dir / REQUIREMENTS_FILE_NAME,
+        installer,
+        scorer_module_of(model_dir),
     )
 
 
-def spec_for_files(python_env: Path, requirements_file: Path, installer: str = "uv") -> VenvSpec:
+def spec_for_files(
+    python_env: Path,
+    requirements_file: Path,
+    installer: str = "uv",
+    scorer_module: Optional[str] = None,
+) -> VenvSpec:
     """The venv spec for a python_env.yaml + requirements.txt pair (relative paths resolve
     against the requirements file's folder, as they do against a model folder)."""
     env = load_python_env(python_env)
     python = str(env["python"])
-    requirements = model_requirements(read_requirement_lines(requirements_file))
+    requirements = model_requirements(read_requirement_lines(requirements_file), scorer_module)
     return VenvSpec(
         python=python,
         build_dependencies=tuple(env.get("build_dependencies") or ()),

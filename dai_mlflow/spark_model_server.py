@@ -13,6 +13,11 @@ request per stdin line, the answer written to ``request["output_file"]``) with A
 MLflow 2.x and 3.x, and answers a failed load or predict with ``{"id": ..., "dai_mlflow_error":
 "<Type>: <message>"}`` so the client raises the real error at once.
 
+With ``DAI_MLFLOW_PRIVATE_TRACKING=1`` (set by ``dai_mlflow.envmanagers.model_server_env``), the
+server tracks into a scratch file store of its own, removed on exit, instead of the driver's
+``MLFLOW_TRACKING_URI``: loading a model enables MLflow tracing, which opens the tracking store,
+and MLflow 2.17 cannot open the driver's MLflow 3 sqlite store ("Can't locate revision").
+
 Runs inside the model env: stdlib + mlflow only, Python 3.8-safe.
 """
 
@@ -25,13 +30,18 @@ if sys.path and os.path.abspath(sys.path[0] or ".") == os.path.dirname(os.path.a
     del sys.path[0]
 
 import argparse  # noqa: E402
+import atexit  # noqa: E402
 import inspect  # noqa: E402
 import json  # noqa: E402
 import logging  # noqa: E402
+import shutil  # noqa: E402
+import tempfile  # noqa: E402
 import traceback  # noqa: E402
+from pathlib import Path  # noqa: E402
 
 ERROR_KEY = "dai_mlflow_error"
 MODEL_CONFIG_ENV = "SERVING_MODEL_CONFIG"
+PRIVATE_TRACKING_ENV = "DAI_MLFLOW_PRIVATE_TRACKING"
 _logger = logging.getLogger("dai_mlflow.spark_model_server")
 
 
@@ -46,9 +56,20 @@ def _write_error(request: dict, message: str) -> None:
         json.dump({"id": request["id"], ERROR_KEY: message}, f)
 
 
+def use_private_tracking() -> None:
+    """Point MLflow at a scratch file store of this process (before mlflow is imported)."""
+    scratch = tempfile.mkdtemp(prefix="dai-mlflow-server-tracking-")
+    atexit.register(shutil.rmtree, scratch, True)
+    os.environ["MLFLOW_TRACKING_URI"] = Path(scratch).as_uri()
+    os.environ["MLFLOW_ALLOW_FILE_STORE"] = "true"  # MLflow 3 refuses file stores otherwise
+    os.environ.pop("MLFLOW_REGISTRY_URI", None)
+
+
 def main() -> int:
     """Serve predictions for requests on stdin until it closes; 1 after an error."""
     logging.basicConfig(level=logging.INFO, stream=sys.stderr)
+    if os.environ.get(PRIVATE_TRACKING_ENV) == "1":
+        use_private_tracking()
     parser = argparse.ArgumentParser()
     parser.add_argument("--model-uri", required=True)
     args = parser.parse_args()

@@ -1,0 +1,226 @@
+"""Load a model's DAI experiment wheel from its own artifacts, never from the shared env.
+
+Pipelines exported by one DAI version share every dependency but the experiment wheel
+(``scoring_h2oai_experiment_<key>-...whl``, which holds ``Scorer``). The model env therefore
+installs only the shared requirements, and the experiment code is made importable when the
+model loads:
+
+1. the wheel is found in the model's ``scoring-pipeline`` artifact and hashed (sha256 of its
+   bytes);
+2. it is extracted once into ``<cache>/<sha256>/``: into a private temporary folder beside it
+   first, then renamed into place. A rename is atomic, so concurrent loads (several Spark
+   workers, several servers) either win the rename or find a complete folder and drop their
+   own copy. Nothing half-written is ever visible under the final name;
+3. that folder goes first on ``sys.path``. A module of the same name loaded from another folder
+   in this process (another model with the same wheel file name but other contents, MLflow
+   issue #10525) is forgotten first, so each model imports its own code.
+
+The cache is ``$DAI_MLFLOW_EXPERIMENT_CACHE``, else ``$XDG_CACHE_HOME/dai-mlflow/experiments``,
+else ``~/.cache/dai-mlflow/experiments``; when that cannot be written (a read-only home on a
+cluster), ``<tmp>/dai-mlflow-<uid>/experiments``. Folders are keyed by content, so they are
+never stale; deleting the cache is always safe (between runs).
+
+Model-side module: stdlib only, Python 3.8-safe.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib
+import os
+import shutil
+import sys
+import tempfile
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import List, Optional
+
+from dai_mlflow.errors import DaiMlflowError
+
+EXPERIMENT_CACHE_ENV = "DAI_MLFLOW_EXPERIMENT_CACHE"
+_COMPLETE_MARKER = ".dai-mlflow-complete"
+
+
+class ExperimentWheelError(DaiMlflowError):
+    """The experiment wheel is missing, unreadable, or cannot be extracted."""
+
+
+@dataclass(frozen=True)
+class ExperimentCode:
+    """An experiment wheel made importable.
+
+    Attributes:
+        module_name: the scorer module (``scoring_h2oai_experiment_<key>``).
+        wheel: the wheel file in the model's artifacts.
+        sha256: hex digest of the wheel's bytes (the cache key).
+        path: the extracted folder put on ``sys.path``.
+    """
+
+    module_name: str
+    wheel: Path
+    sha256: str
+    path: Path
+
+
+def _canonical(name: str) -> str:
+    return name.replace("-", "_").replace(".", "_").lower()
+
+
+def find_experiment_wheel(pipeline_dir: Path, module_name: str) -> Optional[Path]:
+    """The wheel of ``module_name`` inside ``pipeline_dir`` (``<module>-<version>-...whl``)."""
+    if not pipeline_dir.is_dir():
+        return None
+    wanted = _canonical(module_name)
+    found = sorted(
+        p for p in pipeline_dir.glob("*.whl") if _canonical(p.name.split("-")[0]) == wanted
+    )
+    return found[-1] if found else None
+
+
+def wheel_sha256(path: Path) -> str:
+    """sha256 hex digest of a file's bytes."""
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _is_writable_dir(folder: Path) -> bool:
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError:
+        return False
+    return os.access(str(folder), os.W_OK | os.X_OK)
+
+
+def cache_candidates() -> List[Path]:
+    """Cache folders in order of preference (see the module docstring)."""
+    explicit = os.environ.get(EXPERIMENT_CACHE_ENV)
+    if explicit:
+        return [Path(explicit).expanduser()]
+    xdg = os.environ.get("XDG_CACHE_HOME")
+    home_cache = Path(xdg) if xdg else Path(os.path.expanduser("~")) / ".cache"
+    uid = os.getuid() if hasattr(os, "getuid") else "user"
+    return [
+        home_cache / "dai-mlflow" / "experiments",
+        Path(tempfile.gettempdir()) / f"dai-mlflow-{uid}" / "experiments",
+    ]
+
+
+def cache_root() -> Path:
+    """The first writable cache folder.
+
+    Raises:
+        ExperimentWheelError: none is writable.
+    """
+    candidates = cache_candidates()
+    for folder in candidates:
+        if _is_writable_dir(folder):
+            return folder
+    raise ExperimentWheelError(
+        f"no writable folder to extract the experiment wheel into (tried "
+        f"{', '.join(map(str, candidates))}); set {EXPERIMENT_CACHE_ENV} to a writable folder"
+    )
+
+
+def _safe_members(zf: zipfile.ZipFile, wheel: Path) -> List[zipfile.ZipInfo]:
+    members = []
+    for info in zf.infolist():
+        name = info.filename
+        parts = name.replace("\\", "/").split("/")
+        if name.startswith("/") or ".." in parts or (parts and ":" in parts[0]):
+            raise ExperimentWheelError(f"{wheel}: unsafe path {name!r} in the wheel; re-export it")
+        members.append(info)
+    return members
+
+
+def extract_wheel(wheel: Path, sha256: str, root: Path) -> Path:
+    """Extract ``wheel`` into ``root/<sha256>`` once (atomic rename); return that folder.
+
+    Raises:
+        ExperimentWheelError: the wheel is unreadable or the folder cannot be written.
+    """
+    dest = root / sha256
+    if (dest / _COMPLETE_MARKER).is_file():
+        return dest
+    try:
+        tmp = Path(tempfile.mkdtemp(prefix=f".{sha256[:12]}-{os.getpid()}-", dir=str(root)))
+    except OSError as e:
+        raise ExperimentWheelError(f"cannot write under {root}: {e}") from e
+    try:
+        with zipfile.ZipFile(str(wheel)) as zf:
+            zf.extractall(str(tmp), members=_safe_members(zf, wheel))
+        (tmp / _COMPLETE_MARKER).write_text(f"{wheel.name}\n")
+        os.chmod(str(tmp), 0o755)  # mkdtemp made it 0700; other users may share the cache
+        try:
+            os.rename(str(tmp), str(dest))
+        except OSError:
+            # Another process renamed its complete copy first (or an incomplete folder from a
+            # crashed older version sits there): keep the complete one.
+            if not (dest / _COMPLETE_MARKER).is_file():
+                shutil.rmtree(str(dest), ignore_errors=True)
+                os.rename(str(tmp), str(dest))
+    except (OSError, zipfile.BadZipFile) as e:
+        raise ExperimentWheelError(
+            f"cannot extract {wheel.name} into {root}: {type(e).__name__}: {e}"
+        ) from e
+    finally:
+        shutil.rmtree(str(tmp), ignore_errors=True)
+    return dest
+
+
+def _import_paths(folder: Path) -> List[str]:
+    """``folder`` plus the ``*.data/purelib|platlib`` folders a wheel may carry."""
+    paths = [str(folder)]
+    for data in sorted(folder.glob("*.data")):
+        for scheme in ("purelib", "platlib"):
+            if (data / scheme).is_dir():
+                paths.append(str(data / scheme))
+    return paths
+
+
+def _forget_foreign_module(module_name: str, paths: List[str]) -> None:
+    """Drop ``module_name`` (and submodules) from ``sys.modules`` if loaded from elsewhere."""
+    loaded = sys.modules.get(module_name)
+    if loaded is None:
+        return
+    origin = os.path.realpath(getattr(loaded, "__file__", None) or "")
+    if any(origin.startswith(os.path.realpath(p) + os.sep) for p in paths):
+        return
+    for name in list(sys.modules):
+        if name == module_name or name.startswith(module_name + "."):
+            del sys.modules[name]
+
+
+def activate_experiment(pipeline_dir: Path, module_name: str) -> Optional[ExperimentCode]:
+    """Make the model's own experiment code importable as ``module_name``.
+
+    Args:
+        pipeline_dir: the model's ``scoring-pipeline`` artifact folder.
+        module_name: the scorer module the model imports.
+
+    Returns:
+        What was activated, or None when the pipeline ships no wheel for ``module_name``
+        (models logged with the wheel installed into their env).
+
+    Raises:
+        ExperimentWheelError: the wheel cannot be read or extracted.
+    """
+    wheel = find_experiment_wheel(Path(pipeline_dir), module_name)
+    if wheel is None:
+        return None
+    try:
+        sha256 = wheel_sha256(wheel)
+    except OSError as e:
+        raise ExperimentWheelError(f"cannot read {wheel}: {e}") from e
+    folder = extract_wheel(wheel, sha256, cache_root())
+    paths = _import_paths(folder)
+    _forget_foreign_module(module_name, paths)
+    for entry in reversed(paths):
+        if entry in sys.path:
+            sys.path.remove(entry)
+        sys.path.insert(0, entry)
+    importlib.invalidate_caches()
+    return ExperimentCode(module_name, wheel, sha256, folder)
