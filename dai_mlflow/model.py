@@ -29,6 +29,8 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import mlflow.pyfunc
 import pandas as pd
+from mlflow.exceptions import MlflowException
+from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
 
 from dai_mlflow.errors import DaiMlflowError
 from dai_mlflow.experiment import ExperimentWheelError, activate_experiment
@@ -51,8 +53,16 @@ _lock = threading.RLock()
 _scorers: Dict[Tuple[str, str, int], Any] = {}
 
 
-class ScoringError(DaiMlflowError):
-    """The model cannot score this input (missing columns, bad values, bad params)."""
+class ScoringError(DaiMlflowError, MlflowException):
+    """The model cannot score this input (missing columns, bad values, bad params).
+
+    Also an ``MlflowException`` with ``INVALID_PARAMETER_VALUE``: MLflow's scoring server
+    (``mlflow models serve``, 2.x and 3.x) answers such errors with HTTP 400 and this message,
+    instead of a generic "unexpected error" whose cause hides in a stack trace.
+    """
+
+    def __init__(self, message: str) -> None:
+        MlflowException.__init__(self, message, error_code=INVALID_PARAMETER_VALUE)
 
 
 class ScorerImportError(DaiMlflowError):
