@@ -175,7 +175,7 @@ def batch(request: BatchRequest) -> BatchResult:
 
     with mlflow.start_run() as run:
         day = request.date
-        mlflow.log_params(
+        registry.log_params_once(
             {
                 "model_name": request.model_name,
                 "alias": request.alias,
@@ -186,7 +186,7 @@ def batch(request: BatchRequest) -> BatchResult:
             }
         )
         ref = registry.require_alias(request.model_name, request.alias)
-        mlflow.log_param("model_version", ref.version)
+        registry.log_params_once({"model_version": ref.version})
         work = Path(tempfile.mkdtemp(prefix="dai-mlflow-batch-"))
         try:
             model_dir = registry.download(ref, work / "model")

@@ -110,7 +110,7 @@ def monitor(request: MonitorRequest) -> MonitorResult:
         window = request.window()
         source = tables.local_table(request.table)
         out_table = tables.local_table(request.output)
-        mlflow.log_params(
+        registry.log_params_once(
             {
                 "model_name": request.model_name,
                 "table": str(source),

@@ -11,7 +11,7 @@ import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
+from typing import Dict, Optional
 
 from dai_mlflow.lifecycle.errors import LifecycleError
 
@@ -141,6 +141,21 @@ def download_run_file(run_id: str, path: str) -> Optional[Path]:
         if _is_missing(e) or "No such file" in str(e):
             return None
         raise LifecycleError(f"cannot download {path} of run {run_id}: {_first_line(e)}") from e
+
+
+def log_params_once(params: Dict[str, object]) -> None:
+    """Log params of the active run, skipping keys it already has.
+
+    Inside ``mlflow run`` the entry point's parameters are logged already, as the user typed
+    them; logging a key again with another spelling (a resolved path) would be an error.
+    """
+    import mlflow
+
+    run = mlflow.active_run()
+    existing = mlflow.MlflowClient().get_run(run.info.run_id).data.params if run else {}
+    fresh = {k: str(v) for k, v in params.items() if k not in existing}
+    if fresh:
+        mlflow.log_params(fresh)
 
 
 def _first_line(exc: BaseException) -> str:

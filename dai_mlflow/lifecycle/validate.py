@@ -83,10 +83,10 @@ def _validate(request: ValidateRequest, run_id: str) -> ValidateResult:
     import mlflow
 
     name = request.model_name
-    mlflow.log_params({"model_name": name, "holdout": str(request.holdout)})
+    registry.log_params_once({"model_name": name, "holdout": str(request.holdout)})
     challenger = registry.require_alias(name, registry.CHALLENGER)
     champion = registry.version_by_alias(name, registry.CHAMPION)
-    mlflow.log_params(
+    registry.log_params_once(
         {
             "challenger_version": challenger.version,
             "champion_version": champion.version if champion else "none",

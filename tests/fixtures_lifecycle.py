@@ -1,0 +1,163 @@
+"""Fixtures of the lifecycle tests (loaded by tests/conftest.py).
+
+- ``worse_model_dir() -> Path``: an honestly worse DAI 1.10 binary model. It is the stand-in
+  builder's own pipeline (``build_pipeline``, seed 1), trained on 60 rows instead of 2 000 (the
+  builder's ``N_TRAIN``, set for that one build; the builder's code is not changed): same
+  columns, same DAI shape, a real GLM with a higher holdout log loss and a lower AUC. Logged once
+  with ``dai_mlflow.log.log_pipeline`` (validated in its own env like any model) into a cache
+  store under ``tests/.cache/lifecycle/``, keyed like the ``logged_model`` fixtures.
+- ``lifecycle_store`` (function scope): a throwaway sqlite tracking store in ``tmp_path``
+  (``MLFLOW_TRACKING_URI`` set for the test), the 1.10 stand-in license in the environment, model
+  envs shared with the other tests; ``register(model_dir, name, alias)`` copies a logged model
+  folder into a new run of that store and registers it.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import textwrap
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Dict, Optional
+
+import pytest
+from filelock import FileLock
+
+from dai_mlflow.standin import build_pipeline, builder_fingerprint, load_build
+from tests.fixtures_model import MODEL_ENV_ROOT, run_env, sources_key
+from tests.fixtures_standin import get_standin
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+CACHE = REPO_ROOT / "tests" / ".cache" / "lifecycle"
+LAUNCHER_PYTHON = REPO_ROOT / "venvs" / "launcher" / "bin" / "python"
+WORSE_TRAIN_ROWS = 60
+WORSE_SEED = 1
+
+_LOG = textwrap.dedent(
+    """
+    import json, sys
+    from pathlib import Path
+    from dai_mlflow.log import LogRequest, log_pipeline
+    result = log_pipeline(LogRequest(pipeline=Path(sys.argv[1])))
+    import mlflow
+    run = mlflow.MlflowClient().get_run(result.run_id)
+    print("LOGGED=" + json.dumps({"local_dir": run.info.artifact_uri + "/model"}))
+    """
+)
+
+
+def _build_worse(out_dir: Path):
+    """The stand-in pipeline trained on WORSE_TRAIN_ROWS rows (cached by builder fingerprint)."""
+    import dai_mlflow.standin.builder as builder
+
+    build = load_build(out_dir)
+    if build is not None:
+        return build
+    assert hasattr(builder, "N_TRAIN"), "the stand-in builder no longer has N_TRAIN"
+    saved = builder.N_TRAIN
+    builder.N_TRAIN = WORSE_TRAIN_ROWS
+    try:
+        return build_pipeline(out_dir, "1.10", "binary", seed=WORSE_SEED)
+    finally:
+        builder.N_TRAIN = saved
+
+
+def get_worse_model_dir() -> Path:
+    """Log (or reuse) the worse model; return its logged model folder."""
+    folder = CACHE / f"worse-{sources_key()}-{builder_fingerprint()}"
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    result = folder / "local_dir.txt"
+    with FileLock(str(folder) + ".lock"):
+        if not result.is_file():
+            build = _build_worse(folder / "standin")
+            store = folder / "store"
+            store.mkdir(parents=True, exist_ok=True)
+            env = run_env(
+                {
+                    **build.license_env(),
+                    "MLFLOW_TRACKING_URI": f"sqlite:///{store / 'mlflow.db'}",
+                    "PYTHONPATH": str(REPO_ROOT),
+                }
+            )
+            proc = subprocess.run(
+                [str(LAUNCHER_PYTHON), "-c", _LOG, str(build.zip_path)],
+                cwd=str(store),
+                env=env,
+                capture_output=True,
+                text=True,
+                timeout=900,
+            )
+            logged = [ln for ln in proc.stdout.splitlines() if ln.startswith("LOGGED=")]
+            assert proc.returncode == 0, proc.stderr[-3000:]
+            assert logged, proc.stdout[-3000:]
+            local = json.loads(logged[-1].split("=", 1)[1])["local_dir"]
+            result.write_text(local.replace("file://", ""))
+    return Path(result.read_text().strip())
+
+
+@pytest.fixture(scope="session")
+def worse_model_dir() -> Path:
+    """Folder of the logged worse 1.10 binary model."""
+    return get_worse_model_dir()
+
+
+@dataclass
+class LifecycleStore:
+    """A throwaway tracking store and registry for one test."""
+
+    tracking_uri: str
+    root: Path
+
+    def client(self):  # noqa: ANN201 - mlflow.MlflowClient
+        import mlflow
+
+        return mlflow.MlflowClient(tracking_uri=self.tracking_uri, registry_uri=self.tracking_uri)
+
+    def register(self, model_dir: Path, name: str, alias: Optional[str] = None) -> str:
+        """Copy a logged model folder into a new run, register it, set ``alias``; the version."""
+        import mlflow
+
+        with mlflow.start_run() as run:
+            mlflow.log_artifacts(str(model_dir), "model")
+        mv = mlflow.register_model(f"runs:/{run.info.run_id}/model", name)
+        if alias:
+            self.client().set_registered_model_alias(name, alias, mv.version)
+        return str(mv.version)
+
+    def alias(self, name: str, alias: str) -> Optional[str]:
+        """The version ``alias`` points at, or None."""
+        try:
+            return str(self.client().get_model_version_by_alias(name, alias).version)
+        except Exception:
+            return None
+
+    def aliases(self, name: str) -> Dict[str, str]:
+        model = self.client().get_registered_model(name)
+        return {k: str(v) for k, v in (model.aliases or {}).items()}
+
+
+@pytest.fixture
+def lifecycle_store(tmp_path, monkeypatch) -> LifecycleStore:
+    """A fresh sqlite store in tmp_path, the stand-in license and the shared model envs."""
+    import mlflow
+
+    root = tmp_path / "store"
+    root.mkdir()
+    uri = f"sqlite:///{root / 'mlflow.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    monkeypatch.setenv("DAI_MLFLOW_ENV_ROOT", str(MODEL_ENV_ROOT))
+    monkeypatch.setenv("UV_PYTHON_DOWNLOADS", "never")
+    monkeypatch.setenv(
+        "DRIVERLESS_AI_LICENSE_FILE", str(get_standin("1.10", "binary").license_path)
+    )
+    monkeypatch.delenv("MLFLOW_RUN_ID", raising=False)
+    monkeypatch.chdir(tmp_path)
+    previous = (mlflow.get_tracking_uri(), mlflow.get_registry_uri())
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_registry_uri(uri)
+    yield LifecycleStore(uri, root)
+    while mlflow.active_run() is not None:
+        mlflow.end_run()
+    mlflow.set_tracking_uri(previous[0])
+    mlflow.set_registry_uri(previous[1])
