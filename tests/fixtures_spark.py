@@ -28,11 +28,17 @@ from tests.fixtures_model import LoggedDaiModel, model_python, run_env
 REPO_ROOT = Path(__file__).resolve().parents[1]
 CACHE = REPO_ROOT / "tests" / ".cache"
 
+# The model env holds only the shared requirements: the experiment wheel (in the model's
+# artifacts) is unzipped here on its own, independently of dai_mlflow.experiment.
 _SCORE_BATCH = r"""
-import importlib, os, sys
+import glob, importlib, os, sys, tempfile, zipfile
 import pandas as pd
-csv, module, out = sys.argv[1], sys.argv[2], sys.argv[3]
+csv, module, out, pipeline = sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4]
 frame = pd.read_csv(csv)
+wheel = glob.glob(os.path.join(pipeline, module + "-*.whl"))[0]
+code = tempfile.mkdtemp(prefix="expected-")
+zipfile.ZipFile(wheel).extractall(code)
+sys.path.insert(0, code)
 os.chdir(os.environ["WORKDIR"])
 scorer = importlib.import_module(module).Scorer()
 scores = scorer.score_batch(frame[list(scorer.get_column_names())])
@@ -100,6 +106,7 @@ def get_expected_scores(model: LoggedDaiModel, input_csv: Path) -> pd.DataFrame:
                     str(input_csv),
                     model.build.module_name,
                     str(tmp),
+                    str(model.local_dir / "artifacts" / "scoring-pipeline"),
                 ],
                 cwd=str(workdir),
                 env=env,
