@@ -1,0 +1,140 @@
+"""``mlflow models serve`` of logged DAI models, against live servers on loopback.
+
+Four servers, started once for the module: env manager ``local`` (from the model's own env:
+MLflow 2.17 / Python 3.8 for DAI 1.10, MLflow 3 / Python 3.11 for DAI 2) and ``uv`` (from
+``venvs/launcher``, offline), for both DAI lines. Every body format scores exactly what the
+scorer's own ``score_batch`` gives; a missing or mistyped column is a 400 that names it, and
+the server keeps serving; without a license the server stops with an error that says so.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Dict, List
+
+import pandas as pd
+import pytest
+import requests
+
+from tests.fixtures_serve import LiveServer, ServerPool, ServerSpec
+
+pytestmark = [pytest.mark.serve, pytest.mark.venv]
+
+SERVERS = [
+    ServerSpec("serve-local", "1.10", "binary"),
+    ServerSpec("serve-local", "2", "multiclass"),
+    ServerSpec("serve-uv", "1.10", "binary"),
+    ServerSpec("serve-uv", "2", "multiclass"),
+]
+IDS = [s.name for s in SERVERS]
+FORMATS = ("dataframe_split", "dataframe_records", "instances", "csv")
+TIMEOUT = 120
+
+
+@pytest.fixture(scope="module")
+def servers(serve_pool: ServerPool) -> Dict[ServerSpec, LiveServer]:
+    """All four servers, started at once, reused by every test of the module."""
+    return dict(zip(SERVERS, serve_pool.start(SERVERS)))
+
+
+def _records(truth: Dict[str, Any]) -> List[Dict[str, Any]]:
+    return [dict(r) for r in truth["records"]]
+
+
+def _body(fmt: str, records: List[Dict[str, Any]], server: LiveServer) -> Dict[str, Any]:
+    if fmt == "csv":
+        text = server.model.build.sample_input_csv.read_text()
+        return {"data": text.encode(), "headers": {"Content-Type": "text/csv"}}
+    if fmt == "dataframe_split":
+        columns = list(records[0])
+        payload: Any = {"columns": columns, "data": [[r[c] for c in columns] for r in records]}
+    else:
+        payload = records
+    return {"json": {fmt: payload}}
+
+
+def _invoke(server: LiveServer, **kwargs: Any) -> requests.Response:
+    return requests.post(f"{server.url}/invocations", timeout=TIMEOUT, **kwargs)
+
+
+def _table(predictions: List[Dict[str, Any]], columns: List[str]) -> List[List[float]]:
+    return [[row[c] for c in columns] for row in predictions]
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+@pytest.mark.parametrize("spec", SERVERS, ids=IDS)
+def test_each_body_format_scores_like_the_scorer(servers, scorer_truth, spec, fmt) -> None:
+    server = servers[spec]
+    truth = scorer_truth(server.model)
+    resp = _invoke(server, **_body(fmt, _records(truth), server))
+    assert resp.status_code == 200, resp.text[:2000]
+    predictions = resp.json()["predictions"]
+    expected = truth["batch"]
+    assert list(predictions[0]) == expected["columns"]
+    assert _table(predictions, expected["columns"]) == expected["values"]
+
+
+@pytest.mark.parametrize("spec", SERVERS, ids=IDS)
+def test_contributions_through_params(servers, scorer_truth, spec) -> None:
+    server = servers[spec]
+    truth = scorer_truth(server.model)
+    body = {"dataframe_records": _records(truth), "params": {"pred_contribs": True}}
+    resp = _invoke(server, json=body)
+    assert resp.status_code == 200, resp.text[:2000]
+    expected = truth["batch_contribs"]
+    assert _table(resp.json()["predictions"], expected["columns"]) == expected["values"]
+
+
+@pytest.mark.parametrize("spec", SERVERS, ids=IDS)
+def test_bad_input_is_a_400_naming_the_column_and_serving_goes_on(
+    servers, scorer_truth, spec
+) -> None:
+    server = servers[spec]
+    truth = scorer_truth(server.model)
+    numeric = next(c for c, v in truth["records"][0].items() if isinstance(v, float))
+
+    missing = _records(truth)[:3]
+    for row in missing:
+        del row[numeric]
+    resp = _invoke(server, json={"dataframe_records": missing})
+    assert resp.status_code == 400, resp.text[:2000]
+    assert numeric in resp.json()["message"]
+
+    mistyped = _records(truth)[:3]
+    mistyped[1][numeric] = "not a number"
+    resp = _invoke(server, **_body("dataframe_split", mistyped, server))
+    assert resp.status_code == 400, resp.text[:2000]
+    assert numeric in resp.json()["message"]
+
+    frame = pd.read_csv(server.model.build.sample_input_csv).drop(columns=[numeric])
+    resp = _invoke(server, data=frame.to_csv(index=False), headers={"Content-Type": "text/csv"})
+    assert resp.status_code == 400, resp.text[:2000]
+    assert numeric in resp.json()["message"]
+
+    both = {"dataframe_records": _records(truth)[:2]}
+    both["params"] = {"pred_contribs": True, "output_margin": True}
+    resp = _invoke(server, json=both)
+    assert resp.status_code == 400, resp.text[:2000]
+    assert "cannot both be true" in resp.json()["message"]
+
+    resp = _invoke(server, json={"dataframe_records": _records(truth)})
+    assert resp.status_code == 200, resp.text[:2000]
+    expected = truth["batch"]
+    assert _table(resp.json()["predictions"], expected["columns"]) == expected["values"]
+
+
+@pytest.mark.parametrize(
+    "spec",
+    [
+        ServerSpec("serve-local", "1.10", "binary", licensed=False),
+        ServerSpec("serve-uv", "2", "multiclass", licensed=False),
+    ],
+    ids=lambda s: s.name,
+)
+def test_without_a_license_the_server_stops_and_says_so(serve_pool, spec) -> None:
+    server = serve_pool.launch(spec)
+    try:
+        server.proc.wait(timeout=600)
+    finally:
+        serve_pool.stop(spec)
+    assert server.proc.returncode != 0
+    assert "no Driverless AI license found" in server.log_text()
