@@ -1,0 +1,181 @@
+"""Seconds from a model URI to its first prediction on Spark (env manager uv), in one run.
+
+Scenarios, timed after Spark is up (``dai_mlflow.spark.score`` + ``collect()`` of a few rows):
+
+  (a) cold start: an empty env root and an empty experiment-wheel cache (uv's own package
+      cache stays warm, as on any machine that has installed these pins once);
+  (b) a new model of a DAI line seen in (a): the env is reused, only its experiment wheel is
+      extracted;
+  (c) the same model as (b) again;
+  (m) MLflow's plain ``spark_udf(env_manager="uv")`` on the model of (b): a fresh temporary
+      env per call (MLflow issue #12204). Offline Python discovery is given to it (the
+      interpreter links of ``dai_mlflow.envmanagers``), nothing else.
+
+Run from ``venvs/launcher`` (DAI 2 models: MLflow's plain spark_udf cannot run a Python 3.8
+model from a PySpark 4 driver; with ``--line 1.10`` (m) reports its error)::
+
+    venvs/launcher/bin/python benchmarks/model_switch.py \\
+        --model-uri models:/dai_2_binary/1 --second-model-uri models:/dai_2_regression/1 \\
+        --tracking-uri sqlite:///mlflow.db --license-file ~/license.sig
+
+With no URIs it uses the stand-in models logged by the test suite (``tests/.cache``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Callable, Dict, Optional
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO_ROOT))
+
+
+def _spark():
+    from pyspark.sql import SparkSession
+
+    os.environ["PYSPARK_PYTHON"] = sys.executable
+    session = (
+        SparkSession.builder.master("local[1]")
+        .appName("dai-mlflow-model-switch")
+        .config("spark.ui.enabled", "false")
+        .config("spark.executorEnv.PYTHONPATH", str(REPO_ROOT))
+        .getOrCreate()
+    )
+    session.sparkContext.setLogLevel("FATAL")
+    return session
+
+
+def _input(spark, model_uri: str, rows: int):
+    from mlflow.models import Model
+
+    from dai_mlflow.spark import download_model
+
+    local = download_model(model_uri)
+    example = Model.load(str(local / "MLmodel")).load_input_example(str(local))
+    frame = example.sample(n=rows, replace=True, random_state=0).reset_index(drop=True)
+    return spark.createDataFrame(frame)
+
+
+def _timed(fn: Callable[[], object]) -> float:
+    started = time.monotonic()
+    fn()
+    return time.monotonic() - started
+
+
+def _ours(spark, model_uri: str, df, env: Dict[str, str]) -> Callable[[], object]:
+    from dai_mlflow.spark import score
+
+    return lambda: score(spark, model_uri, df, "uv", env=env).limit(5).collect()
+
+
+def _plain_mlflow(spark, model_uri: str, df, env: Dict[str, str]) -> Callable[[], object]:
+    import mlflow.pyfunc
+    from pyspark.sql import functions as F
+
+    from dai_mlflow.envmanagers import env_build_env, patched_environ
+    from dai_mlflow.spark import ModelSpec, download_model
+
+    def run() -> object:
+        local = download_model(model_uri)
+        spec = ModelSpec.from_dir(local)
+        with patched_environ(env_build_env(spec.python_version)):
+            udf = mlflow.pyfunc.spark_udf(
+                spark, str(local), result_type=spec.result_type(), env_manager="uv", extra_env=env
+            )
+        cols = [F.col(f"`{name}`") for name, _ in spec.inputs]
+        return df.withColumn("p", udf(F.struct(*cols))).limit(5).collect()
+
+    return run
+
+
+def _license_env(args: argparse.Namespace) -> Dict[str, str]:
+    if args.license_file:
+        return {"DRIVERLESS_AI_LICENSE_FILE": str(Path(args.license_file).expanduser().resolve())}
+    return {
+        k: os.environ[k]
+        for k in ("DRIVERLESS_AI_LICENSE_KEY", "DRIVERLESS_AI_LICENSE_FILE")
+        if k in os.environ
+    }
+
+
+def _test_cache_models(line: str) -> Dict[str, str]:
+    """URIs, tracking URI and license of the stand-in models the test suite logged."""
+    from tests.fixtures_model import get_logged_model
+
+    first = get_logged_model(line, "binary")
+    second = get_logged_model(line, "regression")
+    return {
+        "first": str(first.local_dir),
+        "second": str(second.local_dir),
+        "license": first.license_env,  # type: ignore[dict-item]
+    }
+
+
+def main(argv: Optional[list] = None) -> int:
+    """Run the four scenarios and print seconds and ratios."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model-uri", help="model for the cold start (a)")
+    parser.add_argument("--second-model-uri", help="another model of the same DAI line (b, c, m)")
+    parser.add_argument("--tracking-uri", help="resolves models:/ and runs:/ URIs")
+    parser.add_argument("--license-file", help="else DRIVERLESS_AI_LICENSE_KEY/_FILE")
+    parser.add_argument("--line", default="2", help="test-cache models to use without URIs")
+    parser.add_argument("--rows", type=int, default=200)
+    args = parser.parse_args(argv)
+    if args.tracking_uri:
+        os.environ["MLFLOW_TRACKING_URI"] = args.tracking_uri
+    if args.model_uri and args.second_model_uri:
+        first, second, lic = args.model_uri, args.second_model_uri, _license_env(args)
+    else:
+        cached = _test_cache_models(args.line)
+        first, second, lic = cached["first"], cached["second"], cached["license"]  # type: ignore[assignment]
+    scratch = Path(tempfile.mkdtemp(prefix="dai-mlflow-switch-bench-"))
+    os.environ["DAI_MLFLOW_ENV_ROOT"] = str(scratch / "envs")
+    os.environ["DAI_MLFLOW_EXPERIMENT_CACHE"] = str(scratch / "experiments")
+    try:
+        started = time.monotonic()
+        spark = _spark()
+        print(f"spark up in {time.monotonic() - started:.1f}s (not counted)", flush=True)
+        df_first = _input(spark, first, args.rows)
+        df_second = _input(spark, second, args.rows)
+        results = {}
+        results["a"] = _timed(_ours(spark, first, df_first, lic))
+        results["b"] = _timed(_ours(spark, second, df_second, lic))
+        results["c"] = _timed(_ours(spark, second, df_second, lic))
+        try:
+            results["m"] = _timed(_plain_mlflow(spark, second, df_second, lic))
+        except Exception as e:  # noqa: BLE001 - reported, not fatal
+            print(f"(m) MLflow's plain spark_udf failed: {type(e).__name__}: {str(e)[:200]}")
+        spark.stop()
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+    labels = {
+        "a": "(a) cold start (empty env root + wheel cache)",
+        "b": "(b) new model of a seen DAI line",
+        "c": "(c) same model again",
+        "m": '(m) MLflow spark_udf(env_manager="uv"), model of (b)',
+    }
+    print(f"\nseconds from model URI to first prediction ({args.rows} rows, Spark already up):")
+    for key, label in labels.items():
+        if key in results:
+            print(f"  {label:<56} {results[key]:7.1f} s")
+    print("ratios:")
+    ratios = [("a", "b", "cold start vs new model of a seen line")]
+    if "m" in results:
+        ratios += [
+            ("m", "b", "MLflow plain vs new model of a seen line"),
+            ("m", "c", "MLflow plain vs same model again"),
+        ]
+    for top, bottom, label in ratios:
+        print(f"  ({top})/({bottom}) {label:<44} {results[top] / results[bottom]:6.1f}x")
+    print(f"  target (b) <= 5 s: {'met' if results['b'] <= 5.0 else 'NOT met'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
