@@ -1,16 +1,25 @@
-"""Serving helpers: the model's env for ``dai_mlflow.rpc``, and running a server process.
+"""Serving a logged DAI model from the model's own env: ``mlflow models serve`` and JSON-RPC.
 
-* :func:`run_rpc_in_model_env` (``python -m dai_mlflow.rpc --env-manager uv|virtualenv``, from
-  ``venvs/launcher``): resolves the model URI with this MLflow (3.x reads any store), restores
-  the model's env with MLflow's own ``PyFuncBackend.prepare_env`` — the env
-  ``mlflow models serve --env-manager uv`` uses, under ``MLFLOW_ENV_ROOT`` — offline, with the
-  local interpreter of the model's Python (:func:`dai_mlflow.envmanagers.env_build_env`), then
-  runs a private copy of ``rpc.py`` there as a script with ``--env-manager local``. Signals
-  reach the server; if this process dies, the server gets SIGTERM.
-* :func:`free_port`, :func:`wait_until_serving`, :func:`stop_server`: start/stop a server
-  process on loopback (tests and ``benchmarks/serve_load.py``).
+Why a wrapper: ``mlflow models serve --env-manager uv`` runs the serving command of the
+*calling* MLflow inside the restored env (MLflow 3: ``uvicorn mlflow.pyfunc.scoring_server.app``).
+A DAI 1.10 model env holds MLflow 2.17 on Python 3.8 (no uvicorn app there, and MLflow 3 cannot
+be installed on 3.8), while MLflow 2.17 has no ``uv`` env manager. So for DAI 1.10, serving with
+uv needs both: MLflow 3 restores the env, the env's own MLflow serves. This module does that:
 
-Launcher side (Python >= 3.10, mlflow 3.x); never imported inside a model env.
+* ``python -m dai_mlflow.serve -m URI [-h HOST] [-p PORT] [--env-manager uv|virtualenv|local]``
+  (from ``venvs/launcher``): resolves the URI with this MLflow (3.x reads any store), restores
+  the model env with MLflow's own ``PyFuncBackend.prepare_env`` (the same env, under
+  ``MLFLOW_ENV_ROOT``, that ``mlflow models serve --env-manager uv`` builds), offline with the
+  local interpreter of the model's Python, and runs the env's ``mlflow models serve
+  --env-manager local`` there (gunicorn for MLflow 2.17, uvicorn for 3.x). For DAI 2 models
+  plain ``mlflow models serve --env-manager uv`` works as well.
+* :func:`run_rpc_in_model_env`: the same env restore for ``python -m dai_mlflow.rpc``, which is
+  re-executed there as a private script copy with ``--env-manager local``.
+* :func:`free_port`, :func:`start_server`, :func:`wait_until_serving`, :func:`stop_server`:
+  start/stop a server process on loopback (tests and ``benchmarks/serve_load.py``).
+
+Signals reach the server; if the wrapper dies, the server gets SIGTERM. Launcher side (Python
+>= 3.10, mlflow 3.x); never imported inside a model env.
 """
 
 from __future__ import annotations
@@ -23,17 +32,20 @@ import shutil
 import signal
 import socket
 import subprocess
+import sys
 import tempfile
 import time
 import urllib.error
 import urllib.request
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence
+from typing import Any, Dict, List, Optional, Sequence
 
 from dai_mlflow.errors import DaiMlflowError
 
 PYTHON_ENV_FILE_NAME = "python_env.yaml"
 RPC_SCRIPT_NAME = "dai_mlflow_rpc.py"
+BUILDING_ENV_MANAGERS = ("uv", "virtualenv")
+ENV_MANAGERS = ("uv", "virtualenv", "local")
 
 
 class ServeError(DaiMlflowError):
@@ -72,10 +84,97 @@ def download_model(model_uri: str) -> Path:
         raise ServeError(f"cannot resolve {model_uri}: {' '.join(str(e).split())}") from e
 
 
+def offline_build_env(
+    python_version: str, env_manager: str, path: Optional[str] = None
+) -> Dict[str, str]:
+    """Variables under which MLflow restores a model env offline with a local interpreter.
+
+    ``uv``: ``uv`` and the interpreter's own folder are appended to ``path`` (default: PATH):
+    uv finds the interpreter there and the env links to that persistent path (never to a
+    temporary folder, which would leave a dangling env behind), and downloads are off.
+    ``virtualenv``: :func:`dai_mlflow.envmanagers.env_build_env` (the offline pyenv wrapper).
+
+    Raises:
+        PythonNotFoundError: no local interpreter of that version.
+    """
+    from dai_mlflow.pythons import find_python
+    from dai_mlflow.venvs import find_uv
+
+    interp = find_python(python_version)
+    if env_manager == "virtualenv":
+        from dai_mlflow.envmanagers import env_build_env
+
+        return env_build_env(python_version)
+    folders = [path if path is not None else os.environ.get("PATH", "")]
+    uv = find_uv()
+    if uv:
+        folders.append(str(Path(uv).parent))
+    folders.append(str(Path(os.path.realpath(interp.executable)).parent))
+    return {"PATH": os.pathsep.join(folders), "UV_PYTHON_DOWNLOADS": "never"}
+
+
+def prepare_model_env(local_dir: Path, env_manager: str) -> Any:
+    """Restore (or reuse) the model's env with MLflow; an ``mlflow.utils.environment.Environment``.
+
+    Raises:
+        ServeError: the env cannot be built.
+    """
+    from mlflow.pyfunc.backend import PyFuncBackend
+
+    from dai_mlflow.envmanagers import patched_environ
+
+    if env_manager not in BUILDING_ENV_MANAGERS:
+        raise ServeError(f"env manager {env_manager!r} builds no env; use uv or virtualenv")
+    build_env = offline_build_env(model_python_version(local_dir), env_manager)
+    backend = PyFuncBackend(config={}, env_manager=env_manager)
+    try:
+        with patched_environ(build_env):
+            return backend.prepare_env(str(local_dir))
+    except Exception as e:
+        raise ServeError(
+            f"restoring the env of {local_dir} ({env_manager}) failed: {' '.join(str(e).split())}"
+        ) from e
+
+
 def _parent_death_signal() -> None:
     # The server gets SIGTERM if this launcher dies, even by SIGKILL (Linux prctl).
     with contextlib.suppress(OSError):
         ctypes.CDLL("libc.so.6").prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+
+
+def run_in_model_env(environment: Any, argv: Sequence[str]) -> int:
+    """Run ``argv`` in the restored env (``exec``, activated), forwarding signals; exit code."""
+    from dai_mlflow.envmanagers import model_server_env
+
+    command = "exec " + " ".join(shlex.quote(a) for a in argv)
+    env = {**os.environ, **model_server_env()}
+    proc = environment.execute(command, env, preexec_fn=_parent_death_signal, synchronous=False)
+    return _wait_forwarding_signals(proc)
+
+
+def serve_model(
+    model_uri: str,
+    host: str,
+    port: int,
+    env_manager: str,
+    workers: Optional[int] = None,
+    timeout: Optional[int] = None,
+) -> int:
+    """``mlflow models serve`` of ``model_uri`` by the MLflow of the model's own env.
+
+    Raises:
+        ServeError: the URI does not resolve or the env cannot be built.
+    """
+    local = download_model(model_uri)
+    options = ["-h", host, "-p", str(port)]
+    options += ["-w", str(workers)] if workers else []
+    options += ["-t", str(timeout)] if timeout else []
+    if env_manager == "local":
+        argv = [sys.executable, "-m", "mlflow", "models", "serve", "-m", str(local), *options]
+        return subprocess.call([*argv, "--env-manager", "local"])
+    environment = prepare_model_env(local, env_manager)
+    argv = ["mlflow", "models", "serve", "-m", str(local), *options, "--env-manager", "local"]
+    return run_in_model_env(environment, argv)
 
 
 def run_rpc_in_model_env(
@@ -91,41 +190,16 @@ def run_rpc_in_model_env(
     Raises:
         ServeError: the URI does not resolve or the env cannot be built.
     """
-    from mlflow.pyfunc.backend import PyFuncBackend
-
-    from dai_mlflow.envmanagers import env_build_env, model_server_env, patched_environ
-
     local = download_model(model_uri)
-    build_env = env_build_env(model_python_version(local))
-    backend = PyFuncBackend(config={}, env_manager=env_manager)
-    try:
-        with patched_environ(build_env):
-            environment = backend.prepare_env(str(local))
-    except Exception as e:
-        raise ServeError(
-            f"restoring the env of {model_uri} ({env_manager}) failed: {' '.join(str(e).split())}"
-        ) from e
+    environment = prepare_model_env(local, env_manager)
     # A private copy run as a script: the server imports the model's own code/dai_mlflow,
     # not this checkout's, and nothing of the launcher's env reaches the model's Python.
     folder = Path(tempfile.mkdtemp(prefix="dai-mlflow-rpc-"))
     try:
         shutil.copy2(rpc_script, folder / RPC_SCRIPT_NAME)
-        args = [
-            str(folder / RPC_SCRIPT_NAME),
-            "--model-uri",
-            str(local),
-            "--host",
-            host,
-            "--port",
-            str(port),
-            "--env-manager",
-            "local",
-            *extra_args,
-        ]
-        command = "exec python " + " ".join(shlex.quote(a) for a in args)
-        env = {**os.environ, **build_env, **model_server_env()}
-        proc = environment.execute(command, env, preexec_fn=_parent_death_signal, synchronous=False)
-        return _wait_forwarding_signals(proc)
+        argv = ["python", str(folder / RPC_SCRIPT_NAME), "--model-uri", str(local)]
+        argv += ["--host", host, "--port", str(port), "--env-manager", "local", *extra_args]
+        return run_in_model_env(environment, argv)
     finally:
         shutil.rmtree(folder, ignore_errors=True)
 
@@ -137,11 +211,7 @@ def _wait_forwarding_signals(proc: subprocess.Popen) -> int:
 
     previous = {s: signal.signal(s, _forward) for s in (signal.SIGTERM, signal.SIGINT)}
     try:
-        while True:
-            try:
-                return proc.wait()
-            except KeyboardInterrupt:  # pragma: no cover - forwarded above
-                continue
+        return proc.wait()
     finally:
         for s, handler in previous.items():
             signal.signal(s, handler)
@@ -238,3 +308,37 @@ def serve_command(
         "--env-manager",
         env_manager,
     ]
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """``python -m dai_mlflow.serve -m URI [-h HOST] [-p PORT] [--env-manager M]``."""
+    import argparse
+
+    parser = argparse.ArgumentParser(
+        prog="python -m dai_mlflow.serve",
+        description=(
+            "mlflow models serve for a logged DAI model, served by the MLflow of the model's own "
+            "env (restored offline with uv or virtualenv): works for DAI 1.10 (MLflow 2.17, "
+            "Python 3.8) and DAI 2 models alike. Same endpoints as mlflow models serve."
+        ),
+        add_help=False,
+    )
+    parser.add_argument("--help", action="help", help="show this help and exit")
+    parser.add_argument("-m", "--model-uri", required=True, help="models:/NAME@ALIAS, runs:/, path")
+    parser.add_argument("-h", "--host", default="127.0.0.1", help="(default 127.0.0.1)")
+    parser.add_argument("-p", "--port", type=int, default=5000, help="(default 5000)")
+    parser.add_argument("-w", "--workers", type=int, default=None, help="server workers")
+    parser.add_argument("-t", "--timeout", type=int, default=None, help="request timeout (s)")
+    parser.add_argument("--env-manager", choices=ENV_MANAGERS, default="uv", help="(default uv)")
+    args = parser.parse_args(argv)
+    try:
+        return serve_model(
+            args.model_uri, args.host, args.port, args.env_manager, args.workers, args.timeout
+        )
+    except DaiMlflowError as e:
+        print(f"dai_mlflow.serve: error: {e}", file=sys.stderr, flush=True)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

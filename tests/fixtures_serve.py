@@ -10,7 +10,10 @@
     (its Python and MLflow: 2.17 on Python 3.8 for DAI 1.10, so the model folder is served
     since MLflow 2.17 cannot read the 3.x test store);
   * ``serve-uv``: ``mlflow models serve -m models:/... --env-manager uv`` from
-    ``venvs/launcher``, offline (local interpreters: ``envmanagers.env_build_env``);
+    ``venvs/launcher``, offline (``dai_mlflow.serve.offline_build_env``); DAI 2 only: MLflow 3
+    serves with uvicorn inside the env, which a DAI 1.10 env (MLflow 2.17) cannot run;
+  * ``serve-wrapped-uv``: ``python -m dai_mlflow.serve -m models:/... --env-manager uv``: the
+    same env restore, served by the env's own MLflow (the way for DAI 1.10);
   * ``rpc-uv``: ``python -m dai_mlflow.rpc --model-uri models:/...`` from ``venvs/launcher``
     (restores the model env like ``serve-uv`` and re-executes there);
   * ``rpc-local``: ``python -m dai_mlflow.rpc --env-manager local`` with the model's own Python.
@@ -36,10 +39,10 @@ from typing import Any, Callable, Dict, Iterator, List, Sequence
 import pytest
 from filelock import FileLock
 
-from dai_mlflow.envmanagers import env_build_env
 from dai_mlflow.serve import (
     free_port,
     model_python_version,
+    offline_build_env,
     serve_command,
     start_server,
     stop_server,
@@ -55,7 +58,7 @@ from tests.fixtures_model import (
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 CACHE = REPO_ROOT / "tests" / ".cache"
-KINDS = ("serve-local", "serve-uv", "rpc-uv", "rpc-local")
+KINDS = ("serve-local", "serve-uv", "serve-wrapped-uv", "rpc-uv", "rpc-local")
 # Start-up budget: a cold uv restore of a model env installs numpy/pandas/mlflow from uv's cache.
 START_TIMEOUT = float(os.environ.get("DAI_MLFLOW_TEST_SERVE_TIMEOUT", "600"))
 TRUTH_ROWS = 20
@@ -112,12 +115,15 @@ def _command(spec: ServerSpec, model: LoggedDaiModel, port: int, workdir: Path) 
         cmd = [str(python), "-m", "dai_mlflow.rpc", "--env-manager", "local"]
         return [*cmd, "--model-uri", uri, "--port", str(port)], env
     # uv kinds run from venvs/launcher, resolve models:/ URIs and restore the env offline.
-    env.update(env_build_env(model_python_version(model.local_dir)))
+    env.update(offline_build_env(model_python_version(model.local_dir), "uv", env["PATH"]))
     env["MLFLOW_TRACKING_URI"] = model.tracking_uri
     if spec.kind == "serve-uv":
         return serve_command(str(LAUNCHER_BIN / "mlflow"), model.model_uri, port, "uv"), env
+    env["PYTHONPATH"] = str(REPO_ROOT)
+    if spec.kind == "serve-wrapped-uv":
+        cmd = [str(LAUNCHER_BIN / "python"), "-m", "dai_mlflow.serve", "--env-manager", "uv"]
+        return [*cmd, "-m", model.model_uri, "-p", str(port)], env
     if spec.kind == "rpc-uv":
-        env["PYTHONPATH"] = str(REPO_ROOT)
         cmd = [str(LAUNCHER_BIN / "python"), "-m", "dai_mlflow.rpc"]
         return [*cmd, "--model-uri", model.model_uri, "--port", str(port)], env
     raise ValueError(f"unknown server kind {spec.kind!r}; one of {KINDS}")

@@ -2,9 +2,12 @@
 
 Four servers, started once for the module: env manager ``local`` (from the model's own env:
 MLflow 2.17 / Python 3.8 for DAI 1.10, MLflow 3 / Python 3.11 for DAI 2) and ``uv`` (from
-``venvs/launcher``, offline), for both DAI lines. Every body format scores exactly what the
-scorer's own ``score_batch`` gives; a missing or mistyped column is a 400 that names it, and
-the server keeps serving; without a license the server stops with an error that says so.
+``venvs/launcher``, offline): plain ``mlflow models serve --env-manager uv`` for DAI 2, and
+``python -m dai_mlflow.serve --env-manager uv`` for DAI 1.10 (MLflow 3 restores the env, the
+env's MLflow 2.17 serves: MLflow 3's uvicorn server cannot run in a Python 3.8 env). Every
+body format scores exactly what the scorer's own ``score_batch`` gives; a missing or mistyped
+column is a 400 that names it, and the server keeps serving; without a license the server
+stops with an error that says so.
 """
 
 from __future__ import annotations
@@ -22,7 +25,7 @@ pytestmark = [pytest.mark.serve, pytest.mark.venv]
 SERVERS = [
     ServerSpec("serve-local", "1.10", "binary"),
     ServerSpec("serve-local", "2", "multiclass"),
-    ServerSpec("serve-uv", "1.10", "binary"),
+    ServerSpec("serve-wrapped-uv", "1.10", "binary"),
     ServerSpec("serve-uv", "2", "multiclass"),
 ]
 IDS = [s.name for s in SERVERS]
