@@ -158,12 +158,15 @@ _PIN = re.compile(r"^(six)==(\S+)$", re.M)
 
 
 def shift_pin(model_dir: Path, dest: Path) -> Path:
-    """Copy a logged model folder, pinning ``six`` (a shared dependency) at another version."""
+    """Copy a logged model folder, pinning ``six`` (a shared dependency) at another version
+    (in requirements.txt and, when it pins it too, constraints.txt)."""
     shutil.copytree(model_dir, dest)
     req = dest / "requirements.txt"
-    text = req.read_text()
-    assert _PIN.search(text), f"{req} pins no six"
-    req.write_text(_PIN.sub(r"\1==1.17.0", text))
+    assert _PIN.search(req.read_text()), f"{req} pins no six"
+    for name in ("requirements.txt", "constraints.txt"):
+        path = dest / name
+        if path.is_file():
+            path.write_text(_PIN.sub(r"\1==1.17.0", path.read_text()))
     return dest
 
 
