@@ -399,6 +399,8 @@ def load_service(model_uri: str) -> ScoringService:
         local = Path(mlflow.artifacts.download_artifacts(artifact_uri=model_uri))
         pyfunc = mlflow.pyfunc.load_model(str(local))
     except Exception as e:
+        if _is_dai_mlflow_error(e):  # e.g. no license: its message already says what to do
+            raise ModelLoadError(" ".join(str(e).split())) from e
         raise ModelLoadError(f"cannot load {model_uri}: {one_line(e)}") from e
     conf = Model.load(str(local)).flavors.get("python_function", {})
     config = conf.get("config") or {}
@@ -430,6 +432,11 @@ def load_service(model_uri: str) -> ScoringService:
         prepare=lambda frame: prepare_input(frame, columns, types),
         run_in_workdir=lambda: in_workdir(scorer_workdir(pipeline_dir)),
     )
+
+
+def _is_dai_mlflow_error(error: BaseException) -> bool:
+    # The model's own dai_mlflow raised it; that class is not importable before the load.
+    return any(c.__name__ == "DaiMlflowError" for c in type(error).__mro__)
 
 
 def serve(service: Any, host: str, port: int, access_log: bool = False) -> None:

@@ -33,9 +33,18 @@ FORMATS = ("dataframe_split", "dataframe_records", "instances", "csv")
 TIMEOUT = 120
 
 
+NO_LICENSE = [
+    ServerSpec("serve-local", "1.10", "binary", licensed=False),
+    ServerSpec("serve-uv", "2", "multiclass", licensed=False),
+]
+
+
 @pytest.fixture(scope="module")
 def servers(serve_pool: ServerPool) -> Dict[ServerSpec, LiveServer]:
-    """All four servers, started at once, reused by every test of the module."""
+    """All four servers, started at once, reused by every test of the module (the unlicensed
+    ones start alongside; they are expected to stop)."""
+    for spec in NO_LICENSE:
+        serve_pool.launch(spec)
     return dict(zip(SERVERS, serve_pool.start(SERVERS)))
 
 
@@ -125,15 +134,8 @@ def test_bad_input_is_a_400_naming_the_column_and_serving_goes_on(
     assert _table(resp.json()["predictions"], expected["columns"]) == expected["values"]
 
 
-@pytest.mark.parametrize(
-    "spec",
-    [
-        ServerSpec("serve-local", "1.10", "binary", licensed=False),
-        ServerSpec("serve-uv", "2", "multiclass", licensed=False),
-    ],
-    ids=lambda s: s.name,
-)
-def test_without_a_license_the_server_stops_and_says_so(serve_pool, spec) -> None:
+@pytest.mark.parametrize("spec", NO_LICENSE, ids=lambda s: s.name)
+def test_without_a_license_the_server_stops_and_says_so(servers, serve_pool, spec) -> None:
     server = serve_pool.launch(spec)
     try:
         server.proc.wait(timeout=600)
