@@ -27,7 +27,8 @@ Stdlib only and Python 3.8-safe (the module is imported by ``spark_inference/sco
 
 from __future__ import annotations
 
-import atexit
+import hashlib
+import json
 import os
 import shutil
 import tempfile
@@ -75,8 +76,19 @@ def _which_outside(name: str, exclude: Path) -> Optional[str]:
     return None
 
 
+def tools_root() -> Path:
+    """Where tool dirs live: ``$XDG_CACHE_HOME/dai-mlflow/tools`` or ``~/.cache/...``."""
+    cache = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(cache) / "dai-mlflow" / "tools"
+
+
 def tool_dir(python_version: str) -> Path:
-    """A per-process folder with ``pyenv`` (offline wrapper), ``uv`` and ``python3.X`` links.
+    """A folder with ``pyenv`` (offline wrapper), ``uv`` and ``python3.X`` links.
+
+    It is persistent (keyed by what the links point at): ``uv venv`` records the interpreter
+    path it found as the env's home, and the envs of :mod:`dai_mlflow.model_envs` outlive this
+    process, so a temporary folder would leave them pointing at nothing. Created atomically
+    (a temporary folder renamed into place), so concurrent drivers share it safely.
 
     Args:
         python_version: the model's Python (``3.8.18``); the exact version is linked as
@@ -85,18 +97,31 @@ def tool_dir(python_version: str) -> Path:
     Raises:
         PythonNotFoundError: no local interpreter of that version.
     """
-    if python_version in _tool_dirs:
+    if python_version in _tool_dirs and _tool_dirs[python_version].is_dir():
         return _tool_dirs[python_version]
     interp = find_python(python_version)
-    folder = Path(tempfile.mkdtemp(prefix="dai-mlflow-tools-"))
-    atexit.register(shutil.rmtree, str(folder), True)
     real = Path(os.path.realpath(interp.executable))
-    for name in {f"python{interp.major_minor}", f"python{python_version}"}:
-        (folder / name).symlink_to(real)
-    (folder / "pyenv").symlink_to(PYENV_OFFLINE_SCRIPT)
     uv = find_uv()
+    links = {name: str(real) for name in {f"python{interp.major_minor}", f"python{python_version}"}}
+    links["pyenv"] = str(PYENV_OFFLINE_SCRIPT)
     if uv:
-        (folder / "uv").symlink_to(os.path.realpath(uv))
+        links["uv"] = os.path.realpath(uv)
+    key = hashlib.sha256(json.dumps(links, sort_keys=True).encode()).hexdigest()[:16]
+    folder = tools_root() / f"py{python_version}-{key}"
+    if not folder.is_dir():
+        folder.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}-", dir=str(folder.parent)))
+        try:
+            for name, target in links.items():
+                (tmp / name).symlink_to(target)
+            os.chmod(str(tmp), 0o755)
+            try:
+                os.rename(str(tmp), str(folder))
+            except OSError:
+                if not folder.is_dir():  # not a concurrent winner: a real failure
+                    raise
+        finally:
+            shutil.rmtree(str(tmp), ignore_errors=True)
     _tool_dirs[python_version] = folder
     return folder
 

@@ -14,8 +14,10 @@ once on the driver under a file lock:
   is loaded from the model's artifacts), so a second model of that version finds its env
   ready, while a shared wheel rebuilt under the same file name gets a new env (MLflow alone
   would reuse the stale one, issue #10525);
-* an env is marked ready once built; a folder without the mark (a build that was killed) is
-  removed and rebuilt. Concurrent jobs wait for each other's build of the same env.
+* an env is marked ready once built; a folder without the mark (a build that was killed), or
+  whose interpreter no longer starts, is removed and rebuilt. Concurrent jobs wait for each
+  other's build of the same env. The interpreter links uv records live in a persistent folder
+  (:func:`dai_mlflow.envmanagers.tool_dir`).
 
 Driver side; stdlib (+ mlflow when used), Python 3.8-safe.
 """
@@ -27,6 +29,7 @@ import fcntl
 import hashlib
 import os
 import shutil
+import subprocess
 import sys
 from pathlib import Path
 from typing import Iterator, Optional
@@ -87,13 +90,24 @@ def _locked(path: Path) -> Iterator[None]:
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
+def _is_usable(env_dir: Path) -> bool:
+    """Built to the end (ready mark) and its interpreter still starts (its base may be gone)."""
+    if not (env_dir / READY_FILE_NAME).is_file():
+        return False
+    try:
+        probe = subprocess.run([str(env_dir / "bin" / "python"), "-c", ""], timeout=60)
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+    return probe.returncode == 0
+
+
 def prepare(backend: object, model_dir: Path, root: Path, id_: str) -> None:
     """Build (or find) the env of ``backend`` on the driver, under a lock, and mark it ready."""
     lock = root / "locks" / (hashlib.sha256(id_.encode()).hexdigest()[:16] + ".lock")
     with _locked(lock):
         env_dir = mlflow_env_dir(model_dir, root, id_)
-        if env_dir is not None and env_dir.exists() and not (env_dir / READY_FILE_NAME).exists():
-            print(f"[dai-mlflow] removing an unfinished env build: {env_dir}", file=sys.stderr)
+        if env_dir is not None and env_dir.exists() and not _is_usable(env_dir):
+            print(f"[dai-mlflow] removing an unfinished or broken env: {env_dir}", file=sys.stderr)
             shutil.rmtree(str(env_dir), ignore_errors=True)
         backend.prepare_env(model_uri=str(model_dir), capture_output=False)
         if env_dir is not None and env_dir.is_dir():

@@ -190,18 +190,24 @@ BUILDING_CASES = [
 ]
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _test_env_root() -> None:
+    """uv/virtualenv envs persist under DAI_MLFLOW_ENV_ROOT: the test cache's, not $HOME's."""
+    from tests.fixtures_model import MODEL_ENV_ROOT
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("DAI_MLFLOW_ENV_ROOT", str(MODEL_ENV_ROOT))
+        yield
+
+
 @pytest.fixture
-def fresh_mlflow_envs() -> None:
-    """Forget the model envs MLflow built earlier in this process.
+def fresh_mlflow_envs(monkeypatch, tmp_path: Path) -> None:
+    """An empty env root, so the env is really built (offline) here.
 
-    spark_udf keeps them in one temp folder per process, named by requirements only, so a
-    ``virtualenv`` case would silently reuse the env a ``uv`` case built (or vice versa).
+    Envs persist across calls and runs (``dai_mlflow.model_envs``), keyed by env manager too;
+    an empty root makes this test observe a build every time.
     """
-    import shutil
-
-    from mlflow.utils.file_utils import get_or_create_tmp_dir
-
-    shutil.rmtree(Path(get_or_create_tmp_dir()) / "envs" / "virtualenv_envs", ignore_errors=True)
+    monkeypatch.setenv("DAI_MLFLOW_ENV_ROOT", str(tmp_path / "envs"))
 
 
 @pytest.mark.spark
