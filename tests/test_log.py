@@ -27,7 +27,9 @@ def _check_staged(model_dir: Path, build, python_prefix: str, mlflow_pin: str) -
     assert f"python={env['python']}" in conda["dependencies"]
     reqs = (model_dir / "requirements.txt").read_text().splitlines()
     assert mlflow_pin in reqs
-    assert f"./artifacts/scoring-pipeline/{build.experiment_wheel}" in reqs
+    # Shared wheels are requirements; the experiment wheel is an artifact loaded at load time.
+    assert f"./artifacts/scoring-pipeline/{build.core_wheel}" in reqs
+    assert not [line for line in reqs if build.experiment_wheel in line]
     stored = model_dir / "artifacts" / "scoring-pipeline"
     assert (stored / build.experiment_wheel).is_file()
     assert sorted(p.name for p in (model_dir / "code" / "dai_mlflow").glob("*.py")) == sorted(
