@@ -187,10 +187,13 @@ class ScoringService:
     # ---------------------------------------------------------------- JSON-RPC methods
     def score(self, row: Any, output_margin: Any = False, pred_contribs: Any = False) -> Any:
         """One row → the scorer's ``score`` list (probabilities, value, or contributions)."""
-        margin, contribs = _flags(output_margin, pred_contribs)
+        flags = dict(zip(_FLAG_NAMES, _flags(output_margin, pred_contribs)))
         values = self._row_values(row)
+        # By name and only when set, as the pyfunc calls score_batch: a scorer whose signature
+        # orders its keyword arguments differently, or lacks one, still scores plain rows.
+        kwargs = {k: v for k, v in flags.items() if v}
         with self._lock, self._workdir():
-            return self.scorer.score(values, margin, contribs)
+            return self.scorer.score(values, **kwargs)
 
     def score_batch(
         self, rows: Any, output_margin: Any = False, pred_contribs: Any = False
