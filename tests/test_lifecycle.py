@@ -189,7 +189,10 @@ def test_batch_twice_for_one_date_leaves_one_copy(
     source = model.build.sample_input_csv
     table = tmp_path / "scored"
 
-    first = batch(BatchRequest(NAME, source, str(table), DAY, spark_venv=spark_venv))
+    # One Spark task: two cores are shared with the rest of the suite.
+    first = batch(
+        BatchRequest(NAME, source, str(table), DAY, spark_venv=spark_venv, master="local[1]")
+    )
     n_input = len(pd.read_csv(source))
     assert first.rows == n_input
 
@@ -200,6 +203,7 @@ def test_batch_twice_for_one_date_leaves_one_copy(
         "table": str(table),
         "date": DAY,
         "spark_venv": str(spark_venv),
+        "master": "local[1]",
     }
     env = run_env({**model.build.license_env(), "MLFLOW_TRACKING_URI": store.tracking_uri})
     proc = mlflow_run(params, tmp_path / "cwd", env, tmp_path / "run", extra_args=("-e", "batch"))

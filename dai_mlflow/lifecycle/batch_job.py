@@ -64,7 +64,7 @@ def score_partition(spark: object, args: argparse.Namespace) -> int:
             raise translate_error(e) from e
 
     target = tables.replace_partition(Path(args.table), args.date, _write)
-    return int(spark.read.parquet(str(target)).count())
+    return tables.row_count(target)
 
 
 def main(argv: Optional[List[str]] = None) -> int:

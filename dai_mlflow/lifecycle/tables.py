@@ -154,6 +154,14 @@ def partitions(table: Path) -> List[str]:
     )
 
 
+def row_count(folder: Path) -> int:
+    """Rows in a partition folder, from the parquet footers (no data is read)."""
+    import pyarrow.parquet as pq
+
+    files = [f for f in folder.glob("*.parquet") if not f.name.startswith((".", "_"))]
+    return sum(pq.ParquetFile(str(f)).metadata.num_rows for f in files)
+
+
 def read_partitions(table: Path, days: Sequence[str]) -> pd.DataFrame:
     """The rows of the given partitions (missing ones are skipped) plus the ``date`` column.
 
