@@ -178,7 +178,7 @@ def _write_input_without(src: Path, dst: Path, column: str) -> Path:
 @pytest.mark.spark
 @pytest.mark.mlflow_run
 def test_batch_twice_for_one_date_leaves_one_copy(
-    lifecycle_store, logged_model, expected_scores, tmp_path
+    lifecycle_store, logged_model, expected_scores, tmp_path, monkeypatch
 ):
     from dai_mlflow.lifecycle.batch import BatchRequest, batch
 
@@ -226,6 +226,14 @@ def test_batch_twice_for_one_date_leaves_one_copy(
     with pytest.raises(DaiMlflowError, match="Day Mins"):
         batch(BatchRequest(NAME, bad, str(table), DAY, spark_venv=spark_venv))
     assert sorted((table / f"date={DAY}").iterdir()) == files
+    # The model fails in the job (no license there): its error, one line; the partition stays.
+    monkeypatch.delenv("DRIVERLESS_AI_LICENSE_FILE")
+    monkeypatch.setenv("HOME", str(tmp_path))
+    with pytest.raises(DaiMlflowError, match="[Ll]icense") as err:
+        batch(BatchRequest(NAME, source, str(table), DAY, spark_venv=spark_venv))
+    assert "\n" not in str(err.value)
+    assert sorted((table / f"date={DAY}").iterdir()) == files
+    assert sorted(p.name for p in table.iterdir()) == [f"date={DAY}"]
     runs = store.client().search_runs(["0"], f"params.date = '{DAY}'")
     statuses = {r.info.status for r in runs}
     assert statuses == {"FINISHED", "FAILED"}

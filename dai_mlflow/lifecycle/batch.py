@@ -149,19 +149,23 @@ def run_job(command: List[str]) -> int:
     """Run the Spark job; return the rows written.
 
     Raises:
-        LifecycleError: the job failed (its one-line error; the table is unchanged).
+        LifecycleError: the job failed (its one-line error, and where its full output was
+            kept; the table is unchanged).
     """
     proc = subprocess.run(
         command, cwd=str(REPO_ROOT), env=_job_env(), capture_output=True, text=True
     )
-    sys.stderr.write(proc.stderr[-4000:] if proc.returncode else "")
     result = [ln for ln in proc.stdout.splitlines() if ln.startswith(JOB_RESULT_PREFIX)]
-    if proc.returncode != 0 or not result:
-        lines = [ln.strip() for ln in (proc.stdout + "\n" + proc.stderr).splitlines()]
-        errors = [ln[len(JOB_ERROR_PREFIX) :] for ln in lines if ln.startswith(JOB_ERROR_PREFIX)]
-        detail = errors[-1] if errors else next((ln for ln in reversed(lines) if ln), "no output")
-        raise LifecycleError(f"batch scoring failed: {detail}")
-    return int(result[-1].split("=", 1)[1])
+    if proc.returncode == 0 and result:
+        return int(result[-1].split("=", 1)[1])
+    lines = [ln.strip() for ln in (proc.stdout + "\n" + proc.stderr).splitlines()]
+    errors = [ln[len(JOB_ERROR_PREFIX) :] for ln in lines if ln.startswith(JOB_ERROR_PREFIX)]
+    detail = errors[-1] if errors else next((ln for ln in reversed(lines) if ln), "no output")
+    with tempfile.NamedTemporaryFile(
+        "w", prefix="dai-mlflow-batch-job-", suffix=".log", delete=False
+    ) as log:
+        log.write(proc.stdout + "\n" + proc.stderr)
+    raise LifecycleError(f"batch scoring failed: {detail} (job output: {log.name})")
 
 
 def batch(request: BatchRequest) -> BatchResult:
