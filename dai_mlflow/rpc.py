@@ -67,6 +67,7 @@ MAX_BODY_BYTES = 256 * 1024 * 1024
 _MODULE_PREFIX = "scoring_h2oai_experiment_"
 _UUID_KEY = re.compile(r"^[0-9a-f]{8}(_[0-9a-f]{4}){3}_[0-9a-f]{12}$")
 _FLAG_NAMES = ("output_margin", "pred_contribs")
+_MAX = sys.float_info.max
 
 
 class RpcError(Exception):
@@ -113,7 +114,12 @@ def _largest(value: Any) -> float:
 
 def to_jsonable(value: Any) -> Any:
     """Plain JSON values: numpy scalars/arrays unwrapped; NaN/inf as the dtype's max (DAI)."""
-    if isinstance(value, float) or type(value).__name__.startswith("float"):
+    kind = type(value)
+    if kind is float and -_MAX <= value <= _MAX:  # the common case first: a finite float
+        return value
+    if kind is list and all(type(v) is float and -_MAX <= v <= _MAX for v in value):
+        return value
+    if isinstance(value, float) or kind.__name__.startswith("float"):
         number = float(value)
         if math.isnan(number) or math.isinf(number):
             big = _largest(value)
@@ -249,7 +255,8 @@ class ScoringService:
     def _rows_frame(self, rows: Sequence[Any]) -> Any:
         import pandas as pd
 
-        data: Dict[str, List[Any]] = {c: [] for c in self.columns}
+        records: List[Any] = []
+        columns = set(self.columns)
         for i, row in enumerate(rows):
             if isinstance(row, list) and len(row) == len(self.columns):
                 row = dict(zip(self.columns, row))
@@ -257,12 +264,13 @@ class ScoringService:
                 raise RpcError(
                     f"rows[{i}] must be an object keyed by column name, got {_kind(row)}"
                 )
-            missing = [c for c in self.columns if c not in row]
-            if missing:
+            if not columns.issubset(row.keys()):
+                missing = [c for c in self.columns if c not in row]
                 raise RpcError(f"rows[{i}] is missing {len(missing)} column(s): {_names(missing)}")
-            for c in self.columns:
-                data[c].append(row[c])
-        return pd.DataFrame({c: pd.Series(v, dtype=object) for c, v in data.items()})
+            records.append(row)
+        # Object columns: values stay as sent until the model's own coercion reads them.
+        frame = pd.DataFrame.from_records(records, columns=self.columns)
+        return frame.astype(object)
 
     def call(self, method: str, params: Mapping[str, Any]) -> Any:
         """Run ``method`` with by-name ``params``; wrong names raise ``TypeError`` as in DAI."""
