@@ -143,13 +143,25 @@ def _parent_death_signal() -> None:
 
 
 def run_in_model_env(environment: Any, argv: Sequence[str]) -> int:
-    """Run ``argv`` in the restored env (``exec``, activated), forwarding signals; exit code."""
-    from dai_mlflow.envmanagers import model_server_env
+    """Run ``argv`` in the restored env (``exec``, activated), forwarding signals; exit code.
+
+    The model is already a local folder, so the server needs no tracking store; it gets a
+    private scratch one instead of the caller's: loading a model toggles MLflow tracing, which
+    opens the store, and MLflow 2.17 (DAI 1.10 envs) cannot read an MLflow 3 sqlite store
+    ("Can't locate revision"). The scratch folder is removed when the server exits.
+    """
+    from dai_mlflow.envmanagers import SPARK_WORKER_VARS
 
     command = "exec " + " ".join(shlex.quote(a) for a in argv)
-    env = {**os.environ, **model_server_env()}
-    proc = environment.execute(command, env, preexec_fn=_parent_death_signal, synchronous=False)
-    return _wait_forwarding_signals(proc)
+    scratch = Path(tempfile.mkdtemp(prefix="dai-mlflow-serve-store-"))
+    env = {**os.environ, **dict.fromkeys(SPARK_WORKER_VARS, "")}
+    env["MLFLOW_TRACKING_URI"] = (scratch / "mlruns").as_uri()
+    env["MLFLOW_ALLOW_FILE_STORE"] = "true"
+    try:
+        proc = environment.execute(command, env, preexec_fn=_parent_death_signal, synchronous=False)
+        return _wait_forwarding_signals(proc)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
 
 
 def serve_model(
