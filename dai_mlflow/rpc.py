@@ -485,7 +485,11 @@ def _serve_here(model_uri: str, host: str, port: int, access_log: bool) -> int:
         file=sys.stderr,
         flush=True,
     )
-    serve(service, host, port, access_log)
+    try:
+        serve(service, host, port, access_log)
+    except OSError as e:  # e.g. the port is taken
+        print(f"dai_mlflow.rpc: error: cannot listen on {host}:{port}: {e}", file=sys.stderr)
+        return 1
     return 0
 
 
