@@ -240,7 +240,8 @@ def free_port(host: str = "127.0.0.1") -> int:
 def start_server(
     cmd: Sequence[str], env: Dict[str, str], log_path: Path, cwd: Optional[Path] = None
 ) -> subprocess.Popen:
-    """Start ``cmd`` in its own session (so :func:`stop_server` ends all its children)."""
+    """Start ``cmd`` in its own session (so :func:`stop_server` ends all its children); it
+    gets SIGTERM if the caller dies without stopping it."""
     log = log_path.open("wb")
     try:
         return subprocess.Popen(
@@ -251,6 +252,7 @@ def start_server(
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
             start_new_session=True,
+            preexec_fn=_parent_death_signal,
         )
     finally:
         log.close()
