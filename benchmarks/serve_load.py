@@ -190,7 +190,7 @@ def _model(args: argparse.Namespace) -> Tuple[str, Path, Dict[str, str]]:
     model = get_logged_model(args.dai_version, args.problem)
     env = run_env(model.license_env)
     env["PYTHONPATH"] = str(REPO_ROOT)
-    env.update(offline_build_env(model_python_version(model.local_dir), "uv", env["PATH"]))
+    env.update(offline_build_env(model_python_version(model.local_dir), env["PATH"]))
     return str(model.local_dir), model.build.sample_input_csv, env
 
 

@@ -84,33 +84,22 @@ def download_model(model_uri: str) -> Path:
         raise ServeError(f"cannot resolve {model_uri}: {' '.join(str(e).split())}") from e
 
 
-def offline_build_env(
-    python_version: str, env_manager: str, path: Optional[str] = None
-) -> Dict[str, str]:
+def offline_build_env(python_version: str, path: Optional[str] = None) -> Dict[str, str]:
     """Variables under which MLflow restores a model env offline with a local interpreter.
 
-    ``uv``: ``uv`` and the interpreter's own folder are appended to ``path`` (default: PATH):
-    uv finds the interpreter there and the env links to that persistent path (never to a
-    temporary folder, which would leave a dangling env behind), and downloads are off.
-    ``virtualenv``: :func:`dai_mlflow.envmanagers.env_build_env` (the offline pyenv wrapper).
+    The persistent tool dir of :func:`dai_mlflow.envmanagers.env_build_env` (``uv``, the
+    interpreter links, the offline ``pyenv`` wrapper) goes first on ``path`` (default: PATH),
+    and uv downloads are off.
 
     Raises:
         PythonNotFoundError: no local interpreter of that version.
     """
-    from dai_mlflow.pythons import find_python
-    from dai_mlflow.venvs import find_uv
+    from dai_mlflow.envmanagers import env_build_env, tool_dir
 
-    interp = find_python(python_version)
-    if env_manager == "virtualenv":
-        from dai_mlflow.envmanagers import env_build_env
-
-        return env_build_env(python_version)
-    folders = [path if path is not None else os.environ.get("PATH", "")]
-    uv = find_uv()
-    if uv:
-        folders.append(str(Path(uv).parent))
-    folders.append(str(Path(os.path.realpath(interp.executable)).parent))
-    return {"PATH": os.pathsep.join(folders), "UV_PYTHON_DOWNLOADS": "never"}
+    env = env_build_env(python_version)
+    if path is not None:
+        env["PATH"] = os.pathsep.join([str(tool_dir(python_version)), path])
+    return env
 
 
 def prepare_model_env(local_dir: Path, env_manager: str) -> Any:
@@ -125,7 +114,7 @@ def prepare_model_env(local_dir: Path, env_manager: str) -> Any:
 
     if env_manager not in BUILDING_ENV_MANAGERS:
         raise ServeError(f"env manager {env_manager!r} builds no env; use uv or virtualenv")
-    build_env = offline_build_env(model_python_version(local_dir), env_manager)
+    build_env = offline_build_env(model_python_version(local_dir))
     backend = PyFuncBackend(config={}, env_manager=env_manager)
     try:
         with patched_environ(build_env):

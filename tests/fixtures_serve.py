@@ -10,7 +10,8 @@
     (its Python and MLflow: 2.17 on Python 3.8 for DAI 1.10, so the model folder is served
     since MLflow 2.17 cannot read the 3.x test store);
   * ``serve-uv``: ``mlflow models serve -m models:/... --env-manager uv`` from
-    ``venvs/launcher``, offline (``dai_mlflow.serve.offline_build_env``); DAI 2 only: MLflow 3
+    ``venvs/launcher``, offline (``dai_mlflow.serve.offline_build_env``: the tool dir of
+    ``dai_mlflow.envmanagers``); DAI 2 only: MLflow 3
     serves with uvicorn inside the env, which a DAI 1.10 env (MLflow 2.17) cannot run;
   * ``serve-wrapped-uv``: ``python -m dai_mlflow.serve -m models:/... --env-manager uv``: the
     same env restore, served by the env's own MLflow (the way for DAI 1.10);
@@ -115,7 +116,7 @@ def _command(spec: ServerSpec, model: LoggedDaiModel, port: int, workdir: Path) 
         cmd = [str(python), "-m", "dai_mlflow.rpc", "--env-manager", "local"]
         return [*cmd, "--model-uri", uri, "--port", str(port)], env
     # uv kinds run from venvs/launcher, resolve models:/ URIs and restore the env offline.
-    env.update(offline_build_env(model_python_version(model.local_dir), "uv", env["PATH"]))
+    env.update(offline_build_env(model_python_version(model.local_dir), env["PATH"]))
     env["MLFLOW_TRACKING_URI"] = model.tracking_uri
     if spec.kind == "serve-uv":
         return serve_command(str(LAUNCHER_BIN / "mlflow"), model.model_uri, port, "uv"), env
