@@ -71,6 +71,29 @@ monitor: launcher-venv ## drift of TABLE's DATE partition vs the training baseli
 	@test -n "$(MODEL_NAME)" || { echo "error: pass MODEL_NAME=<registered model> [TABLE=dir] [MONITOR_TABLE=dir] [DATE=YYYY-MM-DD]" >&2; exit 2; }
 	@$(MLFLOW_RUN) -e monitor -P model_name="$(MODEL_NAME)" -P table="$(TABLE)" -P output="$(MONITOR_TABLE)" -P date="$(DATE)"
 
+# Serving (docs/serving.md): both restore the model's env offline and score there.
+PORT     ?= 5000
+RPC_PORT ?= 9090
+
+.PHONY: serve
+serve: launcher-venv ## serve MODEL_URI=<uri> with MLflow's REST API (/invocations) on PORT (default 5000)
+	@test -n "$(MODEL_URI)" || { echo "error: pass MODEL_URI=<models:/name@alias | runs:/... | path>" >&2; exit 2; }
+	@$(LAUNCHER) -m dai_mlflow.serve -m "$(MODEL_URI)" -p "$(PORT)"
+
+.PHONY: rpc
+rpc: launcher-venv ## serve MODEL_URI=<uri> with DAI's JSON-RPC protocol (POST /rpc) on RPC_PORT (default 9090)
+	@test -n "$(MODEL_URI)" || { echo "error: pass MODEL_URI=<models:/name@alias | runs:/... | path>" >&2; exit 2; }
+	@$(LAUNCHER) -m dai_mlflow.rpc --model-uri "$(MODEL_URI)" --port "$(RPC_PORT)"
+
+# Benchmarks print figures; none is a test. LINE picks the stand-in's DAI line.
+.PHONY: bench-spark
+bench-spark: launcher-venv ## rows/s: raw scorer vs spark_udf local and uv (LINE=1.10|2, default 2)
+	@$(LAUNCHER) benchmarks/spark_throughput.py --dai-version "$(or $(LINE),2)"
+
+.PHONY: bench-serve
+bench-serve: launcher-venv ## latency and rows/s of /invocations and /rpc under load (LINE=1.10|2)
+	@$(LAUNCHER) benchmarks/serve_load.py --dai-version "$(or $(LINE),1.10)"
+
 .PHONY: lint
 lint: launcher-venv ## ruff check + format check
 	@$(VENVS)/launcher/bin/ruff check . && $(VENVS)/launcher/bin/ruff format --check .
