@@ -1,6 +1,8 @@
 """Seconds from a model URI to its first prediction on Spark (env manager uv), in one run.
 
-Scenarios, timed after Spark is up (``dai_mlflow.spark.score`` + ``collect()`` of a few rows):
+Scenarios, timed after Spark is up (``dai_mlflow.spark.score`` + ``collect()`` of one small
+batch, consumed whole, as a job does: a Python worker whose output is cut short, e.g. by
+``limit()``, is not reused and the next job pays its start-up again):
 
   (a) cold start: an empty env root and an empty experiment-wheel cache (uv's own package
       cache stays warm, as on any machine that has installed these pins once);
@@ -71,7 +73,7 @@ def _timed(fn: Callable[[], object]) -> float:
 def _ours(spark, model_uri: str, df, env: Dict[str, str]) -> Callable[[], object]:
     from dai_mlflow.spark import score
 
-    return lambda: score(spark, model_uri, df, "uv", env=env).limit(5).collect()
+    return lambda: score(spark, model_uri, df, "uv", env=env).collect()
 
 
 def _plain_mlflow(spark, model_uri: str, df, env: Dict[str, str]) -> Callable[[], object]:
@@ -89,7 +91,7 @@ def _plain_mlflow(spark, model_uri: str, df, env: Dict[str, str]) -> Callable[[]
                 spark, str(local), result_type=spec.result_type(), env_manager="uv", extra_env=env
             )
         cols = [F.col(f"`{name}`") for name, _ in spec.inputs]
-        return df.withColumn("p", udf(F.struct(*cols))).limit(5).collect()
+        return df.withColumn("p", udf(F.struct(*cols))).collect()
 
     return run
 
