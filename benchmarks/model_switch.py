@@ -152,7 +152,9 @@ def main(argv: Optional[list] = None) -> int:
         try:
             results["m"] = _timed(_plain_mlflow(spark, second, df_second, lic))
         except Exception as e:  # noqa: BLE001 - reported, not fatal
-            print(f"(m) MLflow's plain spark_udf failed: {type(e).__name__}: {str(e)[:200]}")
+            from dai_mlflow.spark import translate_error
+
+            print(f"(m) MLflow's plain spark_udf failed: {translate_error(e)}")
         spark.stop()
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
