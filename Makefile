@@ -90,6 +90,10 @@ rpc: launcher-venv ## serve MODEL_URI=<uri> with DAI's JSON-RPC protocol (POST /
 bench-spark: launcher-venv ## rows/s: raw scorer vs spark_udf local and uv (LINE=1.10|2, default 2)
 	@$(LAUNCHER) benchmarks/spark_throughput.py --dai-version "$(or $(LINE),2)"
 
+.PHONY: bench-switch
+bench-switch: launcher-venv ## seconds from model URI to first prediction: cold, new model of a seen DAI line, same model
+	@$(LAUNCHER) benchmarks/model_switch.py
+
 .PHONY: bench-serve
 bench-serve: launcher-venv ## latency and rows/s of /invocations and /rpc under load (LINE=1.10|2)
 	@$(LAUNCHER) benchmarks/serve_load.py --dai-version "$(or $(LINE),1.10)"

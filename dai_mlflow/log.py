@@ -54,6 +54,7 @@ from dai_mlflow.requirements import (
     sanitize,
     shared_requirements,
 )
+from dai_mlflow.serving_shim import add_to_model
 from dai_mlflow.signature import (
     InputSpec,
     build_signature,
@@ -262,8 +263,30 @@ def stage_model(
         },
     )
     _write_python_env(model_dir, interpreter.version)
+    _add_serving_shim(model_dir, interpreter.version)
     _check_layout(model_dir, reqs)
     return StagedModel(model_dir, pipeline, reqs, spec, interpreter.version)
+
+
+def _add_serving_shim(model_dir: Path, python_version: str) -> None:
+    """Python 3.8 models: ship the ``uvicorn`` shim so MLflow 3's ``mlflow models serve`` can
+    start the env's own MLflow 2.x server (:mod:`dai_mlflow.serving_shim`)."""
+    import yaml
+
+    line = add_to_model(model_dir, python_version)
+    if line is None:
+        return
+    _say(f"requirements: + {line} (lets MLflow 3 serve this Python {python_version} model)")
+    req = model_dir / "requirements.txt"
+    text = req.read_text()
+    req.write_text(text + ("" if not text or text.endswith("\n") else "\n") + line + "\n")
+    conda = model_dir / "conda.yaml"
+    if conda.is_file():
+        env = yaml.safe_load(conda.read_text())
+        for dep in env.get("dependencies", []):
+            if isinstance(dep, dict) and isinstance(dep.get("pip"), list):
+                dep["pip"].append(line)
+        conda.write_text(yaml.safe_dump(env, sort_keys=False))
 
 
 def _check_layout(model_dir: Path, reqs: SanitizedRequirements) -> None:

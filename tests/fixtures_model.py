@@ -65,6 +65,9 @@ _SOURCES = (
             "log",
             "tracking",
             "entry",
+            "experiment",
+            "serving_shim",
+            "wheelhouse",
         )
     ),
 )
