@@ -15,6 +15,7 @@ from typing import Optional, Sequence
 
 import click
 
+from dai_mlflow.clirun import run_click
 from dai_mlflow.errors import DaiMlflowError
 from dai_mlflow.log import DEFAULT_ALIAS, LogRequest, log_pipeline, preflight
 from dai_mlflow.requirements import DEFAULT_EXCLUDE, RequirementsPolicy
@@ -79,11 +80,4 @@ def main(pipeline: Path, model_name: str, alias: str, exclude: str, index_option
 
 def run(argv: Optional[Sequence[str]] = None) -> int:
     """Run the CLI and return its exit code (for scorer_entry.py and debuggers)."""
-    try:
-        main.main(args=list(argv) if argv is not None else None, standalone_mode=False)
-    except click.ClickException as e:
-        print(f"error: {e.format_message()}", file=sys.stderr, flush=True)
-        return 1
-    except click.exceptions.Abort:
-        return 1
-    return 0
+    return run_click(main, argv)

@@ -65,6 +65,7 @@ _SOURCES = (
             "log",
             "tracking",
             "entry",
+            "clirun",
             "experiment",
             "serving_shim",
             "wheelhouse",

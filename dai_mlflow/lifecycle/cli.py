@@ -12,12 +12,12 @@ exit code 1 (the MLflow run then ends FAILED).
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 from typing import Optional, Sequence
 
 import click
 
+from dai_mlflow.clirun import run_click
 from dai_mlflow.errors import DaiMlflowError
 
 MODEL_NAME = click.option("--model-name", required=True, help="registered model name")
@@ -130,11 +130,4 @@ def monitor(model_name: str, table: str, output: str, day: str, days: int) -> No
 
 def run(argv: Optional[Sequence[str]] = None) -> int:
     """Run the CLI; return its exit code (one-line ``error: ...`` on expected failures)."""
-    try:
-        main.main(args=list(argv) if argv is not None else None, standalone_mode=False)
-    except click.ClickException as e:
-        print(f"error: {e.format_message()}", file=sys.stderr, flush=True)
-        return 1
-    except click.exceptions.Abort:
-        return 1
-    return 0
+    return run_click(main, argv)
