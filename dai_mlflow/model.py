@@ -157,12 +157,17 @@ def prepare_input(
     for name, kind in (types or {}).items():
         if name not in frame.columns:
             continue
-        frame[name] = _coerce(frame[name], name, kind)
+        values = frame[name]
+        coerced = _coerce(values, name, kind)
+        if coerced is not values:  # most batches already have the right types: no copy
+            frame[name] = coerced
     return frame
 
 
 def _coerce(values: pd.Series, name: str, kind: str) -> pd.Series:
     if kind in NUMERIC_TYPES:
+        if values.dtype == "float64":
+            return values
         try:
             return pd.to_numeric(values, errors="raise").astype("float64")
         except (ValueError, TypeError) as e:
