@@ -35,6 +35,17 @@ def test_prepare_input_reorders_and_coerces() -> None:
     assert out["b"].tolist() == ["3", "x"]
 
 
+def test_prepare_input_never_hands_the_callers_frame_to_the_scorer() -> None:
+    """Typed columns are not copied again, but the frame is still the scorer's own."""
+    frame = pd.DataFrame({"a": [1.5, 2.5], "b": ["x", "y"], "c": [3.0, 4.0]})
+    out = prepare_input(frame, COLUMNS, TYPES)
+    out.loc[0, "a"] = -1.0
+    out.loc[0, "b"] = "changed"
+    assert frame["a"].tolist() == [1.5, 2.5]
+    assert frame["b"].tolist() == ["x", "y"]
+    assert out["c"].dtype == "float64"
+
+
 def test_prepare_input_names_every_missing_column() -> None:
     with pytest.raises(ScoringError) as e:
         prepare_input(pd.DataFrame({"a": [1.0]}), COLUMNS, TYPES)
