@@ -117,12 +117,31 @@ def prepare_model_env(local_dir: Path, env_manager: str) -> Any:
     build_env = offline_build_env(model_python_version(local_dir))
     backend = PyFuncBackend(config={}, env_manager=env_manager)
     try:
-        with patched_environ(build_env):
+        # MLflow names envs by requirements (one env per DAI version) and treats a folder that
+        # exists as built: two restores at once would let the second use a half-built env.
+        with _restore_lock(), patched_environ(build_env):
             return backend.prepare_env(str(local_dir))
     except Exception as e:
         raise ServeError(
             f"restoring the env of {local_dir} ({env_manager}) failed: {' '.join(str(e).split())}"
         ) from e
+
+
+@contextlib.contextmanager
+def _restore_lock() -> Any:
+    """Serialise env restores of this machine's MLflow env root (an flock on a file in it)."""
+    import fcntl
+
+    from mlflow.environment_variables import MLFLOW_ENV_ROOT
+
+    root = Path(MLFLOW_ENV_ROOT.get()).expanduser()
+    root.mkdir(parents=True, exist_ok=True)
+    with open(root / ".dai-mlflow-restore.lock", "a+") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def _parent_death_signal() -> None:

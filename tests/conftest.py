@@ -46,3 +46,15 @@ def _no_license_leak_from_host(monkeypatch):
     for var in ("DRIVERLESS_AI_LICENSE_KEY", "DRIVERLESS_AI_LICENSE_FILE"):
         if var in os.environ and not os.environ.get("DAI_MLFLOW_TEST_KEEP_LICENSE"):
             monkeypatch.delenv(var)
+
+
+@pytest.fixture(autouse=True)
+def _no_mlflow_uri_leak():
+    """In-process tests point MLflow's process-wide tracking/registry URIs at their own stores;
+    put back what was there (usually unset), so a later test resolves its own store."""
+    from mlflow.tracking._model_registry import utils as registry_utils
+    from mlflow.tracking._tracking_service import utils as tracking_utils
+
+    saved = (tracking_utils._tracking_uri, registry_utils._registry_uri)
+    yield
+    tracking_utils._tracking_uri, registry_utils._registry_uri = saved

@@ -152,11 +152,38 @@ class ServerPool:
         self.servers[spec] = server
         return server
 
+    def restore_envs(self, specs: Sequence[ServerSpec]) -> None:
+        """Restore the env of each uv server, one at a time, before any server starts.
+
+        MLflow names model envs by their requirements (one per DAI version) and takes a folder
+        that exists for a built env: plain ``mlflow models serve`` processes started together on
+        a new env would race, the later one serving from a half-built env.
+        """
+        for spec in specs:
+            if spec.kind not in ("serve-uv", "serve-wrapped-uv", "rpc-uv"):
+                continue
+            model = get_logged_model(spec.line, spec.problem)
+            _, env = _command(spec, model, 0, self.folder)
+            code = (
+                "import sys; from pathlib import Path; from dai_mlflow.serve import "
+                "prepare_model_env; prepare_model_env(Path(sys.argv[1]), 'uv')"
+            )
+            proc = subprocess.run(
+                [str(LAUNCHER_BIN / "python"), "-c", code, str(model.local_dir)],
+                env={**env, "PYTHONPATH": str(REPO_ROOT)},
+                cwd=str(self.folder),
+                capture_output=True,
+                text=True,
+                timeout=START_TIMEOUT,
+            )
+            assert proc.returncode == 0, proc.stderr[-3000:]
+
     def start(self, specs: Sequence[ServerSpec]) -> List[LiveServer]:
         """Start all of ``specs`` at once and wait until each answers ``/ping``."""
         # Models first, one at a time (the logging cache serialises them anyway).
         for spec in specs:
             get_logged_model(spec.line, spec.problem)
+        self.restore_envs(specs)
         servers = [self.launch(s) for s in specs]
         with ThreadPoolExecutor(max_workers=max(1, len(servers))) as pool:
             list(pool.map(self._wait, servers))

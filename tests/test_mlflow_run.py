@@ -186,7 +186,8 @@ def test_bad_pipeline_fails_the_run_and_registers_nothing(tmp_path: Path) -> Non
     assert len(errors) == 1
     assert str(bad) in errors[0]
     assert "re-download" in errors[0]
-    client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'cwd' / 'mlflow.db'}")
+    store = f"sqlite:///{tmp_path / 'cwd' / 'mlflow.db'}"
+    client = mlflow.MlflowClient(tracking_uri=store, registry_uri=store)
     runs = client.search_runs([e.experiment_id for e in client.search_experiments()])
     assert [r.info.status for r in runs] == ["FAILED"]
     assert client.search_registered_models() == []

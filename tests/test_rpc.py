@@ -33,6 +33,7 @@ TIMEOUT = 120
 @pytest.fixture(scope="module")
 def servers(serve_pool: ServerPool) -> Dict[ServerSpec, LiveServer]:
     """Both servers (and the unlicensed one, which is expected to stop), started at once."""
+    serve_pool.restore_envs([*SERVERS, NO_LICENSE])  # before any of them starts
     serve_pool.launch(NO_LICENSE)
     return dict(zip(SERVERS, serve_pool.start(SERVERS)))
 

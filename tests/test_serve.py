@@ -43,6 +43,7 @@ NO_LICENSE = [
 def servers(serve_pool: ServerPool) -> Dict[ServerSpec, LiveServer]:
     """All four servers, started at once, reused by every test of the module (the unlicensed
     ones start alongside; they are expected to stop)."""
+    serve_pool.restore_envs([*SERVERS, *NO_LICENSE])  # before any of them starts
     for spec in NO_LICENSE:
         serve_pool.launch(spec)
     return dict(zip(SERVERS, serve_pool.start(SERVERS)))
