@@ -51,6 +51,7 @@ NUMERIC_TYPES = ("double", "float", "long", "integer")
 _lock = threading.RLock()
 # (module, sha256 of the experiment wheel or "" when installed, pid) -> Scorer
 _scorers: Dict[Tuple[str, str, int], Any] = {}
+_experiment_keys: Dict[Tuple[str, str, int], Tuple[str, str, int]] = {}
 
 
 class ScoringError(DaiMlflowError, MlflowException):
@@ -89,11 +90,19 @@ def get_scorer(module_name: str, pipeline_dir: Optional[Path] = None) -> Any:
             built = [v for (m, _, p), v in _scorers.items() if m == module_name and p == pid]
             if built:
                 return built[-1]
+        # A built scorer keeps its own code: later calls (one per batch) skip hashing and
+        # activating the experiment wheel, which can be large for a real pipeline.
+        memo = (str(pipeline_dir), module_name, pid) if pipeline_dir else None
+        known = _experiment_keys.get(memo) if memo else None
+        if known is not None and known in _scorers:
+            return _scorers[known]
         try:
             code = activate_experiment(pipeline_dir, module_name) if pipeline_dir else None
         except ExperimentWheelError as e:
             raise ScorerImportError(str(e)) from e
         key = (module_name, code.sha256 if code else "", pid)
+        if memo:
+            _experiment_keys[memo] = key
         if key in _scorers:
             return _scorers[key]
         export_license_location(find_license())
