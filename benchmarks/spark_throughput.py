@@ -42,9 +42,13 @@ if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))
 
 _RAW = r"""
-import importlib, json, os, sys, time
+import glob, importlib, json, os, sys, tempfile, time, zipfile
 import pandas as pd
-path, module, batch = sys.argv[1], sys.argv[2], int(sys.argv[3])
+path, module, batch, pipeline = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4]
+# The experiment wheel is not in the shared env (issue 7): make it importable as the model does.
+code = tempfile.mkdtemp(prefix="bench-experiment-")
+zipfile.ZipFile(glob.glob(os.path.join(pipeline, module + "-*.whl"))[0]).extractall(code)
+sys.path.insert(0, code)
 df = pd.read_parquet(path)
 scorer = importlib.import_module(module).Scorer()
 scorer.score_batch(df.iloc[:100])
@@ -176,7 +180,9 @@ def main(argv: Optional[List[str]] = None) -> int:
     env = _prepare(args)
     python, data = env["DAI_MLFLOW_BENCH_PYTHON"], env["DAI_MLFLOW_BENCH_DATA"]
     module = _scorer_module(args.model_uri)
-    results = {"raw": _run_json([python, "-c", _RAW, data, module, str(args.batch_size)], env)}
+    pipeline = str(Path(args.model_uri) / "artifacts" / "scoring-pipeline")
+    raw_cmd = [python, "-c", _RAW, data, module, str(args.batch_size), pipeline]
+    results = {"raw": _run_json(raw_cmd, env)}
     common = [
         "--model-uri",
         args.model_uri,
