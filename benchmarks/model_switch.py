@@ -8,10 +8,14 @@ batch, consumed whole, as a job does: a Python worker whose output is cut short,
       cache stays warm, as on any machine that has installed these pins once);
   (b) a new model of a DAI line seen in (a): the env is reused, only its experiment wheel is
       extracted;
-  (c) the same model as (b) again;
+  (c) the same model as (b) again, straight after (b);
   (m) MLflow's plain ``spark_udf(env_manager="uv")`` on the model of (b): a fresh temporary
       env per call (MLflow issue #12204). Offline Python discovery is given to it (the
       interpreter links of ``dai_mlflow.envmanagers``), nothing else.
+
+(b) and (c) use the spare model server the previous job left in the Spark Python worker
+(``dai_mlflow.warm_servers``); ``DAI_MLFLOW_WARM_SERVERS=0`` measures without it. (c) starts the
+moment (b) ends, so its spare is only part-way through its imports.
 
 Run from ``venvs/launcher`` (DAI 2 models: MLflow's plain spark_udf cannot run a Python 3.8
 model from a PySpark 4 driver; with ``--line 1.10`` (m) reports its error)::
@@ -164,7 +168,11 @@ def main(argv: Optional[list] = None) -> int:
         "c": "(c) same model again",
         "m": '(m) MLflow spark_udf(env_manager="uv"), model of (b)',
     }
-    print(f"\nseconds from model URI to first prediction ({args.rows} rows, Spark already up):")
+    from dai_mlflow.warm_servers import enabled
+
+    spares = "on" if enabled() else "off (DAI_MLFLOW_WARM_SERVERS=0)"
+    print(f"\nseconds from model URI to first prediction ({args.rows} rows, Spark already up;")
+    print(f"spare model servers {spares}):")
     for key, label in labels.items():
         if key in results:
             print(f"  {label:<56} {results[key]:7.1f} s")

@@ -17,7 +17,8 @@ What this adds around ``spark_udf`` (each measured on mlflow 3.17.2 / pyspark 4.
   answers with its error (:mod:`dai_mlflow.spark_model_server`), a server that dies is noticed
   within milliseconds, and every model-side error reaches the driver as one marked line;
 * the model is loaded once per Python worker (``local``) or once per task (``uv``/``virtualenv``,
-  one model server per task), and the input is laid out as one task per core;
+  one model server per task, started ahead by the previous job of the same env:
+  :mod:`dai_mlflow.warm_servers`), and the input is laid out as one task per core;
 * BLAS/OpenMP threads per worker = ``spark.task.cpus``, so tasks x threads <= cores.
 
 The worker-side hooks live in this module, so ``dai_mlflow`` must be importable by the Python
@@ -50,6 +51,7 @@ from dai_mlflow.envmanagers import (
 )
 from dai_mlflow.errors import DaiMlflowError
 from dai_mlflow.model_envs import persistent_model_envs
+from dai_mlflow.warm_servers import patched_serve_stdin
 
 MODEL_SERVER_SCRIPT = Path(__file__).resolve().parent / "spark_model_server.py"
 ERROR_MARKER = "[dai-mlflow model error]"
@@ -627,11 +629,8 @@ def worker_hooks(env_manager: str) -> Iterator[None]:
 
         _patch(backend, "_STDIN_SERVER_SCRIPT", MODEL_SERVER_SCRIPT)
         _patch(StdinScoringServerClient, "invoke", _fast_invoke)
-        _patch(
-            backend.PyFuncBackend,
-            "serve_stdin",
-            _serve_stdin_tailed(backend.PyFuncBackend.serve_stdin),
-        )
+        warm = patched_serve_stdin(backend.PyFuncBackend.serve_stdin, MODEL_SERVER_SCRIPT)
+        _patch(backend.PyFuncBackend, "serve_stdin", _serve_stdin_tailed(warm))
     try:
         yield
     finally:

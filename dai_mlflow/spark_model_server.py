@@ -13,6 +13,12 @@ request per stdin line, the answer written to ``request["output_file"]``) with A
 MLflow 2.x and 3.x, and answers a failed load or predict with ``{"id": ..., "dai_mlflow_error":
 "<Type>: <message>"}`` so the client raises the real error at once.
 
+With ``--wait-for-model`` (how :mod:`dai_mlflow.warm_servers` starts it), the server imports
+MLflow first and only then reads its model path from a first stdin line ``{"model_uri": PATH}``.
+A server started that way while an earlier job runs is ready for the next job of the same env
+without the interpreter start (``import mlflow`` alone takes seconds). Waiting, it exits when
+stdin closes (its Spark worker is gone) or after ``DAI_MLFLOW_WARM_SERVER_IDLE`` seconds.
+
 With ``DAI_MLFLOW_PRIVATE_TRACKING=1`` (set by ``dai_mlflow.envmanagers.model_server_env``), the
 server tracks into a scratch file store of its own, removed on exit, instead of the driver's
 ``MLFLOW_TRACKING_URI``: loading a model enables MLflow tracing, which opens the tracking store,
@@ -34,14 +40,18 @@ import atexit  # noqa: E402
 import inspect  # noqa: E402
 import json  # noqa: E402
 import logging  # noqa: E402
+import select  # noqa: E402
 import shutil  # noqa: E402
 import tempfile  # noqa: E402
 import traceback  # noqa: E402
 from pathlib import Path  # noqa: E402
+from typing import Optional  # noqa: E402
 
 ERROR_KEY = "dai_mlflow_error"
 MODEL_CONFIG_ENV = "SERVING_MODEL_CONFIG"
 PRIVATE_TRACKING_ENV = "DAI_MLFLOW_PRIVATE_TRACKING"
+IDLE_ENV = "DAI_MLFLOW_WARM_SERVER_IDLE"
+DEFAULT_IDLE_SECONDS = 600.0
 _logger = logging.getLogger("dai_mlflow.spark_model_server")
 
 
@@ -65,20 +75,40 @@ def use_private_tracking() -> None:
     os.environ.pop("MLFLOW_REGISTRY_URI", None)
 
 
+def read_model_uri() -> Optional[str]:
+    """The model path of the first stdin line; None on EOF or after the idle time."""
+    idle = float(os.environ.get(IDLE_ENV) or DEFAULT_IDLE_SECONDS)
+    ready, _, _ = select.select([sys.stdin], [], [], idle)
+    line = sys.stdin.readline() if ready else ""
+    return json.loads(line)["model_uri"] if line.strip() else None
+
+
 def main() -> int:
     """Serve predictions for requests on stdin until it closes; 1 after an error."""
     logging.basicConfig(level=logging.INFO, stream=sys.stderr)
     if os.environ.get(PRIVATE_TRACKING_ENV) == "1":
         use_private_tracking()
     parser = argparse.ArgumentParser()
-    parser.add_argument("--model-uri", required=True)
+    parser.add_argument("--model-uri")
+    parser.add_argument("--wait-for-model", action="store_true", help="model path from stdin")
     args = parser.parse_args()
+    if not (args.model_uri or args.wait_for_model):
+        parser.error("give --model-uri or --wait-for-model")
     model = schema = scoring_server = None
     load_error = None
     try:
         import mlflow.pyfunc
         from mlflow.pyfunc import scoring_server
-
+    except Exception as e:
+        traceback.print_exc()
+        load_error = f"importing mlflow failed: {describe(e)}"
+    if args.wait_for_model:
+        args.model_uri = read_model_uri()
+        if args.model_uri is None:
+            return 0
+    try:
+        if load_error:
+            raise RuntimeError(load_error)
         config = os.environ.get(MODEL_CONFIG_ENV)
         kwargs = {"model_config": json.loads(config)} if config else {}
         _logger.info("Loading model from %s", args.model_uri)
@@ -86,8 +116,9 @@ def main() -> int:
         schema = model.metadata.get_input_schema()
         _logger.info("Loaded model")
     except Exception as e:
-        traceback.print_exc()
-        load_error = f"loading the model failed: {describe(e)}"
+        if not load_error:
+            traceback.print_exc()
+            load_error = f"loading the model failed: {describe(e)}"
         print(f"[dai-mlflow model error] {load_error}", file=sys.stderr, flush=True)
     for line in sys.stdin:
         request = json.loads(line)
