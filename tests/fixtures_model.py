@@ -133,6 +133,7 @@ def run_env(extra: Optional[Dict[str, str]] = None) -> Dict[str, str]:
         for k, v in os.environ.items()
         if not k.startswith(("MLFLOW_", "DRIVERLESS_AI_"))
         and k not in ("PYTHONPATH", "VIRTUAL_ENV", "PYTHONHOME")
+        and not k.startswith("PYSPARK_")  # the in-process Spark session's workers, not a user's
     }
     env["PATH"] = os.pathsep.join([str(LAUNCHER_BIN), str(PYTHONS_DIR), env.get("PATH", "")])
     env["VIRTUAL_ENV"] = str(LAUNCHER_BIN.parent)

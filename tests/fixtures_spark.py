@@ -52,6 +52,7 @@ def spark():
     """The shared local Spark session."""
     from pyspark.sql import SparkSession
 
+    saved = os.environ.get("PYSPARK_PYTHON")
     os.environ["PYSPARK_PYTHON"] = sys.executable
     session = (
         SparkSession.builder.master("local[1]")
@@ -64,6 +65,10 @@ def spark():
     session.sparkContext.setLogLevel("FATAL")
     yield session
     session.stop()
+    if saved is None:
+        os.environ.pop("PYSPARK_PYTHON", None)
+    else:
+        os.environ["PYSPARK_PYTHON"] = saved
 
 
 def get_spark_venv(model: LoggedDaiModel) -> Path:
