@@ -124,7 +124,8 @@ def serve(
             proc = _start(environment, script, command_env, **pipes)
             if not _hand_model(proc, model_path):
                 return proc, False  # died at once: the caller reports its output
-        _spare[key] = _start(environment, script, command_env, **pipes)
+        with contextlib.suppress(OSError):  # no spare this time; the job has its server
+            _spare[key] = _start(environment, script, command_env, **pipes)
     return proc, warm
 
 
