@@ -106,19 +106,18 @@ def main() -> int:
         args.model_uri = read_model_uri()
         if args.model_uri is None:
             return 0
-    try:
-        if load_error:
-            raise RuntimeError(load_error)
-        config = os.environ.get(MODEL_CONFIG_ENV)
-        kwargs = {"model_config": json.loads(config)} if config else {}
-        _logger.info("Loading model from %s", args.model_uri)
-        model = mlflow.pyfunc.load_model(args.model_uri, **kwargs)
-        schema = model.metadata.get_input_schema()
-        _logger.info("Loaded model")
-    except Exception as e:
-        if not load_error:
+    if not load_error:
+        try:
+            config = os.environ.get(MODEL_CONFIG_ENV)
+            kwargs = {"model_config": json.loads(config)} if config else {}
+            _logger.info("Loading model from %s", args.model_uri)
+            model = mlflow.pyfunc.load_model(args.model_uri, **kwargs)
+            schema = model.metadata.get_input_schema()
+            _logger.info("Loaded model")
+        except Exception as e:
             traceback.print_exc()
             load_error = f"loading the model failed: {describe(e)}"
+    if load_error:
         print(f"[dai-mlflow model error] {load_error}", file=sys.stderr, flush=True)
     for line in sys.stdin:
         request = json.loads(line)

@@ -32,8 +32,9 @@ from pathlib import Path
 from shlex import quote
 from typing import Any, Dict, Optional, Tuple
 
+from dai_mlflow.spark_model_server import MODEL_CONFIG_ENV
+
 WARM_SERVERS_ENV = "DAI_MLFLOW_WARM_SERVERS"
-MODEL_CONFIG_ENV = "SERVING_MODEL_CONFIG"  # as mlflow.pyfunc.scoring_server names it
 
 _lock = threading.Lock()
 # env key -> the spare server started with that env (one per worker process)

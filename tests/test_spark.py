@@ -399,7 +399,7 @@ def test_score_py_is_python38_syntax() -> None:
     py38 = find_python("3.8").executable
     files = [SCORE_PY] + [
         REPO_ROOT / "dai_mlflow" / f"{m}.py"
-        for m in ("spark", "envmanagers", "spark_model_server", "errors", "pythons")
+        for m in ("spark", "envmanagers", "spark_model_server", "warm_servers", "errors", "pythons")
     ]
     proc = subprocess.run(
         [str(py38), "-m", "py_compile", *map(str, files)], capture_output=True, text=True
