@@ -11,7 +11,7 @@ imports and waits for a model path on stdin (``spark_model_server.py --wait-for-
   limits, tracking, model config); otherwise a new server is started and the spare is stopped.
   A spare never serves a model it loaded before: it loads the task's model from scratch;
 * right after, a new spare is started for the next job. It costs one idle interpreter per
-  Python worker (~150 MB), and some CPU while it imports during the current job;
+  Python worker (~180 MB RSS), and some CPU while it imports during the current job;
 * a spare exits when its worker goes away (stdin closes) or after
   ``DAI_MLFLOW_WARM_SERVER_IDLE`` seconds (default 600). ``DAI_MLFLOW_WARM_SERVERS=0`` turns
   spares off: one server per task, started cold, as MLflow does.
