@@ -88,7 +88,11 @@ def _build(
     folder.mkdir(parents=True, exist_ok=True)
     progress(f"[wheelhouse] building {pin} once into {folder} (source-only on PyPI; ~1 min)")
     with tempfile.TemporaryDirectory(prefix=".build-", dir=folder) as tmp:
-        cmd = [python, "-m", "pip", "wheel", "--no-deps", "--no-cache-dir", "-w", tmp, pin]
+        # --use-pep517: build in an isolated env with setuptools and wheel from the index. A
+        # Python whose own site-packages lacks `wheel` (pyenv's 3.8 with pip 23.0) otherwise
+        # runs `setup.py bdist_wheel` and fails, and every venv rebuilt pyspark 3.5 again.
+        cmd = [python, "-m", "pip", "wheel", "--use-pep517", "--no-deps", "--no-cache-dir"]
+        cmd += ["-w", tmp, pin]
         proc = subprocess.run(
             cmd,
             stdout=subprocess.PIPE if quiet else None,
