@@ -80,7 +80,8 @@ def env_folders(root: Optional[Path] = None) -> list:
 
 
 @contextlib.contextmanager
-def _locked(path: Path) -> Iterator[None]:
+def file_lock(path: Path) -> Iterator[None]:
+    """Hold an exclusive flock on ``path`` (created with its folder) for the block."""
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(str(path), "a") as handle:
         fcntl.flock(handle, fcntl.LOCK_EX)
@@ -104,7 +105,7 @@ def _is_usable(env_dir: Path) -> bool:
 def prepare(backend: object, model_dir: Path, root: Path, id_: str) -> None:
     """Build (or find) the env of ``backend`` on the driver, under a lock, and mark it ready."""
     lock = root / "locks" / (hashlib.sha256(id_.encode()).hexdigest()[:16] + ".lock")
-    with _locked(lock):
+    with file_lock(lock):
         env_dir = mlflow_env_dir(model_dir, root, id_)
         if env_dir is not None and env_dir.exists() and not _is_usable(env_dir):
             print(f"[dai-mlflow] removing an unfinished or broken env: {env_dir}", file=sys.stderr)

@@ -41,6 +41,7 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence
 
 from dai_mlflow.errors import DaiMlflowError
+from dai_mlflow.model_envs import file_lock
 
 PYTHON_ENV_FILE_NAME = "python_env.yaml"
 RPC_SCRIPT_NAME = "dai_mlflow_rpc.py"
@@ -127,21 +128,11 @@ def prepare_model_env(local_dir: Path, env_manager: str) -> Any:
         ) from e
 
 
-@contextlib.contextmanager
 def _restore_lock() -> Any:
     """Serialise env restores of this machine's MLflow env root (an flock on a file in it)."""
-    import fcntl
-
     from mlflow.environment_variables import MLFLOW_ENV_ROOT
 
-    root = Path(MLFLOW_ENV_ROOT.get()).expanduser()
-    root.mkdir(parents=True, exist_ok=True)
-    with open(root / ".dai-mlflow-restore.lock", "a+") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
+    return file_lock(Path(MLFLOW_ENV_ROOT.get()).expanduser() / ".dai-mlflow-restore.lock")
 
 
 def _parent_death_signal() -> None:
