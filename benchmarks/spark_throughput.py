@@ -17,10 +17,10 @@ The input is written as one parquet file per core, as a real table has many file
 reads one partition per core and no shuffle is timed. Spark runs are timed twice (the first
 starts workers and loads the model; the second is reported). "spark floor", also timed twice,
 is the same rows, laid out as ``score`` lays them out, through a pandas UDF that does nothing:
-what Spark and Arrow cost per row whatever the model. It prints rows/s, rows/s per core and the ratio to raw
-per core (target: local >= 0.8), then the best ratio any pandas UDF could reach with this model:
-a row costs at least the floor's time plus the raw scorer's time, so the ratio cannot pass
-floor / (floor + raw) per core.
+what Spark and Arrow cost per row whatever the model. It prints rows/s, rows/s per core and the
+ratio to raw per core (target: local >= 0.8), then the best ratio any pandas UDF could reach
+with this model: a row costs at least the floor's time plus the raw scorer's time, so the ratio
+cannot pass floor / (floor + raw) per core.
 """
 
 from __future__ import annotations

@@ -5,8 +5,9 @@ temporary root on every call. Offline that breaks in three measured ways, each f
 driver side, without touching MLflow:
 
 * ``virtualenv``: MLflow runs ``pyenv install --skip-existing X`` with ``PYENV_ROOT`` set to the
-  fresh root, so pyenv downloads CPython. :func:`tool_dir` puts ``launchers/pyenv_offline`` first
-  on PATH as ``pyenv``; it links ``$PYENV_ROOT/versions/X`` to a local interpreter of exactly X.
+  fresh root, so pyenv downloads CPython. :func:`tool_dir` puts the offline ``pyenv`` wrapper
+  (``dai_mlflow/pyenv_offline``) first on PATH; it links ``$PYENV_ROOT/versions/X`` to a local
+  interpreter of exactly X.
 * ``uv``: ``uv venv --python=X`` only sees interpreters on PATH and in uv's own folder; a pyenv
   3.8 that is installed but not selected is invisible, so uv tries a download. The tool dir holds
   ``python3.8``/``python3.8.18`` links (and ``uv`` itself), and ``UV_PYTHON_DOWNLOADS=never``
@@ -36,11 +37,9 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Dict, Iterator, Optional
 
-from dai_mlflow.pythons import find_python
+from dai_mlflow.pythons import PYENV_OFFLINE_SCRIPT, find_python, write_tools
 from dai_mlflow.venvs import find_uv
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-PYENV_OFFLINE_SCRIPT = REPO_ROOT / "launchers" / "pyenv_offline"
 ENV_MANAGERS = ("local", "uv", "virtualenv")
 BUILDING_ENV_MANAGERS = ("uv", "virtualenv")
 
@@ -100,20 +99,15 @@ def tool_dir(python_version: str) -> Path:
     if python_version in _tool_dirs and _tool_dirs[python_version].is_dir():
         return _tool_dirs[python_version]
     interp = find_python(python_version)
-    real = Path(os.path.realpath(interp.executable))
     uv = find_uv()
-    links = {name: str(real) for name in {f"python{interp.major_minor}", f"python{python_version}"}}
-    links["pyenv"] = str(PYENV_OFFLINE_SCRIPT)
-    if uv:
-        links["uv"] = os.path.realpath(uv)
-    key = hashlib.sha256(json.dumps(links, sort_keys=True).encode()).hexdigest()[:16]
-    folder = tools_root() / f"py{python_version}-{key}"
+    what = [os.path.realpath(interp.executable), interp.version, uv and os.path.realpath(uv)]
+    digest = hashlib.sha256(json.dumps(what).encode() + PYENV_OFFLINE_SCRIPT.read_bytes())
+    folder = tools_root() / f"py{python_version}-{digest.hexdigest()[:16]}"
     if not folder.is_dir():
         folder.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}-", dir=str(folder.parent)))
         try:
-            for name, target in links.items():
-                (tmp / name).symlink_to(target)
+            write_tools(tmp, [interp], uv)
             os.chmod(str(tmp), 0o755)
             try:
                 os.rename(str(tmp), str(folder))

@@ -91,3 +91,36 @@ def license_bytes(source: LicenseSource, environ: Optional[Mapping[str, str]] = 
     if source.kind == "key":
         return env.get(LICENSE_KEY_ENV, "").strip().encode()
     return Path(source.where).read_bytes().strip()
+
+
+REDACTED = "<license>"
+_MIN_SECRET_PART = 20
+
+
+def _secret_parts(environ: Mapping[str, str], home: Optional[Path]) -> list:
+    parts = []
+    key = environ.get(LICENSE_KEY_ENV, "").strip()
+    if key:
+        parts.append(key)
+    path = environ.get(LICENSE_FILE_ENV, "").strip() or str(default_license_path(home))
+    try:
+        text = Path(path).expanduser().read_text(errors="replace").strip()
+    except OSError:
+        text = ""
+    if text:
+        parts.append(text)
+        parts += [ln.strip() for ln in text.splitlines() if len(ln.strip()) >= _MIN_SECRET_PART]
+    return sorted(set(parts), key=len, reverse=True)
+
+
+def redact_license(
+    text: str, environ: Optional[Mapping[str, str]] = None, home: Optional[Path] = None
+) -> str:
+    """``text`` with the license key, the license file's text and its long lines replaced.
+
+    For messages that quote what a scorer printed: they must never carry the license.
+    """
+    env = os.environ if environ is None else environ
+    for part in _secret_parts(env, home):
+        text = text.replace(part, REDACTED)
+    return text

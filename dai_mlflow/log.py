@@ -41,6 +41,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 from dai_mlflow.errors import DaiMlflowError
 from dai_mlflow.license import LicenseSource, find_license, license_bytes
 from dai_mlflow.model import CONFIG_INPUT_COLUMNS, CONFIG_SCORER_MODULE, PIPELINE_ARTIFACT
+from dai_mlflow.model_wheels import add_to_model
 from dai_mlflow.pipeline import (
     SCORING_PIPELINE_DIR_NAME,
     ScoringPipeline,
@@ -54,7 +55,6 @@ from dai_mlflow.requirements import (
     sanitize,
     shared_requirements,
 )
-from dai_mlflow.serving_shim import add_to_model
 from dai_mlflow.signature import (
     InputSpec,
     build_signature,
@@ -73,6 +73,9 @@ MODEL_SIDE_MODULES = (
     "license.py",
     "runtime.py",
     "model.py",
+    "model_hooks/__init__.py",
+    "model_hooks/stdin_server.py",
+    "model_hooks/serving_shim.py",
 )
 ENV_ROOT_ENV = "DAI_MLFLOW_ENV_ROOT"
 DEFAULT_ALIAS = "challenger"
@@ -175,8 +178,8 @@ def _conda_env(
 def _stage_code(dest: Path) -> Path:
     package = Path(__file__).resolve().parent
     code = dest / "dai_mlflow"
-    code.mkdir(parents=True)
     for name in MODEL_SIDE_MODULES:
+        (code / name).parent.mkdir(parents=True, exist_ok=True)
         shutil.copy2(package / name, code / name)
     return code
 
@@ -263,29 +266,31 @@ def stage_model(
         },
     )
     _write_python_env(model_dir, interpreter.version)
-    _add_serving_shim(model_dir, interpreter.version)
+    _add_model_wheels(model_dir, interpreter.version)
     _check_layout(model_dir, reqs)
     return StagedModel(model_dir, pipeline, reqs, spec, interpreter.version)
 
 
-def _add_serving_shim(model_dir: Path, python_version: str) -> None:
-    """Python 3.8 models: ship the ``uvicorn`` shim so MLflow 3's ``mlflow models serve`` can
-    start the env's own MLflow 2.x server (:mod:`dai_mlflow.serving_shim`)."""
+def _add_model_wheels(model_dir: Path, python_version: str) -> None:
+    """Ship the wheels every env of the model needs (:mod:`dai_mlflow.model_wheels`): the
+    interpreter-start hooks, and for Python 3.8 the ``uvicorn`` shim that lets MLflow 3's
+    ``mlflow models serve`` start the env's own MLflow 2.x server."""
     import yaml
 
-    line = add_to_model(model_dir, python_version)
-    if line is None:
-        return
-    _say(f"requirements: + {line} (lets MLflow 3 serve this Python {python_version} model)")
+    lines = add_to_model(model_dir, python_version)
+    for line in lines:
+        _say(f"requirements: + {line} (shipped with the model, see docs/model-hooks.md)")
     req = model_dir / "requirements.txt"
     text = req.read_text()
-    req.write_text(text + ("" if not text or text.endswith("\n") else "\n") + line + "\n")
+    req.write_text(
+        text + ("" if not text or text.endswith("\n") else "\n") + "\n".join(lines) + "\n"
+    )
     conda = model_dir / "conda.yaml"
     if conda.is_file():
         env = yaml.safe_load(conda.read_text())
         for dep in env.get("dependencies", []):
             if isinstance(dep, dict) and isinstance(dep.get("pip"), list):
-                dep["pip"].append(line)
+                dep["pip"].extend(lines)
         conda.write_text(yaml.safe_dump(env, sort_keys=False))
 
 

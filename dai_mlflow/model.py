@@ -30,15 +30,16 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 import mlflow.pyfunc
 import pandas as pd
 from mlflow.exceptions import MlflowException
-from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
+from mlflow.protos.databricks_pb2 import INTERNAL_ERROR, INVALID_PARAMETER_VALUE
 
 from dai_mlflow.errors import DaiMlflowError
 from dai_mlflow.experiment import ExperimentWheelError, activate_experiment
 from dai_mlflow.license import export_license_location, find_license
 from dai_mlflow.runtime import (
-    ensure_stream_filenos,
+    ScorerExitError,
     in_workdir,
-    isolate_from_foreign_spark,
+    prepare_process,
+    scorer_guard,
     scorer_workdir,
 )
 
@@ -66,8 +67,22 @@ class ScoringError(DaiMlflowError, MlflowException):
         MlflowException.__init__(self, message, error_code=INVALID_PARAMETER_VALUE)
 
 
-class ScorerImportError(DaiMlflowError):
-    """The scorer module cannot be imported or built in this env."""
+class ScorerImportError(DaiMlflowError, MlflowException):
+    """The scorer cannot be imported or built here, or it ended (tried to end) its process.
+
+    Also an ``MlflowException`` (``INTERNAL_ERROR``): MLflow's scoring server answers it with
+    this message rather than a generic "unexpected error".
+    """
+
+    def __init__(self, message: str) -> None:
+        MlflowException.__init__(self, message, error_code=INTERNAL_ERROR)
+
+
+class ScorerFailedError(DaiMlflowError, MlflowException):
+    """The scorer ended (tried to end) its process while scoring; the process was kept alive."""
+
+    def __init__(self, message: str) -> None:
+        MlflowException.__init__(self, message, error_code=INTERNAL_ERROR)
 
 
 def get_scorer(module_name: str, pipeline_dir: Optional[Path] = None) -> Any:
@@ -106,24 +121,39 @@ def get_scorer(module_name: str, pipeline_dir: Optional[Path] = None) -> Any:
         if key in _scorers:
             return _scorers[key]
         export_license_location(find_license())
-        ensure_stream_filenos()
-        isolate_from_foreign_spark()
+        prepare_process()
         with in_workdir(scorer_workdir(pipeline_dir)):
-            try:
-                module = importlib.import_module(module_name)
-            except ImportError as e:
-                raise ScorerImportError(
-                    f"cannot import {module_name} ({e}); load the model in its own env "
-                    "(env_manager='virtualenv' or 'uv') or install its requirements.txt"
-                ) from e
-            try:
-                scorer = module.Scorer()
-            except Exception as e:
-                raise ScorerImportError(
-                    f"{module_name}.Scorer() failed: {type(e).__name__}: {e}"
-                ) from e
+            scorer = _build_scorer(module_name)
         _scorers[key] = scorer
         return scorer
+
+
+def _build_scorer(module_name: str) -> Any:
+    """Import the scorer module and call ``Scorer()``; nothing it does can end this process."""
+    try:
+        with scorer_guard(f"importing {module_name}"):
+            module = importlib.import_module(module_name)
+    except ImportError as e:
+        raise ScorerImportError(
+            f"cannot import {module_name} ({e}); load the model in its own env "
+            "(env_manager='virtualenv' or 'uv') or install its requirements.txt"
+        ) from e
+    except ScorerExitError as e:
+        raise ScorerImportError(str(e)) from e
+    except Exception as e:
+        raise ScorerImportError(f"importing {module_name} failed: {_one_line(e)}") from e
+    try:
+        with scorer_guard("building the scorer (Scorer())"):
+            return module.Scorer()
+    except ScorerExitError as e:
+        raise ScorerImportError(str(e)) from e
+    except Exception as e:
+        raise ScorerImportError(f"{module_name}.Scorer() failed: {_one_line(e)}") from e
+
+
+def _one_line(exc: BaseException) -> str:
+    lines = [ln.strip() for ln in str(exc).strip().splitlines() if ln.strip()]
+    return f"{type(exc).__name__}: {lines[0] if lines else ''}".rstrip(": ")
 
 
 def parse_params(params: Optional[Mapping[str, Any]]) -> Dict[str, bool]:
@@ -217,7 +247,11 @@ def score(
     columns = list(scorer.get_column_names())
     frame = prepare_input(model_input, columns, types)
     kwargs = {k: v for k, v in flags.items() if v}
-    result = _to_pandas(scorer.score_batch(frame, **kwargs))
+    try:
+        with scorer_guard("scoring", capture=False):
+            result = _to_pandas(scorer.score_batch(frame, **kwargs))
+    except ScorerExitError as e:
+        raise ScorerFailedError(str(e)) from e
     if len(result) == len(frame):
         result.index = frame.index
     return result

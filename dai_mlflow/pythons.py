@@ -165,33 +165,69 @@ def current() -> Interpreter:
 # Python lines of DAI pipelines: 1.10 LTS runs on 3.8, 1.11/2.x on 3.11.
 DAI_PYTHONS = ("3.8", "3.11")
 _ACTIVATE_MARK = "# dai-mlflow: local interpreters for uv (added by dai_mlflow.pythons)"
+# `pyenv install X` that links a local Python X instead of downloading (package data).
+PYENV_OFFLINE_SCRIPT = Path(__file__).resolve().parent / "pyenv_offline"
+
+
+def write_tools(
+    folder: Path, interpreters: Sequence[Interpreter], uv: Optional[str] = None
+) -> List[str]:
+    """Put in ``folder`` what MLflow's uv and virtualenv env managers look for, offline.
+
+    * ``python3.X`` and ``python3.X.Y`` links to each interpreter: ``uv venv --python=3.8.18``
+      (MLflow's ``env_manager="uv"``) only looks on PATH and in uv's own folder, so an
+      installed-but-unselected pyenv 3.8 stays invisible to it;
+    * ``pyenv``: a copy of the offline wrapper (:data:`PYENV_OFFLINE_SCRIPT`): MLflow's
+      ``env_manager="virtualenv"`` runs ``pyenv install --skip-existing X`` into a fresh
+      ``PYENV_ROOT``, which would download CPython; the wrapper links a local X there instead
+      (every other ``pyenv`` command goes to the real pyenv);
+    * ``uv``, when given.
+
+    The folder must not be a venv's ``bin``: an interpreter started through a link next to a
+    ``pyvenv.cfg`` takes that venv's home and breaks.
+
+    Returns:
+        The names written.
+    """
+    folder.mkdir(parents=True, exist_ok=True)
+    links = {}
+    for interp in interpreters:
+        for name in (f"python{interp.major_minor}", f"python{interp.version}"):
+            links[name] = os.path.realpath(interp.executable)
+    if uv:
+        links["uv"] = os.path.realpath(uv)
+    for name, target in links.items():
+        link = folder / name
+        if link.is_symlink() or link.exists():
+            link.unlink()
+        link.symlink_to(target)
+    wrapper = folder / "pyenv"
+    tmp = folder / f".pyenv.{os.getpid()}.tmp"
+    tmp.write_bytes(PYENV_OFFLINE_SCRIPT.read_bytes())
+    tmp.chmod(0o755)
+    tmp.replace(wrapper)
+    return sorted([*links, "pyenv"])
 
 
 def link_interpreters(folder: Path, versions: Sequence[str] = DAI_PYTHONS) -> Dict[str, Path]:
-    """Put ``python3.X`` links to the found interpreters in ``folder``; skip missing versions.
+    """:func:`write_tools` for the found interpreters of ``versions`` (missing ones skipped).
 
-    ``uv venv --python=3.8.18`` (what MLflow runs for ``env_manager="uv"``) only looks on PATH and
-    in uv's own folder, so an installed-but-unselected pyenv 3.8 stays invisible to it. The folder
-    must not be a venv's ``bin``: an interpreter started through a link next to a ``pyvenv.cfg``
-    takes that venv's home and breaks.
+    Returns:
+        version -> its ``python3.X`` link.
     """
-    folder.mkdir(parents=True, exist_ok=True)
-    linked = {}
+    found: Dict[str, Interpreter] = {}
     for version in versions:
         try:
-            interp = find_python(version)
+            found[version] = find_python(version)
         except PythonNotFoundError:
             continue
-        link = folder / f"python{interp.major_minor}"
-        if link.is_symlink() or link.exists():
-            link.unlink()
-        link.symlink_to(os.path.realpath(interp.executable))
-        linked[version] = link
-    return linked
+    write_tools(folder, list(found.values()))
+    return {v: folder / f"python{i.major_minor}" for v, i in found.items()}
 
 
 def add_to_activate(venv: Path, folder: Path) -> None:
-    """Make ``venv``'s activate script put ``folder`` on PATH and forbid uv's Python downloads."""
+    """Make ``venv``'s activate script put ``folder`` (:func:`write_tools`) first on PATH and
+    forbid uv's Python downloads: plain ``mlflow`` then restores model envs offline."""
     activate = venv / "bin" / "activate"
     text = activate.read_text()
     if _ACTIVATE_MARK in text:
@@ -210,7 +246,9 @@ def main(argv: Optional[List[str]] = None) -> int:
         description="Find local interpreters by version (PATH, pyenv, uv), offline.",
     )
     parser.add_argument("versions", nargs="*", help="e.g. 3.8 3.11.7")
-    parser.add_argument("--link", type=Path, help="put python3.X links to the DAI Pythons here")
+    parser.add_argument(
+        "--link", type=Path, help="put python3.X links to the DAI Pythons (and pyenv) here"
+    )
     parser.add_argument("--activate", type=Path, help="venv whose activate script adds --link")
     args = parser.parse_args(argv)
     if args.link:

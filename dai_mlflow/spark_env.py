@@ -39,6 +39,11 @@ PYTHON_ENV_FILE_NAME = "python_env.yaml"
 # pyarrow for pandas UDFs (Arrow batches); the last release with Python 3.8 wheels is 17.
 PYARROW_FOR_PYTHON = {"3.8": "pyarrow==17.0.0"}
 PYARROW_DEFAULT = "pyarrow==25.0.1"
+# virtualenv for plain spark_udf(env_manager="virtualenv") from this venv: MLflow 2.x creates
+# model envs with the `virtualenv` command (3.x with `python -m venv`). Unpinned on purpose: the
+# release must fit the model's pins (DAI 1.10 pins filelock 3.0.12, which only virtualenv 20.8
+# accepts), so the resolver picks it.
+VIRTUALENV_REQUIREMENT = "virtualenv"
 
 
 class SparkEnvError(DaiMlflowError):
@@ -87,13 +92,16 @@ def scorer_module_of(model_dir: Path) -> Optional[str]:
 
 
 def spark_requirements(python_version: str, lines: Sequence[str]) -> List[str]:
-    """Requirements the driver needs on top of the model's: pyspark (and pyarrow) for Python X."""
+    """Requirements the driver needs on top of the model's: pyspark, pyarrow and virtualenv
+    releases for Python X (each unless the model already names it)."""
     names = {_requirement_name(line) for line in lines}
-    extra = [] if "pyspark" in names else [pyspark_requirement(python_version)]
-    if "pyarrow" not in names:
-        major_minor = ".".join(python_version.split(".")[:2])
-        extra.append(PYARROW_FOR_PYTHON.get(major_minor, PYARROW_DEFAULT))
-    return extra
+    major_minor = ".".join(python_version.split(".")[:2])
+    wanted = {
+        "pyspark": pyspark_requirement(python_version),
+        "pyarrow": PYARROW_FOR_PYTHON.get(major_minor, PYARROW_DEFAULT),
+        "virtualenv": VIRTUALENV_REQUIREMENT,
+    }
+    return [line for name, line in wanted.items() if name not in names]
 
 
 def spec_for_model_dir(model_dir: Path, installer: str = "uv") -> VenvSpec:

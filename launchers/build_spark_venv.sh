@@ -20,13 +20,17 @@ _main() {
       ;;
     *)
       [ $# -eq 1 ] || _usage
-      python="$(_launcher_python)"
-      exec "$python" -m dai_mlflow.spark_env --model-uri "$1" --dest "$SPARK_VENV"
       ;;
   esac
   python="$(_launcher_python)"
-  "$python" -m dai_mlflow.spark_env --dest "$SPARK_VENV" \
-    --python-env "$python_env" --requirements "$requirements"
+  if [ -n "$python_env" ]; then
+    "$python" -m dai_mlflow.spark_env --dest "$SPARK_VENV" \
+      --python-env "$python_env" --requirements "$requirements"
+  else
+    "$python" -m dai_mlflow.spark_env --model-uri "$1" --dest "$SPARK_VENV"
+  fi
+  # Plain spark_udf(env_manager="virtualenv") from this venv restores model envs offline too.
+  "$python" -m dai_mlflow.pythons --link "$VENVS/pythons" --activate "$SPARK_VENV" >/dev/null
 }
 
 _main "$@"

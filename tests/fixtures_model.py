@@ -46,32 +46,9 @@ LAUNCHER_BIN = REPO_ROOT / "venvs" / "launcher" / "bin"
 PYTHONS_DIR = REPO_ROOT / "venvs" / "pythons"
 MLFLOW_ENV_ROOT = CACHE / "mlflow-envs"
 MODEL_ENV_ROOT = CACHE / "model-envs"
-_SOURCES = (
-    "MLproject",
-    "python_env.yaml",
-    "scorer_entry.py",
-    *(
-        f"dai_mlflow/{m}.py"
-        for m in (
-            "errors",
-            "pythons",
-            "venvs",
-            "pipeline",
-            "requirements",
-            "signature",
-            "license",
-            "runtime",
-            "model",
-            "log",
-            "tracking",
-            "entry",
-            "clirun",
-            "experiment",
-            "serving_shim",
-            "wheelhouse",
-        )
-    ),
-)
+# What `mlflow run` logs is made from these and from every file of the package (so a new module
+# can never leave the cache stale); the stand-in builder has its own fingerprint.
+_PROJECT_FILES = ("MLproject", "python_env.yaml", "scorer_entry.py")
 ALIASES = {"1.10": "challenger", "2": "champion"}
 ALL_CASES = tuple(
     (line, problem) for line in ("1.10", "2") for problem in ("regression", "binary", "multiclass")
@@ -109,11 +86,21 @@ class LoggedDaiModel:
     seconds: float
 
 
+def package_files() -> list:
+    """The package's files (sources and package data), relative to the checkout, sorted."""
+    package = REPO_ROOT / "dai_mlflow"
+    return sorted(
+        p.relative_to(REPO_ROOT).as_posix()
+        for p in package.rglob("*")
+        if p.is_file() and "__pycache__" not in p.parts and "standin" not in p.parts
+    )
+
+
 def sources_key() -> str:
     """Hash of everything that changes what ``mlflow run`` logs."""
     digest = hashlib.sha256(builder_fingerprint().encode())
-    for rel in _SOURCES:
-        digest.update(rel.encode())
+    for rel in [*_PROJECT_FILES, *package_files()]:
+        digest.update(rel.encode() + b"\0")
         digest.update((REPO_ROOT / rel).read_bytes())
     return digest.hexdigest()[:12]
 

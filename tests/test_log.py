@@ -32,9 +32,9 @@ def _check_staged(model_dir: Path, build, python_prefix: str, mlflow_pin: str) -
     assert not [line for line in reqs if build.experiment_wheel in line]
     stored = model_dir / "artifacts" / "scoring-pipeline"
     assert (stored / build.experiment_wheel).is_file()
-    assert sorted(p.name for p in (model_dir / "code" / "dai_mlflow").glob("*.py")) == sorted(
-        MODEL_SIDE_MODULES
-    )
+    code = model_dir / "code" / "dai_mlflow"
+    shipped = sorted(p.relative_to(code).as_posix() for p in code.rglob("*.py"))
+    assert shipped == sorted(MODEL_SIDE_MODULES)
     assert (model_dir / "input_example.json").is_file()
     assert not list(model_dir.rglob("license.sig"))
 

@@ -1,8 +1,8 @@
-"""Model-side pieces that need no DAI env: input preparation, params, license, runtime fixes."""
+"""Model-side pieces that need no DAI env: input preparation, params, license, the scorer's
+working folder, and the guard that keeps a scorer from ending its caller's process."""
 
 from __future__ import annotations
 
-import io
 import os
 import sys
 from pathlib import Path
@@ -11,15 +11,9 @@ import pandas as pd
 import pytest
 
 from dai_mlflow.errors import LicenseNotFoundError
-from dai_mlflow.license import LicenseSource, find_license, license_bytes
+from dai_mlflow.license import LicenseSource, find_license, license_bytes, redact_license
 from dai_mlflow.model import ScoringError, parse_params, prepare_input
-from dai_mlflow.runtime import (
-    _FilenoStream,
-    ensure_stream_filenos,
-    in_workdir,
-    isolate_from_foreign_spark,
-    scorer_workdir,
-)
+from dai_mlflow.runtime import ScorerExitError, in_workdir, scorer_guard, scorer_workdir
 
 COLUMNS = ["b", "a", "c"]
 TYPES = {"a": "double", "b": "string", "c": "double"}
@@ -104,35 +98,6 @@ def test_license_missing_is_clear(tmp_path: Path) -> None:
     assert "does not exist" in str(e.value)
 
 
-class _NoFileno(io.StringIO):
-    def fileno(self) -> int:
-        raise AttributeError("'StreamToLogger' object has no attribute 'fileno'")
-
-
-def test_streams_get_a_fileno(monkeypatch) -> None:
-    monkeypatch.setattr(sys, "stdout", _NoFileno())
-    monkeypatch.setattr(sys, "stderr", None)
-    ensure_stream_filenos()
-    assert sys.stdout.fileno() == 1
-    assert sys.stderr.fileno() == 2
-    sys.stdout.write("still writes")
-    assert isinstance(sys.stdout, _FilenoStream)
-    ensure_stream_filenos()
-    assert not isinstance(sys.stdout._stream, _FilenoStream)
-
-
-def test_foreign_pyspark_entries_are_dropped(monkeypatch, tmp_path: Path) -> None:
-    foreign = tmp_path / "spark" / "python"
-    (foreign / "pyspark").mkdir(parents=True)
-    (foreign / "pyspark" / "__init__.py").write_text("raise ImportError('built for 3.12')\n")
-    zipped = tmp_path / "spark" / "lib" / "py4j-0.10.9.9-src.zip"
-    monkeypatch.setattr(sys, "path", [str(foreign), str(zipped), *sys.path])
-    removed = isolate_from_foreign_spark()
-    assert str(foreign) in removed
-    assert str(zipped) in removed
-    assert str(foreign) not in sys.path
-
-
 def test_workdir_is_per_process_writable_and_restores_cwd(monkeypatch, tmp_path: Path) -> None:
     monkeypatch.setenv("DAI_MLFLOW_SCORER_WORKDIR", str(tmp_path / "root"))
     pipeline = tmp_path / "sp"
@@ -152,3 +117,60 @@ def test_workdir_is_per_process_writable_and_restores_cwd(monkeypatch, tmp_path:
         Path("tmp/x").mkdir()
     assert os.getcwd() == before
     assert scorer_workdir(pipeline) == wd
+
+
+def _dai_110_license_exit(message: str) -> None:
+    """What an exported DAI 1.x scorer does when it cannot accept the license."""
+    sys.stderr.write("INFO License manager initialized\n")
+    os.write(2, f"ERROR License check failed: {message}\n".encode())  # native / fd-level
+    sys.exit(-1)
+
+
+def test_guard_turns_a_license_exit_into_a_one_line_error(capfd) -> None:
+    with pytest.raises(ScorerExitError) as e, scorer_guard("building the scorer"):
+        _dai_110_license_exit("signature check failed")
+    message = str(e.value)
+    assert "\n" not in message
+    assert "sys.exit(-1) while building the scorer" in message
+    assert "License check failed: signature check failed" in message
+    assert "DRIVERLESS_AI_LICENSE_FILE" in message
+    # What the scorer printed still reached stderr, in order.
+    err = capfd.readouterr().err
+    assert err.index("License manager initialized") < err.index("License check failed")
+
+
+def test_guard_quotes_the_exit_message_or_the_last_line() -> None:
+    quota = pytest.raises(ScorerExitError, match="while scoring.*: quota exceeded")
+    with quota, scorer_guard("scoring", capture=False):
+        sys.exit("quota exceeded")
+    stop = pytest.raises(ScorerExitError, match="raised _Stop while importing x")
+    with stop, scorer_guard("importing x", capture=False):
+        raise _Stop
+
+
+class _Stop(BaseException):
+    pass
+
+
+def test_guard_lets_interrupts_and_ordinary_errors_through() -> None:
+    with pytest.raises(KeyboardInterrupt), scorer_guard("scoring"):
+        raise KeyboardInterrupt
+    with pytest.raises(ValueError, match="bad value"), scorer_guard("scoring"):
+        raise ValueError("bad value")
+    with scorer_guard("scoring"):
+        pass
+    assert sys.stderr.__class__.__name__ != "_TeeStream"  # the caller's stream is back
+
+
+def test_guard_never_repeats_the_license(monkeypatch, tmp_path: Path) -> None:
+    secret = "signature:" + "ab12" * 16
+    lic = tmp_path / "license.sig"
+    lic.write_text(f"serial_number:1\n{secret}\n")
+    monkeypatch.setenv("DRIVERLESS_AI_LICENSE_FILE", str(lic))
+    with pytest.raises(ScorerExitError) as e, scorer_guard("building the scorer"):
+        _dai_110_license_exit(f"bad license text {secret}")
+    assert secret not in str(e.value)
+    assert "<license>" in str(e.value)
+    assert redact_license(f"key {secret}", {"DRIVERLESS_AI_LICENSE_FILE": str(lic)}) == (
+        "key <license>"
+    )

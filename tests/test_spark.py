@@ -145,9 +145,18 @@ def test_pyenv_offline_links_a_local_python_instead_of_downloading(tmp_path: Pat
 
 
 def test_spark_requirements_follow_the_model_python() -> None:
-    assert spark_requirements("3.8.18", ["pandas==1.2.5"]) == ["pyspark==3.5.8", "pyarrow==17.0.0"]
-    assert spark_requirements("3.11.7", []) == ["pyspark==4.3.0", "pyarrow==25.0.1"]
-    assert spark_requirements("3.8.18", ["pyarrow==3.0.0", "pyspark==3.3.2"]) == []
+    assert spark_requirements("3.8.18", ["pandas==1.2.5"]) == [
+        "pyspark==3.5.8",
+        "pyarrow==17.0.0",
+        "virtualenv",
+    ]
+    assert spark_requirements("3.11.7", []) == [
+        "pyspark==4.3.0",
+        "pyarrow==25.0.1",
+        "virtualenv",
+    ]
+    reqs = ["pyarrow==3.0.0", "pyspark==3.3.2", "virtualenv==20.0.0"]
+    assert spark_requirements("3.8.18", reqs) == []
 
 
 def test_translate_error_keeps_the_model_error_line() -> None:

@@ -21,6 +21,7 @@ from typing import Any, Dict, List, Optional, Tuple
 
 import pandas as pd
 
+from dai_mlflow import wheelfile
 from dai_mlflow.errors import DaiMlflowError
 from dai_mlflow.standin import data as data_mod
 from dai_mlflow.standin import texts
@@ -28,7 +29,7 @@ from dai_mlflow.standin.lines import DAI_LINES, H2O4GPU_REQUIRES, PROBLEMS, DaiL
 from dai_mlflow.standin.runtime.h2oaicore import engine
 from dai_mlflow.standin.runtime.h2oaicore.licensing import sign_license
 from dai_mlflow.standin.train import to_frame, train
-from dai_mlflow.standin.wheels import build_wheel, write_zip
+from dai_mlflow.wheelfile import build_wheel, write_zip
 
 SCORER_ZIP_NAME = "scorer.zip"
 SCORING_PIPELINE_DIR_NAME = "scoring-pipeline"
@@ -42,6 +43,11 @@ N_SAMPLE = 300
 _KEY_NAMESPACE = uuid.UUID("6f1d2a52-3c1b-5e0a-9d7e-2a1f3b4c5d6e")
 _RUNTIME_DIR = Path(__file__).resolve().parent / "runtime" / "h2oaicore"
 _RUNTIME_FILES = ("__init__.py", "engine.py", "licensing.py", "scorer.py")
+_STANDIN_WHEEL = {
+    "license_text": "Proprietary stand-in (dai-mlflow test fixture; not H2O.ai software)",
+    "generator": "dai-mlflow-standin (zipfile)",
+    "platform": "Linux",
+}
 
 
 class StandinError(DaiMlflowError):
@@ -113,6 +119,7 @@ def _read_sources() -> Tuple[str, Dict[str, bytes]]:
     root = Path(__file__).resolve().parent
     for path in sorted(root.rglob("*.py")):
         digest.update(path.relative_to(root).as_posix().encode() + b"\0" + path.read_bytes())
+    digest.update(b"wheelfile.py\0" + Path(wheelfile.__file__).read_bytes())  # writes the wheels
     runtime = {f"h2oaicore/{n}": (_RUNTIME_DIR / n).read_bytes() for n in _RUNTIME_FILES}
     return digest.hexdigest()[:16], runtime
 
@@ -209,20 +216,20 @@ def _wheels(wheel_dir: Path, line: DaiLine, key: str, module: str, model: Dict[s
         wheel_dir, "h2oaicore", line.dai_version, platform_tag, _runtime_files(line),
         summary=f"Stand-in DAI core runtime for DAI {line.dai_version} ({texts.NOTICE})",
         requires_dist=(line.pin("numpy"), line.pin("pandas")),
-        requires_python=f"=={line.python}.*", root_is_purelib=False,
+        requires_python=f"=={line.python}.*", root_is_purelib=False, **_STANDIN_WHEEL,
     )  # fmt: skip
     gpu = build_wheel(
         wheel_dir, "h2o4gpu", line.h2o4gpu_version, platform_tag,
         {"h2o4gpu/__init__.py": f'"""{texts.NOTICE} Not meant to be installed."""\n'.encode()},
         summary=f"Stand-in for the GPU library DAI bundles ({texts.NOTICE})",
-        requires_dist=H2O4GPU_REQUIRES, root_is_purelib=False,
+        requires_dist=H2O4GPU_REQUIRES, root_is_purelib=False, **_STANDIN_WHEEL,
     )  # fmt: skip
     files = {n: src.encode() for n, src in texts.experiment_module(key, module).items()}
     files[f"{module}/fitted_model.json"] = (json.dumps(model, indent=1) + "\n").encode()
     exp = build_wheel(
         wheel_dir, module, "1.0.0", "py3-none-any", files,
         summary=f"Scoring module of experiment {key} ({texts.NOTICE})",
-        requires_dist=(f"h2oaicore=={line.dai_version}",),
+        requires_dist=(f"h2oaicore=={line.dai_version}",), **_STANDIN_WHEEL,
     )  # fmt: skip
     return core, gpu, exp
 

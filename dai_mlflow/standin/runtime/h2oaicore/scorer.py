@@ -2,7 +2,9 @@
 
 Constructing a scorer, like DAI's, (1) creates ``./tmp/`` under the *current working
 directory* and writes the experiment log there, so it fails in a read-only directory; (2)
-requires a valid license (see :mod:`h2oaicore.licensing`); (3) takes at least
+requires a valid license (see :mod:`h2oaicore.licensing`). Like exported DAI 1.x pipelines, a
+1.x runtime that cannot accept the license logs where it looked and why on stderr, then ends
+the process with ``sys.exit(-1)``; a 2.x runtime raises ``LicenseError``; (3) takes at least
 ``MIN_STARTUP_SECONDS``: DAI starts its license manager and a recipe server here, which this
 stand-in represents by waiting out the remainder. Build it once, score many times.
 
@@ -21,9 +23,15 @@ from typing import Any, List, Optional, Sequence
 import numpy as np
 import pandas as pd
 
-from . import STANDIN_NOTICE
+from . import STANDIN_NOTICE, __version__
 from .engine import Model, first_row, optional_labels, row_frame
-from .licensing import load_license
+from .licensing import (
+    DEFAULT_LICENSE_PATH,
+    ENV_LICENSE_FILE,
+    ENV_LICENSE_KEY,
+    LicenseError,
+    load_license,
+)
 
 MIN_STARTUP_SECONDS = 0.6
 TMP_DIR_NAME = "tmp"
@@ -45,7 +53,18 @@ class StandinScorer:
         self._log_path = os.path.join(tmp_dir, f"h2oai_experiment_{self._experiment_key}.log")
         self._log(STANDIN_NOTICE)
         self._log("License manager initialized", console=True)
-        source, fields = load_license()
+        try:
+            source, fields = load_license()
+        except LicenseError as e:
+            if not __version__.startswith("1."):
+                raise
+            self._log(
+                f"Looked for a license in {ENV_LICENSE_KEY}, {ENV_LICENSE_FILE} and "
+                f"{DEFAULT_LICENSE_PATH}",
+                console=True,
+            )
+            self._log(f"License check failed: {e}", console=True, level="ERROR")
+            sys.exit(-1)
         serial = fields.get("serial_number", "?")
         self._log(f"License is valid (from {source}, serial {serial})", console=True)
         with open(os.path.join(self._package_dir, self._model_file), encoding="utf-8") as f:
@@ -56,9 +75,9 @@ class StandinScorer:
             time.sleep(remaining)
         self._log(f"Scorer ready in {time.monotonic() - started:.2f}s")
 
-    def _log(self, message: str, console: bool = False) -> None:
+    def _log(self, message: str, console: bool = False, level: str = "INFO") -> None:
         stamp = datetime.datetime.now().strftime("%Y-%m-%d %H:%M:%S")
-        line = f"{stamp} INFO {message}\n"
+        line = f"{stamp} {level} {message}\n"
         with open(self._log_path, "a", encoding="utf-8") as f:
             f.write(line)
         if console:

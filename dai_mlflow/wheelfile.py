@@ -1,5 +1,8 @@
 """Reproducible zips and wheels, written with :mod:`zipfile` only (no setuptools, no pip).
 
+Used for the small wheels every logged model carries (:mod:`dai_mlflow.model_wheels`) and for
+the stand-in pipeline's wheels and ``scorer.zip`` (:mod:`dai_mlflow.standin`).
+
 Every entry has the same timestamp (1980-01-01 00:00:00, the earliest a zip can hold), fixed
 permissions (0644 files, 0755 folders), Unix as creator, and is *stored* (not deflated, so the
 bytes do not depend on the zlib the builder's Python was linked with). Entries are sorted.
@@ -66,32 +69,54 @@ def build_wheel(
     requires_dist: Sequence[str] = (),
     requires_python: str = "",
     root_is_purelib: bool = True,
+    license_text: str = "Apache-2.0",
+    entry_points: str = "",
+    generator: str = "dai-mlflow (zipfile)",
+    platform: str = "",
 ) -> Path:
-    """Write a wheel of ``files`` (archive name -> bytes) into ``out_dir``; return its path."""
+    """Write a wheel of ``files`` (archive name -> bytes) into ``out_dir``; return its path.
+
+    Args:
+        out_dir: folder the wheel is written to (created).
+        project: normalised project name (underscores).
+        version: the version.
+        tag: ``py3-none-any`` or a platform tag.
+        files: archive name -> bytes (packages, modules, ``.pth`` files).
+        summary: the one-line summary in METADATA.
+        requires_dist: ``Requires-Dist`` lines.
+        requires_python: ``Requires-Python`` (none when empty).
+        root_is_purelib: the WHEEL file's ``Root-Is-Purelib``.
+        license_text: the METADATA ``License``.
+        entry_points: the text of ``entry_points.txt`` (none when empty).
+        generator: the WHEEL file's ``Generator``.
+        platform: the METADATA ``Platform`` (none when empty).
+    """
     dist_info = f"{project}-{version}.dist-info"
     metadata = [
         "Metadata-Version: 2.1",
         f"Name: {project}",
         f"Version: {version}",
         f"Summary: {summary}",
-        "License: Proprietary stand-in (dai-mlflow test fixture; not H2O.ai software)",
-        "Platform: Linux",
+        f"License: {license_text}",
     ]
+    if platform:
+        metadata.append(f"Platform: {platform}")
     if requires_python:
         metadata.append(f"Requires-Python: {requires_python}")
     metadata += [f"Requires-Dist: {req}" for req in requires_dist]
     wheel = [
         "Wheel-Version: 1.0",
-        "Generator: dai-mlflow-standin (zipfile)",
+        f"Generator: {generator}",
         f"Root-Is-Purelib: {'true' if root_is_purelib else 'false'}",
         f"Tag: {tag}",
     ]
     content = dict(files)
     content[f"{dist_info}/METADATA"] = ("\n".join(metadata) + "\n\n" + summary + "\n").encode()
     content[f"{dist_info}/WHEEL"] = ("\n".join(wheel) + "\n").encode()
-    content[f"{dist_info}/top_level.txt"] = (
-        "\n".join(sorted({n.split("/")[0] for n in files})) + "\n"
-    ).encode()
+    top_level = {n.split("/")[0].rsplit(".py", 1)[0] for n in files if not n.endswith(".pth")}
+    content[f"{dist_info}/top_level.txt"] = ("\n".join(sorted(top_level)) + "\n").encode()
+    if entry_points:
+        content[f"{dist_info}/entry_points.txt"] = entry_points.encode()
     record_name = f"{dist_info}/RECORD"
     record = [f"{name},{_record_hash(data)},{len(data)}" for name, data in sorted(content.items())]
     record.append(f"{record_name},,")

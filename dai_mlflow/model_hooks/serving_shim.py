@@ -7,16 +7,12 @@ with the model path in ``__pyfunc_model_path__`` and the request timeout in
 no uvicorn and no FastAPI app, so the command exits 127. MLflow 2.17 serves the same model with
 ``gunicorn ... mlflow.pyfunc.scoring_server.wsgi:app`` and reads the same two variables.
 
-This module has two roles:
+How it ships: Python < 3.9 models carry a wheel ``dai_mlflow_serving_shim`` whose only content is
+a ``uvicorn`` console script pointing at :func:`main` of this module, which the hooks wheel
+(``dai_mlflow_model_hooks``, in every model) holds (:mod:`dai_mlflow.model_wheels`). MLflow 3 cannot
+be installed on those Pythons, so no real uvicorn can clash with the script.
 
-* **Builder** (launcher side): :func:`build_wheel` writes ``dai_mlflow_serving_shim-<v>-py3-none-
-  any.whl`` reproducibly (stored zip entries, fixed timestamps and modes, sorted entries: the same
-  bytes on every run and builder Python). The wheel holds *this file* as the top-level module
-  ``dai_mlflow_serving_shim`` and a ``uvicorn`` console script pointing at :func:`main`.
-  :func:`add_to_model` puts it under ``<model>/code/`` for Python < 3.9 models (MLflow 3 cannot be
-  installed there, so no real uvicorn can clash with the script) and returns the
-  ``requirements.txt`` line for it.
-* **Runtime** (model env, Python 3.8): :func:`main` reads uvicorn's arguments, maps those with a
+At run time (model env, Python 3.8), :func:`main` reads uvicorn's arguments, maps those with a
   gunicorn meaning (host/port/uds/fd, workers, keep-alive, graceful timeout, log level, ...),
   ignores the rest with a note on stderr, and *replaces itself* (``os.execv``) with the env's own
   ``python -m gunicorn --timeout=<MLFLOW_SCORING_SERVER_REQUEST_TIMEOUT> -b H:P [-w N] --
@@ -24,138 +20,26 @@ This module has two roles:
   SIGTERM (and its parent-death signal) reach gunicorn directly. If the env does have uvicorn and
   MLflow's FastAPI app, it execs ``python -m uvicorn`` with the arguments unchanged.
 
-Stdlib only and Python 3.8-safe: this file runs inside the DAI 1.10 model env. It imports nothing
-from ``dai_mlflow`` at module level for the same reason.
+Stdlib only and Python 3.8-safe: this file runs inside the DAI 1.10 model env.
 """
 
 from __future__ import annotations
 
-import base64
-import hashlib
 import importlib.util
 import os
 import sys
-import zipfile
 from pathlib import Path
 from typing import Dict, List, Mapping, NoReturn, Optional, Sequence, Tuple
 
-PROJECT = "dai_mlflow_serving_shim"
-SHIM_VERSION = "1.0.0"  # bump when the runtime part changes: MLflow keys envs by requirement text
-WHEEL_TAG = "py3-none-any"
-WHEEL_FILE_NAME = f"{PROJECT}-{SHIM_VERSION}-{WHEEL_TAG}.whl"
-MODEL_SUBDIR = "code"  # MLflow's documented place for wheels shipped with a model
-SCRIPT_NAME = "uvicorn"
+from .stdin_server import scratch_tracking_environ
+
 MLFLOW_APP = "mlflow.pyfunc.scoring_server.app:app"  # what MLflow 3 asks uvicorn to serve
 MLFLOW_WSGI_APP = "mlflow.pyfunc.scoring_server.wsgi:app"  # what MLflow 2.x serves with gunicorn
 MODEL_PATH_ENV = "__pyfunc_model_path__"  # scoring_server._SERVER_MODEL_PATH in 2.17 and 3.x
 TIMEOUT_ENV = "MLFLOW_SCORING_SERVER_REQUEST_TIMEOUT"
 DEFAULT_TIMEOUT = 60
-# Only Pythons MLflow 3 does not support get the shim (a real uvicorn can never be there).
-SHIM_BELOW_PYTHON = (3, 9)
-FIXED_DATE_TIME = (1980, 1, 1, 0, 0, 0)
-_FILE_MODE = 0o100644
-# Stores MLflow 2.17 cannot open when MLflow 3 created them ("Can't locate revision").
-_DATABASE_SCHEMES = ("sqlite", "postgresql", "mysql", "mssql")
+SHIM_VERSION = "1.0.0"
 _NOTE = "uvicorn (dai-mlflow serving shim)"
-
-
-# ------------------------------------------------------------------------------ builder
-def _record_hash(data: bytes) -> str:
-    digest = base64.urlsafe_b64encode(hashlib.sha256(data).digest()).rstrip(b"=")
-    return "sha256=" + digest.decode("ascii")
-
-
-def wheel_files() -> Dict[str, bytes]:
-    """Archive name -> bytes of the shim wheel (RECORD included)."""
-    dist_info = f"{PROJECT}-{SHIM_VERSION}.dist-info"
-    summary = "uvicorn command that serves MLflow 2.x models with gunicorn (dai-mlflow)"
-    metadata = [
-        "Metadata-Version: 2.1",
-        f"Name: {PROJECT}",
-        f"Version: {SHIM_VERSION}",
-        f"Summary: {summary}",
-        "License: Apache-2.0",
-        "Requires-Python: >=3.7",
-    ]
-    wheel = [
-        "Wheel-Version: 1.0",
-        "Generator: dai-mlflow serving_shim (zipfile)",
-        "Root-Is-Purelib: true",
-        f"Tag: {WHEEL_TAG}",
-    ]
-    files = {
-        f"{PROJECT}.py": Path(__file__).read_bytes(),
-        f"{dist_info}/METADATA": ("\n".join(metadata) + "\n\n" + summary + "\n").encode(),
-        f"{dist_info}/WHEEL": ("\n".join(wheel) + "\n").encode(),
-        f"{dist_info}/entry_points.txt": (
-            f"[console_scripts]\n{SCRIPT_NAME} = {PROJECT}:main\n"
-        ).encode(),
-        f"{dist_info}/top_level.txt": f"{PROJECT}\n".encode(),
-    }
-    record_name = f"{dist_info}/RECORD"
-    record = [f"{name},{_record_hash(data)},{len(data)}" for name, data in sorted(files.items())]
-    record.append(f"{record_name},,")
-    files[record_name] = ("\n".join(record) + "\n").encode()
-    return files
-
-
-def build_wheel(out_dir: Path) -> Path:
-    """Write the shim wheel into ``out_dir`` (byte-identical on every run); its path."""
-    out_dir.mkdir(parents=True, exist_ok=True)
-    path = out_dir / WHEEL_FILE_NAME
-    tmp = out_dir / f".{WHEEL_FILE_NAME}.{os.getpid()}.tmp"
-    files = wheel_files()
-    with zipfile.ZipFile(tmp, "w") as zf:
-        for name in sorted(files):
-            info = zipfile.ZipInfo(name, date_time=FIXED_DATE_TIME)
-            info.compress_type = zipfile.ZIP_STORED  # no dependence on the builder's zlib
-            info.create_system = 3
-            info.external_attr = _FILE_MODE << 16
-            zf.writestr(info, files[name])
-    tmp.replace(path)
-    return path
-
-
-def needs_shim(python_version: str) -> bool:
-    """Whether a model env of ``python_version`` ("3.8.18", "3.8") gets the shim.
-
-    Raises:
-        ValueError: ``python_version`` is not ``X.Y[.Z]``.
-    """
-    parts = python_version.strip().split(".")
-    try:
-        major_minor = (int(parts[0]), int(parts[1]))
-    except (IndexError, ValueError) as e:
-        raise ValueError(f"python version {python_version!r} is not X.Y[.Z]") from e
-    return major_minor < SHIM_BELOW_PYTHON
-
-
-def add_to_model(model_dir: Path, python_version: str) -> Optional[str]:
-    """Ship the shim with a model whose env cannot run MLflow 3's uvicorn server.
-
-    For Python < 3.9 models, writes the wheel to ``<model_dir>/code/`` and returns the line to
-    append to the model's ``requirements.txt`` (relative to the model folder, as MLflow resolves
-    it when restoring the env). Python 3.9+ models (MLflow 3 serves them natively) get nothing.
-
-    Args:
-        model_dir: the saved model folder (holding ``MLmodel`` and ``requirements.txt``).
-        python_version: the model env's Python, as in its ``python_env.yaml``.
-
-    Returns:
-        ``./code/dai_mlflow_serving_shim-<v>-py3-none-any.whl``, or None for Python 3.9+.
-
-    Raises:
-        DaiMlflowError: ``python_version`` is malformed or the folder is not writable.
-    """
-    from dai_mlflow.errors import DaiMlflowError
-
-    try:
-        if not needs_shim(python_version):
-            return None
-        wheel = build_wheel(model_dir / MODEL_SUBDIR)
-    except (ValueError, OSError) as e:
-        raise DaiMlflowError(f"cannot add the serving shim to {model_dir}: {e}") from e
-    return f"./{MODEL_SUBDIR}/{wheel.name}"
 
 
 # ------------------------------------------------------------------------------ runtime
@@ -328,14 +212,13 @@ def server_environ(environ: Mapping[str, str]) -> Dict[str, str]:
     The model is already a local folder (``__pyfunc_model_path__``), so the server needs no
     tracking store; but loading a model enables tracing, which opens ``MLFLOW_TRACKING_URI``, and
     MLflow 2.x cannot open a database store that MLflow 3 created. Such a URI is replaced by a
-    file store inside the env (shared by its servers, removed with the env).
+    file store inside the env (shared by its servers, removed with the env): gunicorn replaces
+    this process, so a store removed at exit would not do.
     """
-    env = dict(environ)
+    store = Path(sys.prefix) / "var" / "dai_mlflow_serving_shim" / "mlruns"
+    env = scratch_tracking_environ(environ, store)
     for var in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI"):
-        scheme = env.get(var, "").split(":", 1)[0].split("+", 1)[0].lower()
-        if scheme in _DATABASE_SCHEMES:
-            store = Path(sys.prefix) / "var" / PROJECT / "mlruns"
-            env[var] = store.as_uri()
+        if env.get(var) != environ.get(var):
             _say(f"{var} is a database store MLflow 3 may own; serving with {store} instead")
     return env
 
