@@ -22,6 +22,7 @@ from __future__ import annotations
 import collections
 import contextlib
 import os
+import re
 import shutil
 import sys
 import tempfile
@@ -38,6 +39,11 @@ from dai_mlflow.model_hooks import (
 )
 
 WORKDIR_ROOT_ENV = "DAI_MLFLOW_SCORER_WORKDIR"
+# "2026-12-02 08:26:02 ERROR " / "2026-12-02 08:26:02,123 - ERROR - ": a log line's stamp.
+_LOG_PREFIX = re.compile(
+    r"^\[?\d{4}-\d\d-\d\d[ T][\d:.,]+\]?\s*(?:[-|:]\s*)?"
+    r"(?:(?:DEBUG|INFO|WARNING|WARN|ERROR|CRITICAL)\s*(?:[-|:]\s*)?)?"
+)
 _TAIL_LINES = 200
 _POLL_SECONDS = 0.05
 
@@ -218,7 +224,7 @@ def _reason(lines: List[str], exc: BaseException) -> str:
     printed = [ln.strip() for ln in lines if ln.strip()]
     about_license = [ln for ln in printed if "licen" in ln.lower()]
     if about_license:
-        return about_license[-1]
+        return _LOG_PREFIX.sub("", about_license[-1])
     code = getattr(exc, "code", None)
     if isinstance(code, str) and code.strip():
         return code.strip().splitlines()[0]
@@ -237,7 +243,7 @@ def describe_exit(action: str, exc: BaseException, lines: List[str]) -> str:
     message = f"the DAI scorer {what} while {action}; the process was kept alive"
     if reason:
         message += f": {reason}"
-    if "licen" in reason.lower():
+    if "licen" in reason.lower() and LICENSE_FILE_ENV not in reason:
         message += (
             f" (license read from {LICENSE_KEY_ENV}, {LICENSE_FILE_ENV} or "
             "~/.driverlessai/license.sig)"

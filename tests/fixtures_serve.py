@@ -9,10 +9,10 @@
   * ``serve-local``: ``mlflow models serve --env-manager local`` run from the model's own env
     (its Python and MLflow: 2.17 on Python 3.8 for DAI 1.10, so the model folder is served
     since MLflow 2.17 cannot read the 3.x test store);
-  * ``serve-uv``: ``mlflow models serve -m models:/... --env-manager uv`` from
+  * ``serve-uv``: plain ``mlflow models serve -m models:/... --env-manager uv`` from
     ``venvs/launcher``, offline (``dai_mlflow.serve.offline_build_env``: the tool dir of
-    ``dai_mlflow.envmanagers``); DAI 2 only: MLflow 3
-    serves with uvicorn inside the env, which a DAI 1.10 env (MLflow 2.17) cannot run;
+    ``dai_mlflow.envmanagers``); MLflow 3 serves with uvicorn inside the env, and a DAI 1.10
+    env (MLflow 2.17) through the serving shim the model carries (gunicorn);
   * ``serve-wrapped-uv``: ``python -m dai_mlflow.serve -m models:/... --env-manager uv``: the
     same env restore, served by the env's own MLflow (the way for DAI 1.10);
   * ``rpc-uv``: ``python -m dai_mlflow.rpc --model-uri models:/...`` from ``venvs/launcher``
@@ -56,6 +56,7 @@ from tests.fixtures_model import (
     model_python,
     run_env,
 )
+from tests.fixtures_standin import forged_license
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 CACHE = REPO_ROOT / "tests" / ".cache"
@@ -67,16 +68,17 @@ TRUTH_ROWS = 20
 
 @dataclass(frozen=True)
 class ServerSpec:
-    """Which server: ``kind`` (see the module docstring), DAI line and problem, license on/off."""
+    """Which server: ``kind`` (see the module docstring), DAI line and problem, and its license:
+    ``valid``, ``none``, or ``invalid`` (a file that exists but fails verification)."""
 
     kind: str
     line: str
     problem: str
-    licensed: bool = True
+    license: str = "valid"
 
     @property
     def name(self) -> str:
-        suffix = "" if self.licensed else "-nolicense"
+        suffix = "" if self.license == "valid" else f"-{self.license}-license"
         return f"{self.kind}-{self.line}-{self.problem}{suffix}"
 
 
@@ -97,7 +99,12 @@ class LiveServer:
 
 def _command(spec: ServerSpec, model: LoggedDaiModel, port: int, workdir: Path) -> tuple:
     """(argv, env) for ``spec``; the license is passed only through the environment."""
-    env = run_env(model.license_env if spec.licensed else {})
+    licenses = {
+        "valid": model.license_env,
+        "none": {},
+        "invalid": {"DRIVERLESS_AI_LICENSE_FILE": str(forged_license(workdir / "forged.sig"))},
+    }
+    env = run_env(licenses[spec.license])
     env["HOME"] = str(workdir)  # no ~/.driverlessai/license.sig of the developer's
     if spec.kind == "serve-local":
         python = model_python(model)

@@ -9,6 +9,10 @@
   problems. Cached under ``tests/.cache/venvs/standin-<dai_version>`` and rebuilt only when a
   wheel or a pin changes. Tests that use it should be marked ``@pytest.mark.venv``.
 
+- ``forged_license(path) -> Path``: a license-shaped file that fails verification (made-up
+  fields, a signature of zeros; nothing of a real license), as a DAI scorer meets a license that
+  exists but is not valid.
+
 Run code in that env with a subprocess, from a writable cwd, with ``build.license_env()``.
 """
 
@@ -103,3 +107,13 @@ def standin_env() -> Callable[[str], Path]:
         return cache[dai_version]
 
     return _get
+
+
+def forged_license(path: Path) -> Path:
+    """Write a license that exists but fails the signature check; its path."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(
+        "# dai-mlflow test: a forged license\nserial_number:forged\n"
+        "expiration_date:2099/01/01\nsignature:" + "0" * 64 + "\n"
+    )
+    return path

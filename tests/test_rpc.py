@@ -25,7 +25,8 @@ SERVERS = [
     ServerSpec("rpc-uv", "1.10", "binary"),
     ServerSpec("rpc-local", "2", "regression"),
 ]
-NO_LICENSE = ServerSpec("rpc-uv", "1.10", "binary", licensed=False)
+NO_LICENSE = ServerSpec("rpc-uv", "1.10", "binary", license="none")
+INVALID_LICENSE = ServerSpec("rpc-uv", "1.10", "binary", license="invalid")
 IDS = [s.name for s in SERVERS]
 TIMEOUT = 120
 
@@ -35,6 +36,7 @@ def servers(serve_pool: ServerPool) -> Dict[ServerSpec, LiveServer]:
     """Both servers (and the unlicensed one, which is expected to stop), started at once."""
     serve_pool.restore_envs([*SERVERS, NO_LICENSE])  # before any of them starts
     serve_pool.launch(NO_LICENSE)
+    serve_pool.launch(INVALID_LICENSE)
     return dict(zip(SERVERS, serve_pool.start(SERVERS)))
 
 
@@ -175,6 +177,17 @@ def test_without_a_license_the_server_does_not_start_and_says_why(servers, serve
     lines = [ln for ln in server.log_text().splitlines() if ln.startswith("dai_mlflow.rpc:")]
     assert lines, server.log_text()[-2000:]
     assert lines[-1].startswith("dai_mlflow.rpc: error: no Driverless AI license found")
+
+
+@pytest.mark.serve
+@pytest.mark.venv
+def test_a_license_that_fails_verification_stops_the_server_naming_it(servers, serve_pool) -> None:
+    """The DAI 1.10 scorer calls sys.exit(-1) while it is built at start-up: one line says why."""
+    server = serve_pool.launch(INVALID_LICENSE)
+    assert server.proc.wait(timeout=600) == 1
+    lines = [ln for ln in server.log_text().splitlines() if ln.strip()]
+    assert lines[-1].startswith("dai_mlflow.rpc: error: the DAI scorer called sys.exit(-1)")
+    assert "License check failed" in lines[-1]
 
 
 # ------------------------------------------------------------------------------ unit

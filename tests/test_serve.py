@@ -1,13 +1,15 @@
 """``mlflow models serve`` of logged DAI models, against live servers on loopback.
 
-Four servers, started once for the module: env manager ``local`` (from the model's own env:
-MLflow 2.17 / Python 3.8 for DAI 1.10, MLflow 3 / Python 3.11 for DAI 2) and ``uv`` (from
-``venvs/launcher``, offline): plain ``mlflow models serve --env-manager uv`` for DAI 2, and
-``python -m dai_mlflow.serve --env-manager uv`` for DAI 1.10 (MLflow 3 restores the env, the
-env's MLflow 2.17 serves: MLflow 3's uvicorn server cannot run in a Python 3.8 env). Every
-body format scores exactly what the scorer's own ``score_batch`` gives; a missing or mistyped
-column is a 400 that names it, and the server keeps serving; without a license the server
-stops with an error that says so.
+Five servers, started once for the module: env manager ``local`` (from the model's own env:
+MLflow 2.17 / Python 3.8 for DAI 1.10, MLflow 3 / Python 3.11 for DAI 2), plain ``mlflow models
+serve --env-manager uv`` from ``venvs/launcher`` (offline) for both lines (a DAI 1.10 env serves
+through the serving shim the model carries: gunicorn and MLflow 2.17), and ``python -m
+dai_mlflow.serve --env-manager uv`` for DAI 1.10 (MLflow 3 restores the env, the env's MLflow
+2.17 serves). Every body format scores exactly what the scorer's own ``score_batch`` gives; a
+missing or mistyped column is a 400 that names it, and the server keeps serving; without a
+license the server stops with an error that says so; with a license that fails verification
+(the DAI 1.10 scorer calls ``sys.exit(-1)``) every request is answered with an error naming the
+license, and the server keeps answering ``/ping``.
 """
 
 from __future__ import annotations
@@ -26,27 +28,29 @@ SERVERS = [
     ServerSpec("serve-local", "1.10", "binary"),
     ServerSpec("serve-local", "2", "multiclass"),
     ServerSpec("serve-wrapped-uv", "1.10", "binary"),
+    ServerSpec("serve-uv", "1.10", "binary"),
     ServerSpec("serve-uv", "2", "multiclass"),
 ]
+INVALID_LICENSE = ServerSpec("serve-uv", "1.10", "binary", license="invalid")
 IDS = [s.name for s in SERVERS]
 FORMATS = ("dataframe_split", "dataframe_records", "instances", "csv")
 TIMEOUT = 120
 
 
 NO_LICENSE = [
-    ServerSpec("serve-local", "1.10", "binary", licensed=False),
-    ServerSpec("serve-uv", "2", "multiclass", licensed=False),
+    ServerSpec("serve-local", "1.10", "binary", license="none"),
+    ServerSpec("serve-uv", "2", "multiclass", license="none"),
 ]
 
 
 @pytest.fixture(scope="module")
 def servers(serve_pool: ServerPool) -> Dict[ServerSpec, LiveServer]:
-    """All four servers, started at once, reused by every test of the module (the unlicensed
-    ones start alongside; they are expected to stop)."""
+    """All servers, started at once, reused by every test of the module (the unlicensed ones
+    start alongside; they are expected to stop)."""
     serve_pool.restore_envs([*SERVERS, *NO_LICENSE])  # before any of them starts
     for spec in NO_LICENSE:
         serve_pool.launch(spec)
-    return dict(zip(SERVERS, serve_pool.start(SERVERS)))
+    return dict(zip(SERVERS, serve_pool.start([*SERVERS, INVALID_LICENSE])))
 
 
 def _records(truth: Dict[str, Any]) -> List[Dict[str, Any]]:
@@ -152,3 +156,26 @@ def test_without_a_license_the_server_stops_and_says_so(servers, serve_pool, spe
         serve_pool.stop(spec)
     assert server.proc.returncode != 0
     assert "no Driverless AI license found" in server.log_text()
+
+
+def test_a_license_that_fails_verification_is_named_and_the_server_lives_on(
+    servers, serve_pool
+) -> None:
+    """The DAI 1.10 scorer calls sys.exit(-1) on it: the gunicorn worker survives, answers."""
+    server = serve_pool.get(INVALID_LICENSE)
+    body = {"dataframe_records": _sample_records(server)}
+    for _ in range(2):  # the same answer again: the worker was not lost
+        resp = _invoke(server, json=body)
+        assert resp.status_code == 500, resp.text[:2000]
+        message = resp.json()["message"]
+        assert "sys.exit(-1)" in message
+        assert "License check failed" in message
+        assert requests.get(f"{server.url}/ping", timeout=TIMEOUT).status_code == 200
+    assert server.proc.poll() is None
+
+
+def _sample_records(server: LiveServer) -> List[Dict[str, Any]]:
+    frame = pd.read_csv(server.model.build.sample_input_csv).head(3)
+    return [
+        {k: (None if pd.isna(v) else v) for k, v in r.items()} for r in frame.to_dict("records")
+    ]

@@ -104,30 +104,42 @@ def cast_to_schema(frame: Any, columns: Sequence[Tuple[str, str]]) -> Any:
     """Cast the frame's columns to the schema's types (``(name, MLflow type name)`` pairs).
 
     Numbers become float64/float32 (missing values as NaN) or nullable integers; strings keep
-    ``None`` for missing values. Columns the schema does not name are left as they are.
+    ``None`` for missing values. Columns the schema does not name, and columns already of the
+    right type, are left as they are (no copy when nothing changes).
 
     Raises:
         ValueError: a value cannot be read as the column's type.
     """
     import pandas as pd
 
-    out = frame.copy()
+    out = frame
     for name, kind in columns:
-        if name not in out.columns:
+        if name not in frame.columns:
             continue
-        values = out[name]
+        values = frame[name]
         try:
             if kind in _NUMERIC:
-                out[name] = pd.to_numeric(values, errors="raise").astype(_NUMERIC[kind])
+                if str(values.dtype) == _NUMERIC[kind]:
+                    continue
+                cast = pd.to_numeric(values, errors="raise").astype(_NUMERIC[kind])
             elif kind in _INTEGER:
-                out[name] = pd.to_numeric(values, errors="raise").astype(_INTEGER[kind])
+                if str(values.dtype) == _INTEGER[kind]:
+                    continue
+                cast = pd.to_numeric(values, errors="raise").astype(_INTEGER[kind])
             elif kind == "string":
+                if pd.api.types.infer_dtype(values, skipna=True) in ("string", "empty"):
+                    continue
                 present = values.notna()
                 cast = values.astype("object")
                 cast[present] = cast[present].astype(str)
-                out[name] = cast.where(present, None)
+                cast = cast.where(present, None)
+            else:
+                continue
         except (ValueError, TypeError) as e:
             raise ValueError(f"column {name!r} must be {kind}: {e}") from e
+        if out is frame:
+            out = frame.copy()
+        out[name] = cast
     return out
 
 
