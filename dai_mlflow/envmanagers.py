@@ -1,29 +1,24 @@
-"""Make MLflow's ``uv`` and ``virtualenv`` env managers work offline with local interpreters.
+"""Let MLflow's ``uv`` and ``virtualenv`` env managers restore model envs offline.
 
-``mlflow.pyfunc.spark_udf`` (and ``mlflow models predict``) rebuild a model's env in a fresh
-temporary root on every call. Offline that breaks in three measured ways, each fixed here on the
-driver side, without touching MLflow:
+MLflow restores a model's env for ``mlflow models serve``/``predict`` (and ``dai_mlflow.serve``,
+which asks MLflow's ``PyFuncBackend`` for the same env folder). Offline that breaks in two
+measured ways, both fixed by putting a *tool dir* first on PATH, without touching MLflow:
 
-* ``virtualenv``: MLflow runs ``pyenv install --skip-existing X`` with ``PYENV_ROOT`` set to the
-  fresh root, so pyenv downloads CPython. :func:`tool_dir` puts the offline ``pyenv`` wrapper
-  (``dai_mlflow/pyenv_offline``) first on PATH; it links ``$PYENV_ROOT/versions/X`` to a local
-  interpreter of exactly X.
+* ``virtualenv``: MLflow runs ``pyenv install --skip-existing X`` with ``PYENV_ROOT`` set to a
+  fresh root, so pyenv downloads CPython. The tool dir holds the offline ``pyenv`` wrapper
+  (``dai_mlflow/pyenv_offline``): it links ``$PYENV_ROOT/versions/X`` to a local interpreter of
+  exactly X.
 * ``uv``: ``uv venv --python=X`` only sees interpreters on PATH and in uv's own folder; a pyenv
   3.8 that is installed but not selected is invisible, so uv tries a download. The tool dir holds
   ``python3.8``/``python3.8.18`` links (and ``uv`` itself), and ``UV_PYTHON_DOWNLOADS=never``
   turns a miss into an error instead of a network call.
-* The model server MLflow starts in that env inherits the Spark worker's environment: its
-  ``PYTHONPATH`` names the driver's ``pyspark.zip`` (PySpark 4 needs Python >= 3.9), so a Python
-  3.8 model server importing mlflow dies with ``module 'importlib.resources' has no attribute
-  'files'``. :func:`model_server_env` blanks the Spark variables for the server; nothing in
-  MLflow's stdin server needs them.
-* The server also inherits the driver's ``MLFLOW_TRACKING_URI``. Loading a model enables
-  MLflow tracing, which opens that store: MLflow 2.17 (the Python 3.8 env) opening the driver's
-  MLflow 3 sqlite store logs "Can't locate revision" (and could race other servers on it).
-  :func:`model_server_env` asks the server (:mod:`dai_mlflow.spark_model_server`) for a private
-  scratch store instead: one per server process, removed when it exits.
 
-Stdlib only and Python 3.8-safe (the module is imported by ``spark_inference/score.py``).
+The same folder, for the DAI Pythons, is ``venvs/pythons`` (made by the launchers and put first
+on PATH by ``venvs/launcher/bin/activate``), which is what makes *plain* MLflow calls work
+offline from an activated venv. dai-mlflow's own Spark path builds model envs itself
+(:mod:`dai_mlflow.model_env`) and needs none of this.
+
+Stdlib only and Python 3.8-safe.
 """
 
 from __future__ import annotations
@@ -39,25 +34,6 @@ from typing import Dict, Iterator, Optional
 
 from dai_mlflow.pythons import PYENV_OFFLINE_SCRIPT, find_python, write_tools
 from dai_mlflow.venvs import find_uv
-
-ENV_MANAGERS = ("local", "uv", "virtualenv")
-BUILDING_ENV_MANAGERS = ("uv", "virtualenv")
-
-# Variables a Spark Python worker carries that must not reach a model server running another
-# Python: they put the driver's pyspark (and its py4j) on the server's sys.path.
-SPARK_WORKER_VARS = (
-    "PYTHONPATH",
-    "PYTHONHOME",
-    "PYTHONSTARTUP",
-    "SPARK_HOME",
-    "PYSPARK_PYTHON",
-    "PYSPARK_DRIVER_PYTHON",
-    "PYSPARK_GATEWAY_PORT",
-    "PYSPARK_GATEWAY_SECRET",
-)
-
-# Read by dai_mlflow/spark_model_server.py (which must not import this module).
-PRIVATE_TRACKING_ENV = "DAI_MLFLOW_PRIVATE_TRACKING"
 
 _tool_dirs: Dict[str, Path] = {}
 
@@ -85,8 +61,8 @@ def tool_dir(python_version: str) -> Path:
     """A folder with ``pyenv`` (offline wrapper), ``uv`` and ``python3.X`` links.
 
     It is persistent (keyed by what the links point at): ``uv venv`` records the interpreter
-    path it found as the env's home, and the envs of :mod:`dai_mlflow.model_envs` outlive this
-    process, so a temporary folder would leave them pointing at nothing. Created atomically
+    path it found as the env's home, and restored envs outlive this process, so a temporary
+    folder would leave them pointing at nothing. Created atomically
     (a temporary folder renamed into place), so concurrent drivers share it safely.
 
     Args:
@@ -134,14 +110,6 @@ def env_build_env(python_version: str) -> Dict[str, str]:
     if root:
         # MLflow overrides PYENV_ROOT for the install; the wrapper still needs the real one.
         env["DAI_MLFLOW_REAL_PYENV_ROOT"] = root
-    return env
-
-
-def model_server_env() -> Dict[str, str]:
-    """Overrides for the model server's environment: no trace of the driver's Spark install,
-    and a private tracking store per server instead of the driver's."""
-    env = dict.fromkeys(SPARK_WORKER_VARS, "")
-    env[PRIVATE_TRACKING_ENV] = "1"
     return env
 
 

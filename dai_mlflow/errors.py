@@ -52,3 +52,9 @@ def python_env_var(version: str) -> str:
     """Name of the env var that overrides interpreter discovery for ``version`` (major.minor)."""
     major_minor = "_".join(version.split(".")[:2])
     return f"DAI_MLFLOW_PYTHON_{major_minor}"
+
+
+def one_line(exc: BaseException) -> str:
+    """``Type: first line of the message``: how any exception is shown in one line."""
+    lines = [ln.strip() for ln in str(exc).strip().splitlines() if ln.strip()]
+    return f"{type(exc).__name__}: {lines[0] if lines else ''}".rstrip(": ")

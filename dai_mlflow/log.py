@@ -25,7 +25,6 @@ Not model-side: runs in the project env (mlflow 2.17 on Python 3.8, or mlflow 3.
 
 from __future__ import annotations
 
-import fcntl
 import json
 import logging
 import os
@@ -41,6 +40,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 from dai_mlflow.errors import DaiMlflowError
 from dai_mlflow.license import LicenseSource, find_license, license_bytes
 from dai_mlflow.model import CONFIG_INPUT_COLUMNS, CONFIG_SCORER_MODULE, PIPELINE_ARTIFACT
+from dai_mlflow.model_env import ensure_model_env
 from dai_mlflow.model_wheels import add_to_model
 from dai_mlflow.pipeline import (
     SCORING_PIPELINE_DIR_NAME,
@@ -62,7 +62,6 @@ from dai_mlflow.signature import (
     model_config_columns,
     read_input_spec,
 )
-from dai_mlflow.venvs import VenvSpec, ensure_venv, spec_key
 
 MODEL_ARTIFACT_PATH = "model"
 MODEL_CODE_FILE_NAME = "dai_scoring_model.py"
@@ -77,7 +76,6 @@ MODEL_SIDE_MODULES = (
     "model_hooks/stdin_server.py",
     "model_hooks/serving_shim.py",
 )
-ENV_ROOT_ENV = "DAI_MLFLOW_ENV_ROOT"
 DEFAULT_ALIAS = "challenger"
 # Build dependencies of the model env per Python line (pip/setuptools releases that support it).
 BUILD_DEPENDENCIES: Dict[str, Tuple[str, ...]] = {
@@ -150,12 +148,6 @@ class StagedModel:
     requirements: SanitizedRequirements
     spec: InputSpec
     python_version: str
-
-
-def default_env_root() -> Path:
-    """``$DAI_MLFLOW_ENV_ROOT`` or ``~/.cache/dai-mlflow/envs``."""
-    env = os.environ.get(ENV_ROOT_ENV)
-    return Path(env) if env else Path.home() / ".cache" / "dai-mlflow" / "envs"
 
 
 def _say(msg: str) -> None:
@@ -339,21 +331,14 @@ _VALIDATE = textwrap.dedent(
 
 
 def model_env(staged: StagedModel, env_root: Optional[Path] = None) -> Path:
-    """Build or reuse the staged model's own env (uv; keyed by requirements and wheel bytes).
+    """Build or reuse the staged model's own env (:func:`dai_mlflow.model_env.ensure_model_env`:
+    the env Spark and the lifecycle entry points use for it later).
 
     Returns:
         The env's python.
     """
-    spec = VenvSpec.from_python_env(staged.path / "python_env.yaml", installer="uv")
-    key = spec_key(spec, find_python(spec.python))
-    dest = (env_root or default_env_root()) / f"model-py{spec.python}-{key}"
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    # Concurrent runs logging the same pipeline share the env: build it under a lock.
-    with open(str(dest) + ".lock", "a") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        python, built = ensure_venv(spec, dest, quiet=True, progress=_say)
-    _say(f"model env {'built' if built else 'reused'}: {dest}")
-    return python
+    root = str(env_root) if env_root else None
+    return ensure_model_env(staged.path, "uv", root, progress=_say)
 
 
 def validate_model(staged: StagedModel, env_root: Optional[Path] = None) -> Dict[str, Any]:

@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Dict, List, Tuple
 
 from dai_mlflow.errors import DaiMlflowError
+from dai_mlflow.model_hooks import MODULES
 from dai_mlflow.wheelfile import build_wheel
 
 MODEL_SUBDIR = "code"  # MLflow's documented place for wheels shipped with a model
@@ -53,10 +54,7 @@ def _versioned(files: Dict[str, bytes]) -> str:
 
 def hooks_files() -> Dict[str, bytes]:
     """Archive name -> bytes of the hooks wheel's payload (the package and the ``.pth``)."""
-    files = {
-        f"{HOOKS_PROJECT}/{path.name}": path.read_bytes()
-        for path in sorted(_HOOKS_SOURCE.glob("*.py"))
-    }
+    files = {f"{HOOKS_PROJECT}/{name}": (_HOOKS_SOURCE / name).read_bytes() for name in MODULES}
     files[f"{HOOKS_PROJECT}/__main__.py"] = _HOOKS_MAIN
     files[f"{HOOKS_PROJECT}.pth"] = _PTH_LINE
     return files

@@ -225,18 +225,18 @@ def link_interpreters(folder: Path, versions: Sequence[str] = DAI_PYTHONS) -> Di
     return {v: folder / f"python{i.major_minor}" for v, i in found.items()}
 
 
-def add_to_activate(venv: Path, folder: Path) -> None:
+def add_to_activate(venv: Path, folder: Path, exports: Optional[Dict[str, str]] = None) -> None:
     """Make ``venv``'s activate script put ``folder`` (:func:`write_tools`) first on PATH and
-    forbid uv's Python downloads: plain ``mlflow`` then restores model envs offline."""
+    forbid uv's Python downloads (plain ``mlflow`` then restores model envs offline), and export
+    ``exports``."""
     activate = venv / "bin" / "activate"
     text = activate.read_text()
     if _ACTIVATE_MARK in text:
-        return
-    activate.write_text(
-        text
-        + f'\n{_ACTIVATE_MARK}\nPATH="{folder}:$PATH"\nexport PATH\n'
-        + "export UV_PYTHON_DOWNLOADS=never\n"
-    )
+        text = text[: text.index("\n" + _ACTIVATE_MARK)]
+    lines = [_ACTIVATE_MARK, f'PATH="{folder}:$PATH"', "export PATH"]
+    lines += ["export UV_PYTHON_DOWNLOADS=never"]
+    lines += [f'export {k}="{v}"' for k, v in sorted((exports or {}).items())]
+    activate.write_text(text + "\n" + "\n".join(lines) + "\n")
 
 
 def main(argv: Optional[List[str]] = None) -> int:
@@ -250,11 +250,15 @@ def main(argv: Optional[List[str]] = None) -> int:
         "--link", type=Path, help="put python3.X links to the DAI Pythons (and pyenv) here"
     )
     parser.add_argument("--activate", type=Path, help="venv whose activate script adds --link")
+    parser.add_argument(
+        "--export", action="append", default=[], metavar="NAME=VALUE", help="also export this"
+    )
     args = parser.parse_args(argv)
     if args.link:
         linked = link_interpreters(args.link)
         if args.activate:
-            add_to_activate(args.activate, args.link.resolve())
+            exports = dict(item.split("=", 1) for item in args.export)
+            add_to_activate(args.activate, args.link.resolve(), exports)
         for version, link in linked.items():
             print(f"{version}\t{link}")
     if not args.versions and not args.link:

@@ -25,7 +25,6 @@ Signals reach the server; if the wrapper dies, the server gets SIGTERM. Launcher
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import os
 import shlex
 import shutil
@@ -41,7 +40,8 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence
 
 from dai_mlflow.errors import DaiMlflowError
-from dai_mlflow.model_envs import file_lock
+from dai_mlflow.model_env import file_lock
+from dai_mlflow.processes import FOREIGN_PYTHON_VARS, parent_death_signal
 
 PYTHON_ENV_FILE_NAME = "python_env.yaml"
 RPC_SCRIPT_NAME = "dai_mlflow_rpc.py"
@@ -135,12 +135,6 @@ def _restore_lock() -> Any:
     return file_lock(Path(MLFLOW_ENV_ROOT.get()).expanduser() / ".dai-mlflow-restore.lock")
 
 
-def _parent_death_signal() -> None:
-    # The server gets SIGTERM if this launcher dies, even by SIGKILL (Linux prctl).
-    with contextlib.suppress(OSError):
-        ctypes.CDLL("libc.so.6").prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
-
-
 def run_in_model_env(environment: Any, argv: Sequence[str]) -> int:
     """Run ``argv`` in the restored env (``exec``, activated), forwarding signals; exit code.
 
@@ -149,15 +143,13 @@ def run_in_model_env(environment: Any, argv: Sequence[str]) -> int:
     opens the store, and MLflow 2.17 (DAI 1.10 envs) cannot read an MLflow 3 sqlite store
     ("Can't locate revision"). The scratch folder is removed when the server exits.
     """
-    from dai_mlflow.envmanagers import SPARK_WORKER_VARS
-
     command = "exec " + " ".join(shlex.quote(a) for a in argv)
     scratch = Path(tempfile.mkdtemp(prefix="dai-mlflow-serve-store-"))
-    env = {**os.environ, **dict.fromkeys(SPARK_WORKER_VARS, "")}
+    env = {**os.environ, **dict.fromkeys(FOREIGN_PYTHON_VARS, "")}
     env["MLFLOW_TRACKING_URI"] = (scratch / "mlruns").as_uri()
     env["MLFLOW_ALLOW_FILE_STORE"] = "true"
     try:
-        proc = environment.execute(command, env, preexec_fn=_parent_death_signal, synchronous=False)
+        proc = environment.execute(command, env, preexec_fn=parent_death_signal, synchronous=False)
         return _wait_forwarding_signals(proc)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
@@ -251,7 +243,7 @@ def start_server(
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
             start_new_session=True,
-            preexec_fn=_parent_death_signal,
+            preexec_fn=parent_death_signal,
         )
     finally:
         log.close()

@@ -4,9 +4,10 @@
 venvs/spark_inference`` (from ``venvs/launcher``). The model is downloaded with MLflow; its
 ``python_env.yaml`` gives the Python and build dependencies, its ``requirements.txt`` the
 dependencies (relative wheel paths resolve against the downloaded model folder, as under MLflow),
-and :func:`spark_requirements` adds a pyspark (and pyarrow) that support that Python. The venv
-gets the checkout on its ``sys.path`` so ``spark_inference/score.py --env-manager local`` can
-import ``dai_mlflow``. It is rebuilt only when any of that changes (``dai_mlflow.venvs``).
+and :func:`spark_requirements` adds a pyspark, pyarrow and virtualenv that support that Python.
+``--site-path DIR`` puts a folder on the venv's ``sys.path`` (the launchers pass the checkout, so
+``spark_inference/score.py --env-manager local`` imports this ``dai_mlflow``). It is rebuilt only
+when any of that changes (``dai_mlflow.venvs``).
 
 The experiment wheel is never installed (:func:`model_requirements`): the model loads it from its
 own artifacts (:mod:`dai_mlflow.experiment`). So the venv depends only on what every pipeline of
@@ -33,7 +34,6 @@ from dai_mlflow.venvs import (
     read_requirement_lines,
 )
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
 REQUIREMENTS_FILE_NAME = "requirements.txt"
 PYTHON_ENV_FILE_NAME = "python_env.yaml"
 # pyarrow for pandas UDFs (Arrow batches); the last release with Python 3.8 wheels is 17.
@@ -104,13 +104,16 @@ def spark_requirements(python_version: str, lines: Sequence[str]) -> List[str]:
     return [line for name, line in wanted.items() if name not in names]
 
 
-def spec_for_model_dir(model_dir: Path, installer: str = "uv") -> VenvSpec:
+def spec_for_model_dir(
+    model_dir: Path, installer: str = "uv", site_paths: Sequence[str] = ()
+) -> VenvSpec:
     """The venv spec for a downloaded model folder."""
     return spec_for_files(
         model_dir / PYTHON_ENV_FILE_NAME,
         model_dir / REQUIREMENTS_FILE_NAME,
         installer,
         scorer_module_of(model_dir),
+        site_paths,
     )
 
 
@@ -119,6 +122,7 @@ def spec_for_files(
     requirements_file: Path,
     installer: str = "uv",
     scorer_module: Optional[str] = None,
+    site_paths: Sequence[str] = (),
 ) -> VenvSpec:
     """The venv spec for a python_env.yaml + requirements.txt pair (relative paths resolve
     against the requirements file's folder, as they do against a model folder)."""
@@ -131,12 +135,16 @@ def spec_for_files(
         dependencies=tuple(requirements) + tuple(spark_requirements(python, requirements)),
         base_dir=requirements_file.resolve().parent,
         installer=installer,
-        site_paths=(str(REPO_ROOT),),
+        site_paths=tuple(site_paths),
     )
 
 
 def build_spark_env(
-    model_uri: str, dest: Path, installer: str = "uv", quiet: bool = False
+    model_uri: str,
+    dest: Path,
+    installer: str = "uv",
+    quiet: bool = False,
+    site_paths: Sequence[str] = (),
 ) -> Tuple[Path, bool]:
     """Download ``model_uri`` and make ``dest`` its Spark scoring venv.
 
@@ -162,7 +170,7 @@ def build_spark_env(
         for name in (PYTHON_ENV_FILE_NAME, REQUIREMENTS_FILE_NAME):
             if not (model_dir / name).is_file():
                 raise SparkEnvError(f"{model_uri} has no {name}; is it an MLflow pyfunc model?")
-        spec = spec_for_model_dir(model_dir, installer)
+        spec = spec_for_model_dir(model_dir, installer, site_paths)
         return ensure_venv(spec, dest, quiet=quiet)
 
 
@@ -176,18 +184,26 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     source.add_argument("--model-uri", help="models:/name@alias, runs:/.../model or a folder")
     source.add_argument("--python-env", type=Path, help="a python_env.yaml (with --requirements)")
     parser.add_argument("--requirements", type=Path, help="the requirements.txt beside it")
-    parser.add_argument("--dest", type=Path, default=REPO_ROOT / "venvs" / "spark_inference")
+    parser.add_argument("--dest", type=Path, required=True, help="the venv folder")
+    parser.add_argument(
+        "--site-path", action="append", default=[], help="a folder to add to the venv's sys.path"
+    )
     parser.add_argument("--installer", choices=("uv", "pip"), default="uv")
     parser.add_argument("--quiet", action="store_true", help="hide installer output")
     args = parser.parse_args(argv)
     if bool(args.python_env) != bool(args.requirements):
         parser.error("--python-env and --requirements go together")
+    site_paths = [str(Path(p).resolve()) for p in args.site_path]
     try:
         if args.python_env:
-            spec = spec_for_files(args.python_env, args.requirements, args.installer)
+            spec = spec_for_files(
+                args.python_env, args.requirements, args.installer, site_paths=site_paths
+            )
             _, built = ensure_venv(spec, args.dest, quiet=args.quiet)
         else:
-            _, built = build_spark_env(args.model_uri, args.dest, args.installer, args.quiet)
+            _, built = build_spark_env(
+                args.model_uri, args.dest, args.installer, args.quiet, site_paths
+            )
     except DaiMlflowError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1

@@ -7,10 +7,11 @@ starts a transient loopback ``mlflow server`` on 127.0.0.1 with a newer mlflow i
 the *same* sqlite file, points this process at it over REST, and stops it on exit (also on
 errors). Runs keep their local-path ``artifact_uri``, so artifacts are written directly.
 
-The server interpreter is, in order: ``DAI_MLFLOW_SERVER_PYTHON``; the ``mlflow run`` process in
-the parent chain (found through ``/proc``: the interpreter that created the store);
-``venvs/launcher/bin/python`` of this checkout. Any other URI (http, file, a sqlite store this
-mlflow can read, databricks, ...) is used as is.
+The server interpreter is, in order: ``DAI_MLFLOW_SERVER_PYTHON`` (the checkout's
+``venvs/spark_inference/bin/activate`` sets it to ``venvs/launcher/bin/python``); the ``mlflow
+run`` process in the parent chain (found through ``/proc``: the interpreter that created the
+store); the interpreter of an ``mlflow`` command on PATH. Any other URI (http, file, a sqlite
+store this mlflow can read, databricks, ...) is used as is.
 
 Used by :mod:`dai_mlflow.entry`; not model-side.
 """
@@ -35,7 +36,6 @@ from dai_mlflow.errors import DaiMlflowError
 
 SERVER_PYTHON_ENV = "DAI_MLFLOW_SERVER_PYTHON"
 DEFAULT_DB_NAME = "mlflow.db"
-REPO_ROOT = Path(__file__).resolve().parents[1]
 _READY_TIMEOUT_S = 90.0
 
 
@@ -131,6 +131,22 @@ def _parent_pythons() -> List[str]:
     return found
 
 
+def _path_pythons() -> List[str]:
+    """The interpreter of an ``mlflow`` command on PATH (its ``#!`` line), if any."""
+    import shutil
+
+    command = shutil.which("mlflow")
+    if not command:
+        return []
+    try:
+        with open(command, "rb") as f:
+            first = f.readline().decode(errors="replace").strip()
+    except OSError:
+        return []
+    python = first[2:].strip().split()[0] if first.startswith("#!") and first[2:].strip() else ""
+    return [python] if python and Path(python).is_absolute() else []
+
+
 def server_python() -> str:
     """An interpreter with mlflow >= 3 to run the bridge server.
 
@@ -145,14 +161,14 @@ def server_python() -> str:
                 "point it at venvs/launcher/bin/python"
             )
         return explicit
-    candidates = _parent_pythons() + [str(REPO_ROOT / "venvs" / "launcher" / "bin" / "python")]
+    candidates = _parent_pythons() + _path_pythons()
     for python in candidates:
         if Path(python).exists() and _mlflow_major(python) >= 3:
             return python
     raise TrackingError(
         "the sqlite tracking store needs mlflow >= 3 but this env has an older mlflow, and no "
-        f"mlflow >= 3 interpreter was found; set {SERVER_PYTHON_ENV}, run `make venvs`, or set "
-        "MLFLOW_TRACKING_URI to a tracking server"
+        f"mlflow >= 3 interpreter was found; set {SERVER_PYTHON_ENV} (e.g. to "
+        "venvs/launcher/bin/python), or set MLFLOW_TRACKING_URI to a tracking server"
     )
 
 

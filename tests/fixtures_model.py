@@ -250,17 +250,10 @@ def get_logged_model(dai_version: str, problem: str) -> LoggedDaiModel:
 
 
 def model_python(model: LoggedDaiModel) -> Path:
-    """Python of the model's own env (python_env.yaml + requirements.txt; cached, uv)."""
-    from dai_mlflow.pythons import find_python
-    from dai_mlflow.venvs import VenvSpec, ensure_venv, spec_key
+    """Python of the model's own env (``dai_mlflow.model_env``, cached under the test root)."""
+    from dai_mlflow.model_env import ensure_model_env
 
-    spec = VenvSpec.from_python_env(model.local_dir / "python_env.yaml", installer="uv")
-    key = spec_key(spec, find_python(spec.python))
-    dest = MODEL_ENV_ROOT / f"model-py{spec.python}-{key}"
-    MODEL_ENV_ROOT.mkdir(parents=True, exist_ok=True)
-    with FileLock(str(dest) + ".lock"):
-        python, _ = ensure_venv(spec, dest, quiet=True, progress=lambda _m: None)
-    return python
+    return ensure_model_env(model.local_dir, "uv", str(MODEL_ENV_ROOT))
 
 
 @pytest.fixture(scope="session")

@@ -6,14 +6,17 @@ The job scores with :func:`dai_mlflow.spark.score` and replaces the ``date=D`` p
 output table (:mod:`.tables`): every row gets ``model_name``, ``model_version``, ``model_uri`` and
 ``scored_at``; a re-run for the same date replaces that partition, never duplicates it.
 
-Where the Spark job runs (the entry point's own env has no pyspark by default):
+Where the Spark job's driver runs (the entry point's own env has no pyspark by default): in the
+champion's Spark venv, the model's Python and requirements plus pyspark
+(:mod:`dai_mlflow.spark_env`, what ``make spark-venv`` builds), at ``--spark-venv`` (default
+``venvs/spark_inference`` of the project folder ``mlflow run`` runs in), built or reused (rebuilt
+when the champion's env spec changed); with ``env_manager=uv|virtualenv``, this interpreter
+instead when it has pyspark.
 
-- ``env_manager=local`` (default): in the champion's Spark venv, the model's Python and
-  requirements plus pyspark (:mod:`dai_mlflow.spark_env`, what ``make spark-venv`` builds), at
-  ``--spark-venv`` (default ``venvs/spark_inference``), built or reused (rebuilt when the
-  champion's env spec changed);
-- ``env_manager=uv|virtualenv``: MLflow rebuilds the model env for the workers; the driver is
-  this interpreter when it has pyspark, else ``venvs/launcher/bin/python``.
+- ``env_manager=local`` (default): the executors' Python is the driver's Spark venv on a local
+  master (pass ``--python`` for a cluster whose nodes have the model's env);
+- ``env_manager=uv|virtualenv``: every executor builds or reuses the model's env itself
+  (:mod:`dai_mlflow.spark`), on a local master or a cluster (``--master spark://HOST:PORT``).
 """
 
 from __future__ import annotations
@@ -32,9 +35,10 @@ from typing import List, Optional
 from dai_mlflow.lifecycle import registry, scoring, tables
 from dai_mlflow.lifecycle.errors import LifecycleError
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
-DEFAULT_SPARK_VENV = REPO_ROOT / "venvs" / "spark_inference"
-LAUNCHER_PYTHON = REPO_ROOT / "venvs" / "launcher" / "bin" / "python"
+# Relative to the project folder `mlflow run` runs the entry point in (the checkout).
+DEFAULT_SPARK_VENV = Path("venvs") / "spark_inference"
+# Where this dai_mlflow is imported from: the job's driver imports the same one.
+PACKAGE_PARENT = Path(__file__).resolve().parents[2]
 ENV_MANAGERS = ("local", "uv", "virtualenv")
 METADATA_COLUMNS = ("model_name", "model_version", "model_uri", "scored_at")
 JOB_ERROR_PREFIX = "error: "
@@ -53,6 +57,7 @@ class BatchRequest:
     env_manager: str = "local"
     spark_venv: Optional[Path] = None
     master: str = "local[*]"
+    python: str = ""
 
     def __post_init__(self) -> None:
         if not self.model_name.strip():
@@ -94,9 +99,8 @@ def spark_venv_python(model_dir: Path, dest: Path) -> Path:
     dest.parent.mkdir(parents=True, exist_ok=True)
     with open(str(dest) + ".lock", "a") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
-        python, built = ensure_venv(
-            spec_for_model_dir(model_dir), dest, quiet=True, progress=lambda _m: None
-        )
+        spec = spec_for_model_dir(model_dir, site_paths=[str(PACKAGE_PARENT)])
+        python, built = ensure_venv(spec, dest, quiet=True, progress=lambda _m: None)
     _say(f"spark venv {'built' if built else 'reused'}: {dest}")
     return python
 
@@ -108,17 +112,10 @@ def _has_pyspark() -> bool:
 
 
 def job_python(request: BatchRequest, model_dir: Path) -> Path:
-    """The interpreter that runs the Spark job (see the module docstring)."""
-    if request.env_manager == "local":
-        return spark_venv_python(model_dir, request.spark_venv or DEFAULT_SPARK_VENV)
-    if _has_pyspark():
+    """The interpreter that runs the Spark job's driver (see the module docstring)."""
+    if request.env_manager != "local" and _has_pyspark():
         return Path(sys.executable)
-    if LAUNCHER_PYTHON.exists():
-        return LAUNCHER_PYTHON
-    raise LifecycleError(
-        f"env_manager={request.env_manager} needs a driver with pyspark and mlflow 3; run "
-        "`make venvs` (venvs/launcher) or use env_manager=local"
-    )
+    return spark_venv_python(model_dir, (request.spark_venv or DEFAULT_SPARK_VENV).resolve())
 
 
 def job_command(request: BatchRequest, python: Path, model_dir: Path, ref: object) -> List[str]:
@@ -135,12 +132,13 @@ def job_command(request: BatchRequest, python: Path, model_dir: Path, ref: objec
         "--date", request.date,
         "--env-manager", request.env_manager,
         "--master", request.master,
+        *(["--python", request.python] if request.python else []),
     ]  # fmt: skip
 
 
 def _job_env() -> dict:
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONHOME", "VIRTUAL_ENV")}
-    env["PYTHONPATH"] = str(REPO_ROOT)  # the job imports dai_mlflow from this checkout
+    env["PYTHONPATH"] = str(PACKAGE_PARENT)  # the job imports this dai_mlflow
     env.pop("MLFLOW_RUN_ID", None)  # the job does no tracking
     return env
 
@@ -152,9 +150,7 @@ def run_job(command: List[str]) -> int:
         LifecycleError: the job failed (its one-line error, and where its full output was
             kept; the table is unchanged).
     """
-    proc = subprocess.run(
-        command, cwd=str(REPO_ROOT), env=_job_env(), capture_output=True, text=True
-    )
+    proc = subprocess.run(command, env=_job_env(), capture_output=True, text=True)
     result = [ln for ln in proc.stdout.splitlines() if ln.startswith(JOB_RESULT_PREFIX)]
     if proc.returncode == 0 and result:
         return int(result[-1].split("=", 1)[1])

@@ -1,7 +1,8 @@
 """The Spark side of ``batch``: score one input and replace one date partition of the table.
 
 ``python -m dai_mlflow.lifecycle.batch_job --model-dir DIR --model-name N --model-version V
---input PATH --table DIR --date YYYY-MM-DD [--env-manager local] [--master local[*]]``
+--input PATH --table DIR --date YYYY-MM-DD [--env-manager local] [--master local[*]]
+[--python EXECUTOR_PYTHON]``
 
 Run by :mod:`.batch` in the champion's Spark venv (Python 3.8 + PySpark 3.5 for DAI 1.10) or in
 ``venvs/launcher``; needs no tracking server (the model folder is already downloaded). Prints
@@ -12,31 +13,11 @@ table as it was.
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from pathlib import Path
 from typing import List, Optional
 
 from dai_mlflow.errors import DaiMlflowError
-
-
-def build_session(master: str) -> object:
-    """A local Spark session whose workers run this interpreter and import this checkout."""
-    from pyspark.sql import SparkSession
-
-    root = str(Path(__file__).resolve().parents[2])
-    os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
-    spark = (
-        SparkSession.builder.master(master)
-        .appName("dai-mlflow-batch")
-        .config("spark.ui.enabled", "false")
-        .config("spark.pyspark.python", sys.executable)
-        .config("spark.executorEnv.PYTHONPATH", root)
-        .config("spark.sql.session.timeZone", "UTC")
-        .getOrCreate()
-    )
-    spark.sparkContext.setLogLevel("FATAL")
-    return spark
 
 
 def score_partition(spark: object, args: argparse.Namespace) -> int:
@@ -77,6 +58,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument("--date", required=True)
     parser.add_argument("--env-manager", default="local")
     parser.add_argument("--master", default="local[*]")
+    parser.add_argument("--python", default=None, help="the executors' Python")
     args = parser.parse_args(argv)
     spark = None
     try:
@@ -85,7 +67,9 @@ def main(argv: Optional[List[str]] = None) -> int:
         spec = precheck(Path(args.model_dir), args.input)
         if args.env_manager == "local":
             preflight_predict(spec, args.input)
-        spark = build_session(args.master)
+        from dai_mlflow.spark.session import build_session
+
+        spark = build_session(args.master, "dai-mlflow-batch", python=args.python)
         rows = score_partition(spark, args)
     except DaiMlflowError as e:
         print(f"error: {str(e).splitlines()[0] if str(e) else type(e).__name__}", flush=True)

@@ -83,6 +83,9 @@ def validate(model_name: str, holdout: Path, target: str) -> None:
     help="where the champion's Spark venv is built/reused (empty: venvs/spark_inference)",
 )
 @click.option("--master", default="local[*]", show_default=True, help="Spark master")
+@click.option(
+    "--python", "executor_python", default="", help="the executors' Python (empty: theirs)"
+)
 def batch(
     model_name: str,
     input_path: Path,
@@ -92,6 +95,7 @@ def batch(
     env_manager: str,
     spark_venv: str,
     master: str,
+    executor_python: str,
 ) -> None:
     """Score INPUT with NAME@champion; replace the date's partition of TABLE."""
     from dai_mlflow.lifecycle.batch import BatchRequest
@@ -101,6 +105,7 @@ def batch(
         request = BatchRequest(
             model_name.strip(), input_path, table, day.strip(), alias.strip() or "champion",
             env_manager, Path(spark_venv) if spark_venv.strip() else None, master,
+            executor_python.strip(),
         )  # fmt: skip
     except DaiMlflowError as e:
         raise click.ClickException(str(e)) from e

@@ -48,6 +48,8 @@ from typing import List, Optional, Sequence, Tuple
 DISABLE_ENV = "DAI_MLFLOW_HOOKS"
 DEBUG_ENV = "DAI_MLFLOW_HOOKS_DEBUG"
 PACKAGE = "dai_mlflow_model_hooks"  # the name this package is installed under in model envs
+# This package's modules (what the hooks wheel and a Spark executor's server folder hold).
+MODULES = ("__init__.py", "arrow_server.py", "serving_shim.py", "stdin_server.py")
 SERVER_MODULE = PACKAGE + ".stdin_server"
 # Top-level modules of a DAI scoring pipeline whose import touches fileno().
 DAI_MODULE_PREFIXES = ("scoring_h2oai_experiment_", "scoring_mli_experiment_", "h2oaicore")

@@ -1,75 +1,58 @@
-"""Batch-score a logged DAI pyfunc model on Spark with ``mlflow.pyfunc.spark_udf``.
+"""Batch-score a logged DAI model on Spark: local, on a standalone cluster, or anywhere else.
 
-``score(spark, model_uri, df)`` returns ``df`` plus one column per DAI output column (read from
-the model's signature: ``<target>.<class>`` for classification, ``<target>`` for regression).
-``score_to_path`` reads csv/parquet, scores, and writes parquet atomically; it is what
-``spark_inference/score.py`` runs.
+``score(spark, model_uri, df)`` returns ``df`` plus one column per DAI output column (from the
+model's signature: ``<target>.<class>`` for classification, ``<target>`` for regression);
+``score_to_path`` reads csv/parquet, scores, and writes parquet all or nothing. They are what
+``spark_inference/score.py`` and the lifecycle ``batch`` entry point run.
 
-What this adds around ``spark_udf`` (each measured on mlflow 3.17.2 / pyspark 4.3):
+How (MLflow's public API only; plain ``mlflow.pyfunc.spark_udf`` stays the documented plain path,
+docs/model-hooks.md):
 
-* offline env building for ``uv``/``virtualenv`` with local interpreters
-  (:mod:`dai_mlflow.envmanagers`), in a persistent env root shared by every model of a DAI
-  version, so repeated jobs and new models of a seen version skip the build
-  (:mod:`dai_mlflow.model_envs`; MLflow alone rebuilds per call, issue #12204);
-* a pre-flight on the driver: the input must hold the signature's required columns, checked
-  before any task starts;
-* real errors instead of "Scoring timeout": a model server that fails to load or predict
-  answers with its error (:mod:`dai_mlflow.spark_model_server`), a server that dies is noticed
-  within milliseconds, and every model-side error reaches the driver as one marked line;
-* the model is loaded once per Python worker (``local``) or once per task (``uv``/``virtualenv``,
-  one model server per task, started ahead by the previous job of the same env:
-  :mod:`dai_mlflow.warm_servers`), and the input is laid out as one task per core;
-* BLAS/OpenMP threads per worker = ``spark.task.cpus``, so tasks x threads <= cores.
+* on the driver, before any task: the model is downloaded, its signature read, the input's
+  columns checked; the model folder, this package and the driver's license are shipped to the
+  executors through Spark (:mod:`.shipping`);
+* on the executors, a pandas UDF (:mod:`.worker`): ``env_manager="local"`` loads the model once
+  per Python worker, in the worker's own env (it must be the model's env, e.g.
+  ``venvs/spark_inference``); ``uv``/``virtualenv`` build or reuse the model's env on each
+  executor (:mod:`dai_mlflow.model_env`; ``virtualenv`` installs with pip) and run one model
+  server per Python worker in it, fed Arrow batches over pipes; the server keeps the model
+  loaded for the next job, and a spare server of the same env waits for the next model;
+* errors: a model error comes back at once, marked; :func:`translate_error` makes Spark's long
+  traceback one line;
+* BLAS/OpenMP threads per model = ``spark.task.cpus``, so tasks x threads <= cores.
 
-The worker-side hooks live in this module, so ``dai_mlflow`` must be importable by the Python
-workers (``venvs/launcher`` and ``venvs/spark_inference`` have the checkout on their path).
-Python 3.8-safe: it also runs in a Python 3.8 driver with PySpark 3.5 and MLflow 2.17.
+Driver side; Python 3.8-safe (it also runs in a Python 3.8 driver with PySpark 3.5, MLflow 2.17).
 """
 
 from __future__ import annotations
 
-import collections
 import contextlib
-import json
-import os
 import re
 import sys
-import time
-import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Dict, Iterator, List, Optional, Sequence, Tuple
 
-import pandas as pd
-
-from dai_mlflow.envmanagers import (
-    BUILDING_ENV_MANAGERS,
-    ENV_MANAGERS,
-    env_build_env,
-    model_server_env,
-    patched_environ,
+from dai_mlflow.errors import DaiMlflowError, one_line
+from dai_mlflow.model_env import INSTALLERS
+from dai_mlflow.spark import shipping, worker
+from dai_mlflow.spark.files import (
+    INPUT_FORMATS,
+    SparkScoringError,
+    input_columns,
+    read_input,
+    sample_rows,
+    write_atomically,
 )
-from dai_mlflow.errors import DaiMlflowError
-from dai_mlflow.model_envs import persistent_model_envs
-from dai_mlflow.warm_servers import patched_serve_stdin
 
-MODEL_SERVER_SCRIPT = Path(__file__).resolve().parent / "spark_model_server.py"
-ERROR_MARKER = "[dai-mlflow model error]"
-SERVER_ERROR_KEY = "dai_mlflow_error"
+ENV_MANAGERS = ("local", *INSTALLERS)
+ERROR_MARKER = worker.ERROR_MARKER
 ARROW_BATCH_CONF = "spark.sql.execution.arrow.maxRecordsPerBatch"
-# Rows per Arrow batch sent to the model: large enough to amortise per-call overhead (a JSON
-# round trip for uv/virtualenv), small enough to keep a batch's memory modest
-# (benchmarks/spark_throughput.py).
+# Rows per Arrow batch sent to the model: large enough to amortise per-batch overhead, small
+# enough to keep a batch's memory modest (benchmarks/spark_throughput.py).
 DEFAULT_BATCH_SIZE = 20000
-THREAD_VARS = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "NUMEXPR_NUM_THREADS")
-# A first request includes the model (and DAI scorer) load; a dead server is detected anyway.
-MODEL_SERVER_REQUEST_TIMEOUT = "600"
 PRED_COLUMN = "__dai_mlflow_prediction"
-INPUT_FORMATS = ("csv", "parquet")
-
-
-class SparkScoringError(DaiMlflowError):
-    """Scoring failed in the model (missing license, scorer exception, ...) or in Spark."""
+_PANDAS_TYPES = {"double": "float64", "float": "float32", "long": "int64", "int": "int32"}
 
 
 class InputColumnsError(DaiMlflowError):
@@ -85,10 +68,6 @@ class InputColumnsError(DaiMlflowError):
 
 class ModelSignatureError(DaiMlflowError):
     """The model cannot be scored on Spark as logged (no signature, name clashes)."""
-
-
-class OutputPathError(DaiMlflowError):
-    """The output could not be written or moved into place; the previous output is intact."""
 
 
 # Spark type names for MLflow ColSpec types (mlflow.types.DataType names).
@@ -198,48 +177,8 @@ def download_model(model_uri: str, dst: Optional[Path] = None) -> Path:
     except DaiMlflowError:
         raise
     except Exception as e:
-        raise SparkScoringError(f"cannot download model {model_uri}: {_one_line(e)}") from e
+        raise SparkScoringError(f"cannot download model {model_uri}: {one_line(e)}") from e
     return Path(path)
-
-
-def input_columns(path: str, input_format: Optional[str] = None) -> Optional[List[str]]:
-    """Column names of a local csv/parquet input without starting Spark; None if unknown."""
-    local = Path(path)
-    if not local.exists():
-        return None
-    try:
-        fmt = input_format or _format_of(path)
-        files = sorted(p for p in local.rglob("*") if p.is_file()) if local.is_dir() else [local]
-        files = [f for f in files if not f.name.startswith((".", "_"))]
-        if not files:
-            return None
-        if fmt == "csv":
-            return list(pd.read_csv(files[0], nrows=0).columns)
-        import pyarrow.parquet as pq
-
-        return list(pq.read_schema(str(files[0])).names)
-    except Exception:  # an unreadable file is reported by Spark, with its own message
-        return None
-
-
-_PANDAS_TYPES = {"double": "float64", "float": "float32", "long": "int64", "int": "int32"}
-
-
-def _sample_rows(path: str, input_format: Optional[str], rows: int) -> Optional[pd.DataFrame]:
-    """The first rows of a local csv/parquet input, read without Spark; None if not local."""
-    local = Path(path)
-    if not local.exists():
-        return None
-    fmt = input_format or _format_of(path)
-    files = sorted(p for p in local.rglob("*") if p.is_file()) if local.is_dir() else [local]
-    files = [f for f in files if not f.name.startswith((".", "_"))]
-    if not files:
-        return None
-    if fmt == "csv":
-        return pd.read_csv(files[0], nrows=rows)
-    import pyarrow.parquet as pq
-
-    return pq.ParquetFile(str(files[0])).read_row_group(0).to_pandas().head(rows)
 
 
 def preflight_predict(
@@ -256,7 +195,7 @@ def preflight_predict(
     """
     import mlflow.pyfunc
 
-    sample = _sample_rows(input_path, input_format, rows)
+    sample = sample_rows(input_path, input_format, rows)
     if sample is None or sample.empty:
         return
     names = [name for name, _ in spec.inputs if name in sample.columns]
@@ -269,7 +208,7 @@ def preflight_predict(
     try:
         mlflow.pyfunc.load_model(str(spec.local_dir)).predict(frame)
     except Exception as e:
-        raise SparkScoringError(f"scoring failed in the model: {_one_line(e)}") from e
+        raise SparkScoringError(f"scoring failed in the model: {one_line(e)}") from e
 
 
 def precheck(model_dir: Path, input_path: str, input_format: Optional[str] = None) -> ModelSpec:
@@ -307,25 +246,21 @@ def _task_cpus(spark: object) -> int:
 
 def thread_env(spark: object) -> Dict[str, str]:
     """Thread limits for the model: each task may use ``spark.task.cpus`` cores, no more."""
-    threads = str(_task_cpus(spark))
-    return dict.fromkeys(THREAD_VARS, threads)
+    return dict.fromkeys(worker.THREAD_VARS, str(_task_cpus(spark)))
 
 
 @contextlib.contextmanager
-def _worker_environment(
-    spark: object, defaults: Dict[str, str], overrides: Dict[str, str]
-) -> Iterator[None]:
+def _worker_environment(spark: object, defaults: Dict[str, str]) -> Iterator[None]:
     """Variables for Python workers started for UDFs created inside the block.
 
     PySpark copies ``SparkContext.environment`` into each UDF when the UDF column is built, and
-    starts workers for it with those variables; BLAS reads them once, at import, so they must be
-    there when the worker starts (``extra_env`` only reaches the model server).
+    starts workers for it with those variables. BLAS reads its thread count once, at import, so
+    for ``env_manager="local"`` (the model runs in the worker) it must be there at start.
     """
     env = spark.sparkContext.environment
     saved = dict(env)
     for key, value in defaults.items():
         env.setdefault(key, value)
-    env.update(overrides)
     try:
         yield
     finally:
@@ -333,14 +268,38 @@ def _worker_environment(
         env.update(saved)
 
 
-def _layout(df: object, partitions: int, env_manager: str) -> object:
-    current = df.rdd.getNumPartitions()
-    if current < partitions:
+def _layout(df: object, partitions: int) -> object:
+    """At least one task per core (a model server per Python worker serves every task)."""
+    if df.rdd.getNumPartitions() < partitions:
         return df.repartition(partitions)
-    if current > partitions and env_manager in BUILDING_ENV_MANAGERS:
-        # uv/virtualenv start one model server (one scorer) per task: few, long tasks.
-        return df.coalesce(partitions)
     return df
+
+
+def plan(
+    spark: object,
+    local_dir: Path,
+    env_manager: str,
+    env: Optional[Dict[str, str]] = None,
+    env_root: Optional[str] = None,
+) -> worker.ScoringPlan:
+    """Ship what the executors need and describe it for them (see :mod:`.shipping`)."""
+    shipping.ship_package(spark)
+    model_file, key = shipping.ship_model(spark, local_dir)
+    licensed = shipping.ship_license(spark, env)
+    others = {
+        k: v
+        for k, v in (env or {}).items()
+        if k not in (worker.LICENSE_KEY_ENV, worker.LICENSE_FILE_ENV)
+    }
+    return worker.ScoringPlan(
+        model_file=model_file,
+        model_key=key,
+        env_manager=env_manager,
+        env_root=env_root,
+        license=licensed,
+        env=tuple(sorted(others.items())),
+        threads=_task_cpus(spark),
+    )
 
 
 def score(
@@ -353,22 +312,26 @@ def score(
     batch_size: Optional[int] = None,
     add_metadata: bool = False,
     env: Optional[Dict[str, str]] = None,
+    env_root: Optional[str] = None,
     source_uri: Optional[str] = None,
 ) -> object:
-    """Add the DAI output columns of ``model_uri`` to ``df``, scored with ``spark_udf``.
+    """Add the DAI output columns of ``model_uri`` to ``df``.
 
     Args:
-        spark: the SparkSession.
+        spark: the SparkSession (any master).
         model_uri: any MLflow model URI (``models:/name@alias``, ``runs:/...``, a local folder).
         df: input; must hold the model's signature columns (others are carried through).
-        env_manager: ``local`` (the driver's env, e.g. ``venvs/spark_inference``), ``uv`` or
-            ``virtualenv`` (MLflow rebuilds the model's env, offline, with a local Python).
+        env_manager: ``local`` (default): the executors' Python *is* the model's env (e.g.
+            ``venvs/spark_inference``); ``uv`` or ``virtualenv``: each executor builds the
+            model's env (offline, with a local Python of the model's version) and scores in a
+            model server there: what a cluster whose Python is not the model's needs.
         partitions: tasks to score with (default: ``spark.sparkContext.defaultParallelism``).
-        batch_size: rows per Arrow batch; sets ``spark.sql.execution.arrow.maxRecordsPerBatch``
-            on the session when given.
+        batch_size: rows per Arrow batch; sets ``spark.sql.execution.arrow.maxRecordsPerBatch``.
         add_metadata: also add ``model_uri`` and ``scored_at`` (timestamp) columns.
-        env: variables for the model on the workers, e.g. ``DRIVERLESS_AI_LICENSE_KEY`` from a
-            secret store (workers otherwise see the environment Spark started with).
+        env: variables for the model on the executors; license variables in it
+            (``DRIVERLESS_AI_LICENSE_KEY`` from a secret store) win over the driver's own.
+        env_root: where executors keep model envs (default: their ``DAI_MLFLOW_ENV_ROOT`` or
+            ``~/.cache/dai-mlflow/envs``).
         source_uri: the URI written to the ``model_uri`` column (default: ``model_uri``).
 
     Returns:
@@ -376,10 +339,9 @@ def score(
         model surface when an action runs; :func:`translate_error` turns them into one line.
 
     Raises:
-        InputColumnsError, ModelSignatureError, SparkScoringError, PythonNotFoundError: found
-            on the driver, before any task runs.
+        InputColumnsError, ModelSignatureError, SparkScoringError: found on the driver, before
+            any task runs.
     """
-    import mlflow.pyfunc
     from pyspark.sql import functions as F
 
     if env_manager not in ENV_MANAGERS:
@@ -391,47 +353,17 @@ def score(
         _warn_python_mismatch(spec)
     if batch_size:
         spark.conf.set(ARROW_BATCH_CONF, str(int(batch_size)))
-
-    extra_env = {"MLFLOW_SCORING_SERVER_REQUEST_TIMEOUT": MODEL_SERVER_REQUEST_TIMEOUT}
-    extra_env.update(thread_env(spark))
-    build_env: Dict[str, str] = {}
-    if env_manager in BUILDING_ENV_MANAGERS:
-        build_env = env_build_env(spec.python_version)
-        extra_env.update(build_env)
-        extra_env.update(model_server_env())
-    extra_env.update(
-        {k: os.environ[k] for k in ("MLFLOW_SCORING_SERVER_REQUEST_TIMEOUT",) if k in os.environ}
-    )
-    extra_env.update(env or {})
-    try:
-        with patched_environ(build_env), persistent_model_envs(local_dir, env_manager):
-            mlflow_udf = mlflow.pyfunc.spark_udf(
-                spark,
-                str(local_dir),
-                result_type=spec.result_type(),
-                env_manager=env_manager,
-                extra_env=extra_env,
-            )
-    except DaiMlflowError:
-        raise
-    except Exception as e:
-        raise SparkScoringError(
-            f"preparing the model env ({env_manager}) failed: {_one_line(e)}"
-        ) from e
-    guarded = _guarded_udf(mlflow_udf, spec.result_type(), env_manager)
-
-    target = partitions or spark.sparkContext.defaultParallelism
-    laid_out = _layout(df, max(1, int(target)), env_manager)
+    udf = worker.make_udf(plan(spark, local_dir, env_manager, env, env_root), spec.result_type())
+    laid_out = _layout(df, max(1, int(partitions or spark.sparkContext.defaultParallelism)))
     types = dict(spec.inputs)
     model_cols = [
         F.col(_q(name)).cast(types[name]).alias(name)
         for name, _ in spec.inputs
         if name in df.columns
     ]
-    # uv/virtualenv hand ``env`` to the model server (extra_env); only local workers need it.
-    worker_env = dict(env or {}) if env_manager == "local" else {}
-    with _worker_environment(spark, thread_env(spark), worker_env):
-        scored = laid_out.withColumn(PRED_COLUMN, guarded(F.struct(*model_cols)))
+    defaults = thread_env(spark) if env_manager == "local" else {}
+    with _worker_environment(spark, defaults):
+        scored = laid_out.withColumn(PRED_COLUMN, udf(F.struct(*model_cols)))
     out = [F.col(_q(c)) for c in df.columns]
     out += [F.col(PRED_COLUMN).getField(name).alias(name) for name in spec.output_names]
     if add_metadata:
@@ -458,11 +390,6 @@ def _warn_python_mismatch(spec: ModelSpec) -> None:
         )
 
 
-def _one_line(exc: BaseException) -> str:
-    lines = [ln.strip() for ln in str(exc).strip().splitlines() if ln.strip()]
-    return f"{type(exc).__name__}: {lines[0] if lines else ''}"
-
-
 _PY_ERROR_LINE = re.compile(r"^([A-Za-z_][\w.]*(?:Error|Exception|Exit|Interrupt)): (.+)$")
 
 
@@ -477,261 +404,7 @@ def translate_error(exc: BaseException) -> DaiMlflowError:
     errors = [m for m in (_PY_ERROR_LINE.match(ln.strip()) for ln in text.splitlines()) if m]
     if errors:
         return SparkScoringError(f"scoring failed: {errors[-1].group(1)}: {errors[-1].group(2)}")
-    return SparkScoringError(f"scoring failed: {_one_line(exc)}")
-
-
-# ----------------------------------------------------------------------------- worker side
-
-
-def _guarded_udf(mlflow_udf: object, result_type: str, env_manager: str) -> object:
-    """Wrap MLflow's iterator UDF: worker hooks around it, errors marked on the way out."""
-    from pyspark.sql.functions import pandas_udf
-
-    raw = mlflow_udf.__wrapped__.func  # the generator MLflow wrapped with pandas_udf
-
-    def dai_mlflow_score(batches: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
-        with worker_hooks(env_manager):
-            try:
-                yield from raw(batches)
-            except Exception as e:
-                cause = e
-                while isinstance(cause.__cause__, ModelServerError):
-                    cause = cause.__cause__
-                message = str(cause) if isinstance(cause, ModelServerError) else _one_line(e)
-                raise RuntimeError(f"{ERROR_MARKER} {message}") from e
-
-    return pandas_udf(dai_mlflow_score, result_type)
-
-
-class ModelServerError(RuntimeError):
-    """Raised in a worker when the model server reports an error or dies."""
-
-
-_loaded_models: Dict[str, object] = {}
-
-
-def _load_model_once(original):  # noqa: ANN001, ANN202 - wraps mlflow.pyfunc.load_model
-    def load_model(model_uri, *args, **kwargs):  # noqa: ANN001, ANN202
-        key = json.dumps([str(model_uri), repr(args), repr(sorted(kwargs.items()))])
-        if key not in _loaded_models:
-            _loaded_models[key] = original(model_uri, *args, **kwargs)
-        return _loaded_models[key]
-
-    return load_model
-
-
-class _TailingStream:
-    """Iterates a model server's output like the pipe it wraps, keeping the last lines."""
-
-    def __init__(self, stream: object) -> None:
-        self._stream = stream
-        self.tail: collections.deque = collections.deque(maxlen=200)
-        self.finished = False
-
-    def __iter__(self) -> Iterator[object]:
-        try:
-            for line in self._stream:
-                self.tail.append(line.decode(errors="replace") if isinstance(line, bytes) else line)
-                yield line
-        finally:
-            self.finished = True
-
-    def __getattr__(self, name: str) -> object:
-        return getattr(self._stream, name)
-
-
-def _server_died(client: object) -> ModelServerError:
-    proc = client.process
-    stream = proc.stdout
-    deadline = time.monotonic() + 2.0
-    tailing = isinstance(stream, _TailingStream)
-    while tailing and not stream.finished and time.monotonic() < deadline:
-        time.sleep(0.01)
-    lines = [ln.strip() for ln in getattr(stream, "tail", ()) if ln.strip()]
-    marked = [ln.split(ERROR_MARKER, 1)[1].strip() for ln in lines if ERROR_MARKER in ln]
-    errors = [ln for ln in lines if _PY_ERROR_LINE.match(ln)]
-    detail = (marked or errors or lines or ["no output"])[-1]
-    return ModelServerError(f"the model server exited with code {proc.poll()}: {detail}")
-
-
-def _fast_invoke(self, data, params=None):  # noqa: ANN001, ANN202 - replaces a method
-    """StdinScoringServerClient.invoke that polls in ms, notices a dead server and errors."""
-    from mlflow.deployments import PredictionsResponse
-    from mlflow.environment_variables import MLFLOW_SCORING_SERVER_REQUEST_TIMEOUT
-    from mlflow.utils.proto_json_utils import dump_input_data
-
-    if not self.output_json.exists():
-        self.output_json.touch()
-    request_id = str(uuid.uuid4())
-    request = {
-        "id": request_id,
-        "data": dump_input_data(data, params=params),
-        "output_file": str(self.output_json),
-    }
-    try:
-        self.process.stdin.write(json.dumps(request) + "\n")
-        self.process.stdin.flush()
-    except (OSError, ValueError) as e:
-        raise _server_died(self) from e
-    timeout = float(MLFLOW_SCORING_SERVER_REQUEST_TIMEOUT.get())
-    started = time.monotonic()
-    delay = 0.001
-    while True:
-        exited = self.process.poll() is not None
-        try:
-            text = self.output_json.read_text()
-            answer = json.loads(text) if text.strip() else None
-        except (OSError, ValueError):
-            answer = None
-        if answer is not None and answer.get("id") == request_id:
-            if SERVER_ERROR_KEY in answer:
-                raise ModelServerError(answer[SERVER_ERROR_KEY])
-            self.output_json.write_text("")
-            return PredictionsResponse.from_json(text)
-        if exited:
-            raise _server_died(self)
-        if time.monotonic() - started > timeout:
-            raise ModelServerError(
-                f"no answer from the model server after {timeout:.0f}s "
-                "(MLFLOW_SCORING_SERVER_REQUEST_TIMEOUT)"
-            )
-        time.sleep(delay)
-        delay = min(delay * 2, 0.05)
-
-
-def _serve_stdin_tailed(original):  # noqa: ANN001, ANN202 - wraps PyFuncBackend.serve_stdin
-    def serve_stdin(self, *args, **kwargs):  # noqa: ANN001, ANN202
-        proc = original(self, *args, **kwargs)
-        if proc.stdout is not None:
-            proc.stdout = _TailingStream(proc.stdout)
-        return proc
-
-    return serve_stdin
-
-
-@contextlib.contextmanager
-def worker_hooks(env_manager: str) -> Iterator[None]:
-    """Inside a Spark Python worker: load once (local) or serve through our server (uv, ...)."""
-    import mlflow.pyfunc
-
-    patches: List[Tuple[object, str, object]] = []
-
-    def _patch(owner: object, name: str, value: object) -> None:
-        if hasattr(owner, name):
-            patches.append((owner, name, getattr(owner, name)))
-            setattr(owner, name, value)
-
-    if env_manager == "local":
-        _patch(mlflow.pyfunc, "load_model", _load_model_once(mlflow.pyfunc.load_model))
-    else:
-        from mlflow.pyfunc import backend
-        from mlflow.pyfunc.scoring_server.client import StdinScoringServerClient
-
-        _patch(backend, "_STDIN_SERVER_SCRIPT", MODEL_SERVER_SCRIPT)
-        _patch(StdinScoringServerClient, "invoke", _fast_invoke)
-        warm = patched_serve_stdin(backend.PyFuncBackend.serve_stdin, MODEL_SERVER_SCRIPT)
-        _patch(backend.PyFuncBackend, "serve_stdin", _serve_stdin_tailed(warm))
-    try:
-        yield
-    finally:
-        for owner, name, value in reversed(patches):
-            setattr(owner, name, value)
-
-
-# ----------------------------------------------------------------------------- files
-
-
-def read_input(spark: object, path: str, input_format: Optional[str] = None) -> object:
-    """Read csv (RFC 4180: header row, ``""`` escapes; inferred types) or parquet.
-
-    The format follows the extension unless ``input_format`` is given.
-    """
-    fmt = input_format or _format_of(path)
-    if fmt == "csv":
-        return spark.read.csv(path, header=True, inferSchema=True, escape='"', multiLine=False)
-    return spark.read.parquet(path)
-
-
-def _format_of(path: str) -> str:
-    name = path.rstrip("/").lower()
-    if name.endswith(".csv") or name.endswith(".csv.gz"):
-        return "csv"
-    if name.endswith(".parquet") or name.endswith(".pq"):
-        return "parquet"
-    local = Path(path)
-    if local.is_dir():
-        names = [p.name.lower() for p in local.iterdir()]
-        if any(n.endswith(".csv") or n.endswith(".csv.gz") for n in names):
-            return "csv"
-        if any(n.endswith(".parquet") for n in names):
-            return "parquet"
-    raise SparkScoringError(
-        f"cannot tell the format of {path}; name it *.csv or *.parquet or pass --input-format"
-    )
-
-
-class _HadoopFs:
-    """The Hadoop FileSystem behind a path (local, hdfs, s3a, ...), via the JVM."""
-
-    def __init__(self, spark: object, path: str) -> None:
-        jvm = spark.sparkContext._jvm
-        self._Path = jvm.org.apache.hadoop.fs.Path
-        self.fs = self._Path(path).getFileSystem(spark.sparkContext._jsc.hadoopConfiguration())
-
-    def path(self, path: str) -> object:
-        return self._Path(path)
-
-    def exists(self, path: str) -> bool:
-        return bool(self.fs.exists(self._Path(path)))
-
-    def delete(self, path: str) -> None:
-        if self.exists(path):
-            self.fs.delete(self._Path(path), True)
-
-    def rename(self, src: str, dst: str) -> None:
-        if not self.fs.rename(self._Path(src), self._Path(dst)):
-            raise OutputPathError(f"could not move {src} to {dst}")
-
-
-def _sibling(path: str, tag: str) -> str:
-    base = path.rstrip("/")
-    head, _, name = base.rpartition("/")
-    sibling = f".{name}.{tag}-{uuid.uuid4().hex[:8]}"
-    return f"{head}/{sibling}" if head else sibling
-
-
-def write_atomically(spark: object, df: object, output: str) -> None:
-    """Write ``df`` as parquet next to ``output``, then swap it in; on failure leave ``output``.
-
-    Raises:
-        SparkScoringError: the job failed (the model's error, one line).
-        OutputPathError: the finished output could not be moved into place.
-    """
-    fs = _HadoopFs(spark, output)
-    staging = _sibling(output, "staging")
-    try:
-        df.write.mode("errorifexists").parquet(staging)
-    except Exception as e:
-        with contextlib.suppress(Exception):
-            fs.delete(staging)
-        raise translate_error(e) from e
-    backup = None
-    try:
-        if fs.exists(output):
-            backup = _sibling(output, "previous")
-            fs.rename(output, backup)
-        fs.rename(staging, output)
-    except Exception as e:
-        if backup and not fs.exists(output):
-            with contextlib.suppress(Exception):
-                fs.rename(backup, output)
-        with contextlib.suppress(Exception):
-            fs.delete(staging)
-        if isinstance(e, DaiMlflowError):
-            raise
-        raise OutputPathError(f"moving the output into {output} failed: {_one_line(e)}") from e
-    if backup:
-        fs.delete(backup)
+    return SparkScoringError(f"scoring failed: {one_line(exc)}")
 
 
 def score_to_path(
@@ -746,6 +419,7 @@ def score_to_path(
     batch_size: Optional[int] = DEFAULT_BATCH_SIZE,
     add_metadata: bool = False,
     env: Optional[Dict[str, str]] = None,
+    env_root: Optional[str] = None,
     source_uri: Optional[str] = None,
 ) -> None:
     """Read ``input_path``, score it with :func:`score`, write parquet to ``output_path``.
@@ -763,7 +437,7 @@ def score_to_path(
     except DaiMlflowError:
         raise
     except Exception as e:
-        raise SparkScoringError(f"cannot read {input_path}: {_one_line(e)}") from e
+        raise SparkScoringError(f"cannot read {input_path}: {one_line(e)}") from e
     previous = spark.conf.get(ARROW_BATCH_CONF, None)
     try:
         scored = score(
@@ -775,9 +449,10 @@ def score_to_path(
             batch_size=batch_size,
             add_metadata=add_metadata,
             env=env,
+            env_root=env_root,
             source_uri=source_uri,
         )
-        write_atomically(spark, scored, output_path)
+        write_atomically(spark, scored, output_path, translate_error)
     finally:
         if previous is not None:
             spark.conf.set(ARROW_BATCH_CONF, previous)

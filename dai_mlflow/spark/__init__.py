@@ -1,0 +1,57 @@
+"""Batch scoring of logged DAI models on Spark (see :mod:`dai_mlflow.spark.scoring`).
+
+The public API, importable from here: :func:`score`, :func:`score_to_path`, :func:`read_input`,
+:func:`translate_error`, :func:`download_model`, :func:`precheck`, :func:`preflight_predict`,
+:class:`ModelSpec` and the errors. :mod:`.worker` is what runs on executors; :mod:`.shipping`
+what the driver sends them; :mod:`.files` reads inputs and writes outputs all or nothing.
+"""
+
+from dai_mlflow.spark.files import (
+    INPUT_FORMATS,
+    OutputPathError,
+    SparkScoringError,
+    input_columns,
+    read_input,
+    write_atomically,
+)
+from dai_mlflow.spark.scoring import (
+    ARROW_BATCH_CONF,
+    DEFAULT_BATCH_SIZE,
+    ENV_MANAGERS,
+    ERROR_MARKER,
+    InputColumnsError,
+    ModelSignatureError,
+    ModelSpec,
+    download_model,
+    precheck,
+    preflight_predict,
+    score,
+    score_to_path,
+    thread_env,
+    translate_error,
+    validate_input,
+)
+
+__all__ = [
+    "ARROW_BATCH_CONF",
+    "DEFAULT_BATCH_SIZE",
+    "ENV_MANAGERS",
+    "ERROR_MARKER",
+    "INPUT_FORMATS",
+    "InputColumnsError",
+    "ModelSignatureError",
+    "ModelSpec",
+    "OutputPathError",
+    "SparkScoringError",
+    "download_model",
+    "input_columns",
+    "precheck",
+    "preflight_predict",
+    "read_input",
+    "score",
+    "score_to_path",
+    "thread_env",
+    "translate_error",
+    "validate_input",
+    "write_atomically",
+]

@@ -1,0 +1,131 @@
+"""``dai-mlflow-score`` / ``python -m dai_mlflow.spark.cli``: csv/parquet in, parquet out.
+
+    dai-mlflow-score --model-uri URI --input PATH --output PATH \
+        [--env-manager local|uv|virtualenv] [--master local[*] | spark://HOST:PORT]
+        [--python EXECUTOR_PYTHON] [--env-root DIR] [--batch-size N] [--add-metadata]
+
+The output holds the input columns plus DAI's. ``--env-manager local`` (default) scores in the
+executors' own env: run it from the model's Spark venv (``make spark-venv MODEL_URI=URI``).
+``uv``/``virtualenv`` build the model's env on each executor, offline, with a local Python: run
+those from any driver env with dai-mlflow installed, on a local master or a cluster. The output
+is written to a staging folder and moved to ``--output`` only on success; any failure prints one
+line (``Error: ...``), exits non-zero and leaves ``--output`` as it was.
+
+``spark_inference/score.py`` of the checkout is the same command. Thin front door over
+:func:`dai_mlflow.spark.score_to_path`; Python 3.8-safe.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+from typing import Optional
+
+import click
+
+from dai_mlflow.errors import DaiMlflowError
+from dai_mlflow.spark.files import INPUT_FORMATS
+from dai_mlflow.spark.scoring import (
+    DEFAULT_BATCH_SIZE,
+    ENV_MANAGERS,
+    download_model,
+    precheck,
+    preflight_predict,
+    score_to_path,
+)
+from dai_mlflow.spark.session import build_session
+
+
+@click.command(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--model-uri", required=True, help="models:/name@alias, runs:/<id>/model or a path")
+@click.option("--input", "input_path", required=True, help="csv or parquet file/folder")
+@click.option("--output", "output_path", required=True, help="parquet folder to (re)place")
+@click.option("--env-manager", type=click.Choice(ENV_MANAGERS), default="local", show_default=True)
+@click.option(
+    "--input-format",
+    type=click.Choice(INPUT_FORMATS),
+    default=None,
+    help="default: from the input's extension",
+)
+@click.option("--master", default="local[*]", show_default=True, help="Spark master")
+@click.option(
+    "--python",
+    "executor_python",
+    default=None,
+    help="the executors' Python (spark.pyspark.python); default: theirs (this one when local)",
+)
+@click.option(
+    "--env-root",
+    default=None,
+    help="uv/virtualenv: where executors keep model envs (default: their DAI_MLFLOW_ENV_ROOT "
+    "or ~/.cache/dai-mlflow/envs)",
+)
+@click.option(
+    "--batch-size",
+    type=int,
+    default=DEFAULT_BATCH_SIZE,
+    show_default=True,
+    help="rows per Arrow batch handed to the model",
+)
+@click.option("--partitions", type=int, default=None, help="scoring tasks (default: one per core)")
+@click.option(
+    "--log-level",
+    default="FATAL",
+    show_default=True,
+    help="Spark log level (the error that fails the job is printed anyway)",
+)
+@click.option(
+    "--preflight/--no-preflight",
+    default=True,
+    show_default=True,
+    help="local: load the model and score the first rows before starting Spark",
+)
+@click.option("--add-metadata", is_flag=True, help="also write model_uri and scored_at columns")
+def main(
+    model_uri: str,
+    input_path: str,
+    output_path: str,
+    env_manager: str,
+    input_format: Optional[str],
+    master: str,
+    executor_python: Optional[str],
+    env_root: Optional[str],
+    batch_size: int,
+    partitions: Optional[int],
+    log_level: str,
+    preflight: bool,
+    add_metadata: bool,
+) -> None:
+    """Score INPUT with the model and write OUTPUT as parquet."""
+    spark = None
+    try:
+        with tempfile.TemporaryDirectory(prefix="dai-mlflow-score-") as tmp:
+            # Model and input columns are checked before Spark starts: bad input fails in seconds.
+            model_dir = download_model(model_uri, Path(tmp))
+            spec = precheck(model_dir, input_path, input_format)
+            if env_manager == "local" and preflight:
+                preflight_predict(spec, input_path, input_format)
+            spark = build_session(master, python=executor_python, log_level=log_level)
+            score_to_path(
+                spark,
+                str(model_dir),
+                input_path,
+                output_path,
+                env_manager,
+                input_format=input_format,
+                partitions=partitions,
+                batch_size=batch_size,
+                add_metadata=add_metadata,
+                env_root=env_root,
+                source_uri=model_uri,
+            )
+    except DaiMlflowError as e:
+        raise click.ClickException(str(e)) from e
+    finally:
+        if spark is not None:
+            spark.stop()
+    click.echo(f"scored {input_path} -> {output_path} (env manager {env_manager})")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,379 @@
+"""The executor side of dai-mlflow's Spark path: what runs inside Spark Python workers.
+
+A scoring job sends each executor a :class:`ScoringPlan` inside its pandas UDF (nothing of the
+driver's machine is assumed: the model, the license and this package reach executors through
+Spark's own ``addFile``/``addPyFile``). In each Python worker, on the first batch:
+
+1. the model folder is taken from ``SparkFiles`` (a zip) and extracted once per content key
+   under the executor's env root (:func:`dai_mlflow.model_env.env_root`; atomic rename);
+2. ``env_manager="local"``: the model is loaded in this worker (its Python *is* the model's env)
+   and kept for every later batch and job of the application;
+3. ``uv``/``virtualenv``: the model's own env is built or reused on this executor
+   (:func:`dai_mlflow.model_env.ensure_model_env`, file-locked, offline interpreter discovery),
+   and one model server per worker runs in it (:mod:`dai_mlflow.model_hooks.arrow_server`):
+   batches go to it as Arrow IPC over a pipe and come back the same way. The server keeps the
+   model loaded for the next job of the same model; after it starts, a *spare* server of the
+   same env is started too (its imports done, no model yet), so a new model of the same DAI
+   version skips the interpreter start. ``DAI_MLFLOW_WARM_SERVERS=0`` on the executors turns
+   spares off.
+
+A model error comes back at once with the model's own message, marked with
+:data:`ERROR_MARKER` so that the driver can turn Spark's long traceback into one line; a server
+that dies is noticed when its pipe closes, with the last lines it printed.
+
+Runs in the executor's Python (the driver's env on a local master): pandas, pyarrow, PyYAML, no
+MLflow unless ``env_manager="local"``. Python 3.8-safe.
+"""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import hashlib
+import json
+import os
+import pkgutil
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+import zipfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Deque, Dict, Iterator, Optional, Tuple
+
+import pandas as pd
+
+from dai_mlflow.model_env import INSTALLERS, ensure_model_env, env_root, file_lock
+from dai_mlflow.model_hooks import MODULES, PACKAGE
+from dai_mlflow.processes import parent_death_signal, without_foreign_python
+
+ERROR_MARKER = "[dai-mlflow model error]"
+WARM_SERVERS_ENV = "DAI_MLFLOW_WARM_SERVERS"
+LICENSE_KEY_ENV = "DRIVERLESS_AI_LICENSE_KEY"
+LICENSE_FILE_ENV = "DRIVERLESS_AI_LICENSE_FILE"
+THREAD_VARS = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "NUMEXPR_NUM_THREADS")
+_TAIL_LINES = 50
+
+
+class ModelError(RuntimeError):
+    """The model (or its server) failed; the message is the model's own, one line."""
+
+
+@dataclass(frozen=True)
+class ScoringPlan:
+    """What an executor needs to score one model; pickled into the job's UDF.
+
+    Attributes:
+        model_file: ``SparkFiles`` name of the zipped model folder.
+        model_key: content key of the model (the extraction folder's name).
+        env_manager: ``local``, ``uv`` or ``virtualenv``.
+        env_root: where executors keep model envs (None: their own default).
+        license: (``key``|``file``, ``SparkFiles`` name) of the license the driver shipped, or
+            None: executors use their own (environment, ``~/.driverlessai/license.sig``).
+        env: other variables for the model.
+        threads: BLAS/OpenMP threads of the model (``spark.task.cpus``).
+        params: ``pred_contribs``/``output_margin`` flags passed to predict.
+    """
+
+    model_file: str
+    model_key: str
+    env_manager: str
+    env_root: Optional[str] = None
+    license: Optional[Tuple[str, str]] = None
+    env: Tuple[Tuple[str, str], ...] = ()
+    threads: int = 1
+    params: Tuple[Tuple[str, bool], ...] = field(default_factory=tuple)
+
+
+def _say(message: str) -> None:
+    print(f"[dai-mlflow worker {os.getpid()}] {message}", file=sys.stderr, flush=True)
+
+
+def _spark_file(name: str) -> Path:
+    from pyspark import SparkFiles
+
+    return Path(SparkFiles.get(name))
+
+
+# ------------------------------------------------------------------------------ model folder
+def extract_once(archive: Path, dest: Path) -> Path:
+    """Extract ``archive`` to ``dest`` unless a complete copy is there (atomic rename)."""
+    done = dest / ".dai-mlflow-complete"
+    if done.is_file():
+        return dest
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    with file_lock(dest.with_name(dest.name + ".lock")):
+        if done.is_file():
+            return dest
+        tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}-", dir=str(dest.parent)))
+        try:
+            with zipfile.ZipFile(str(archive)) as zf:
+                zf.extractall(str(tmp))
+            (tmp / done.name).write_text(archive.name + "\n")
+            shutil.rmtree(str(dest), ignore_errors=True)
+            os.rename(str(tmp), str(dest))
+        finally:
+            shutil.rmtree(str(tmp), ignore_errors=True)
+    return dest
+
+
+def model_dir(plan: ScoringPlan) -> Path:
+    """This executor's copy of the plan's model folder."""
+    root = env_root(plan.env_root)
+    return extract_once(_spark_file(plan.model_file), root / "models" / plan.model_key)
+
+
+def hooks_package(root: Path) -> Path:
+    """A folder holding this package's model-side code as ``dai_mlflow_model_hooks``.
+
+    Read with ``pkgutil`` (works when dai_mlflow itself came as a zip through ``addPyFile``) and
+    written once per content under ``root/servers``; the model env's interpreter imports it from
+    there and nothing else of this executor's Python.
+    """
+    files = {name: pkgutil.get_data("dai_mlflow.model_hooks", name) or b"" for name in MODULES}
+    digest = hashlib.sha256()
+    for name in MODULES:
+        digest.update(name.encode() + b"\0" + files[name])
+    folder = root / "servers" / digest.hexdigest()[:16]
+    if not (folder / PACKAGE / MODULES[0]).is_file():
+        folder.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}-", dir=str(folder.parent)))
+        try:
+            (tmp / PACKAGE).mkdir()
+            for name, data in files.items():
+                (tmp / PACKAGE / name).write_bytes(data)
+            try:
+                os.rename(str(tmp), str(folder))
+            except OSError:
+                if not (folder / PACKAGE / MODULES[0]).is_file():
+                    raise
+        finally:
+            shutil.rmtree(str(tmp), ignore_errors=True)
+    return folder
+
+
+# ------------------------------------------------------------------------------ environment
+def model_environ(plan: ScoringPlan) -> Dict[str, str]:
+    """The model's variables: this worker's, minus Spark's, plus license, threads and ``env``."""
+    env = without_foreign_python(os.environ)
+    env.update(dict.fromkeys(THREAD_VARS, str(plan.threads)))
+    env.update(dict(plan.env))
+    if plan.license is not None:
+        kind, name = plan.license
+        path = _spark_file(name)
+        env.pop(LICENSE_KEY_ENV, None)
+        env.pop(LICENSE_FILE_ENV, None)
+        if kind == "key":
+            env[LICENSE_KEY_ENV] = path.read_text().strip()
+        else:
+            env[LICENSE_FILE_ENV] = str(path)
+    return env
+
+
+# ------------------------------------------------------------------------------ model server
+class ModelServer:
+    """One :mod:`~dai_mlflow.model_hooks.arrow_server` process and the pipes to it."""
+
+    def __init__(self, python: Path, hooks: Path, environ: Dict[str, str], workdir: Path) -> None:
+        self.python = python
+        self.model: Optional[str] = None
+        self.tail: Deque[str] = collections.deque(maxlen=_TAIL_LINES)
+        req_read, req_write = os.pipe()
+        ans_read, ans_write = os.pipe()
+        env = dict(environ)
+        env["PYTHONPATH"] = str(hooks)
+        cmd = [str(python), "-m", f"{PACKAGE}.arrow_server"]
+        cmd += ["--requests", str(req_read), "--answers", str(ans_write)]
+        try:
+            self.proc = subprocess.Popen(
+                cmd,
+                env=env,
+                cwd=str(workdir),
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                pass_fds=(req_read, ans_write),
+                preexec_fn=parent_death_signal,
+            )
+        finally:
+            os.close(req_read)
+            os.close(ans_write)
+        self.requests = os.fdopen(req_write, "wb", buffering=1 << 16)
+        self.answers = os.fdopen(ans_read, "rb", buffering=1 << 16)
+        self._logger = threading.Thread(target=self._pass_on_output, daemon=True)
+        self._logger.start()
+
+    def _pass_on_output(self) -> None:
+        for raw in self.proc.stdout:
+            line = raw.decode("utf-8", "replace")
+            self.tail.append(line.rstrip("\n"))
+            sys.stderr.write("[model server] " + line)
+        sys.stderr.flush()
+
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+    def _died(self) -> ModelError:
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            self.proc.wait(timeout=5)
+        self._logger.join(timeout=2)
+        lines = [ln.strip() for ln in self.tail if ln.strip()]
+        marked = [ln.split(ERROR_MARKER, 1)[1].strip() for ln in lines if ERROR_MARKER in ln]
+        detail = (marked or lines or ["no output"])[-1]
+        return ModelError(f"the model server exited with code {self.proc.poll()}: {detail}")
+
+    def _send(self, header: Dict[str, Any], table: Any = None) -> Dict[str, Any]:
+        import pyarrow as pa
+
+        try:
+            self.requests.write(json.dumps(header).encode() + b"\n")
+            if table is not None:
+                with pa.ipc.new_stream(self.requests, table.schema) as writer:
+                    writer.write_table(table)
+            self.requests.flush()
+        except (BrokenPipeError, OSError, ValueError) as e:
+            raise self._died() from e
+        line = self.answers.readline()
+        if not line:
+            raise self._died()
+        answer = json.loads(line)
+        if "error" in answer:
+            raise ModelError(answer["error"])
+        return answer
+
+    def load(self, model: Path) -> float:
+        """Load the model in the server; the seconds it took there."""
+        answer = self._send({"op": "load", "model": str(model)})
+        self.model = str(model)
+        return float(answer.get("seconds", 0.0))
+
+    def score(self, frame: pd.DataFrame, params: Optional[Dict[str, bool]]) -> pd.DataFrame:
+        """Predictions of a batch, as DAI's output frame."""
+        import pyarrow as pa
+
+        table = pa.Table.from_pandas(frame, preserve_index=False)
+        self._send({"op": "score", "params": params or None}, table)
+        return pa.ipc.open_stream(self.answers).read_all().to_pandas()
+
+    def stop(self) -> None:
+        with contextlib.suppress(OSError, ValueError):
+            self.requests.close()
+        if self.alive():
+            self.proc.terminate()
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                self.proc.wait(timeout=10)
+        if self.alive():
+            self.proc.kill()
+
+
+# ------------------------------------------------------------------------------ per worker
+_lock = threading.Lock()
+# (model key, python, environment digest) -> a server with that model loaded (at most one)
+_loaded: Dict[Tuple[str, str, str], ModelServer] = {}
+# (python, environment digest) -> a started server with no model yet
+_spares: Dict[Tuple[str, str], ModelServer] = {}
+_local_models: Dict[str, Any] = {}
+_envs: Dict[Tuple[str, str], Path] = {}
+
+
+def spares_enabled() -> bool:
+    """Spare servers are on unless ``DAI_MLFLOW_WARM_SERVERS=0`` on the executor."""
+    return os.environ.get(WARM_SERVERS_ENV, "1").strip().lower() not in ("0", "false", "no")
+
+
+def _digest(environ: Dict[str, str]) -> str:
+    return hashlib.sha256(json.dumps(sorted(environ.items())).encode()).hexdigest()
+
+
+def _model_python(plan: ScoringPlan, folder: Path) -> Path:
+    key = (plan.model_key, plan.env_manager)
+    if key not in _envs:
+        installer = INSTALLERS[plan.env_manager]
+        _envs[key] = ensure_model_env(folder, installer, plan.env_root, progress=_say)
+    return _envs[key]
+
+
+def _start(python: Path, environ: Dict[str, str], root: Path) -> ModelServer:
+    workdir = root / "work"
+    workdir.mkdir(parents=True, exist_ok=True)
+    return ModelServer(python, hooks_package(root), environ, workdir)
+
+
+def server_for(plan: ScoringPlan) -> ModelServer:
+    """This worker's server with the plan's model loaded: kept, a spare, or a new one."""
+    folder = model_dir(plan)
+    python = _model_python(plan, folder)
+    environ = model_environ(plan)
+    env_key = (str(python), _digest(environ))
+    key = (plan.model_key, *env_key)
+    root = env_root(plan.env_root)
+    with _lock:
+        kept = _loaded.get(key)
+        if kept is not None and kept.alive():
+            return kept
+        for other in list(_loaded):
+            _loaded.pop(other).stop()
+        server = _spares.pop(env_key, None)
+        if server is None or not server.alive():
+            server = _start(python, environ, root)
+        try:
+            server.load(folder)
+        except ModelError:
+            server.stop()
+            raise
+        _loaded[key] = server
+        if spares_enabled():
+            for other in list(_spares):
+                _spares.pop(other).stop()
+            with contextlib.suppress(OSError):
+                _spares[env_key] = _start(python, environ, root)
+    return server
+
+
+def _local_model(plan: ScoringPlan) -> Any:
+    """The model loaded in this worker (``env_manager="local"``), once per process."""
+    if plan.model_key not in _local_models:
+        import mlflow.pyfunc
+
+        folder = model_dir(plan)
+        os.environ.update({k: v for k, v in model_environ(plan).items() if k not in THREAD_VARS})
+        model = mlflow.pyfunc.load_model(str(folder))
+        _local_models[plan.model_key] = model
+    return _local_models[plan.model_key]
+
+
+def scorer(plan: ScoringPlan) -> Callable[[pd.DataFrame], pd.DataFrame]:
+    """A function from an input batch to DAI's output frame, for this worker."""
+    params = dict(plan.params) or None
+    if plan.env_manager == "local":
+        model = _local_model(plan)
+        try:  # dai-mlflow's pyfunc coerces types itself: skip MLflow's per-batch checks
+            python_model = model.unwrap_python_model()
+        except Exception:  # noqa: BLE001 - not a PythonModel: go through pyfunc
+            return lambda frame: model.predict(frame, params=params)
+        return lambda frame: python_model.predict(None, frame, params)
+    server = server_for(plan)
+    return lambda frame: server.score(frame, params)
+
+
+def make_udf(plan: ScoringPlan, result_type: str) -> Any:
+    """The pandas UDF of a job: struct of the model's inputs -> struct of DAI's outputs."""
+    from pyspark.sql.functions import pandas_udf
+
+    def dai_mlflow_score(batches: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
+        try:
+            score_batch = scorer(plan)
+            for batch in batches:
+                out = score_batch(batch)
+                out.index = batch.index
+                yield out
+        except ModelError as e:
+            raise RuntimeError(f"{ERROR_MARKER} {e}") from None
+        except Exception as e:
+            lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
+            message = f"{type(e).__name__}: {lines[0] if lines else ''}"
+            raise RuntimeError(f"{ERROR_MARKER} {message}") from e
+
+    return pandas_udf(dai_mlflow_score, result_type)
