@@ -8,8 +8,9 @@ This launcher, run with `venvs/spark_inference/bin/python` (`make spark-venv MOD
 2. with `--sample N`, loads the pyfunc with `mlflow.pyfunc.load_model` here and calls `predict`
    on the first N input rows in this process — breakpoints in `dai_mlflow/model.py` and in the
    DAI scorer hit now — and prints the pid `predict` ran in;
-3. unless `--sample-only`, scores the whole input with local Spark and `env_manager="local"`
-   through the same code as `spark_inference/score.py`, writing the same parquet.
+3. unless `--sample-only`, scores the whole input with local Spark and MLflow's own
+   `mlflow.pyfunc.spark_udf(env_manager="local")` (the documented plain path; the model runs in
+   this venv's Python workers), writing the parquet `spark_inference/score.py` writes.
 
     venvs/spark_inference/bin/python launchers/debug_spark_inference.py \\
         --model-uri models:/churn@challenger --input in.csv --output out.parquet --sample 5
@@ -78,7 +79,7 @@ def predict_in_driver(model_dir: Path, sample) -> tuple[object, List[int]]:  # n
 
 def run(args: argparse.Namespace) -> int:
     """Sample in the driver, then (unless --sample-only) the Spark job; return the exit code."""
-    from dai_mlflow.spark import download_model, precheck, score_to_path
+    from dai_mlflow.spark import download_model, precheck
 
     with tempfile.TemporaryDirectory(prefix="dai-mlflow-debug-") as tmp:
         model_dir = download_model(args.model_uri, Path(tmp))
@@ -90,23 +91,37 @@ def run(args: argparse.Namespace) -> int:
             print(f"in-driver sample: predict ran in pid {pids[0]} (this process: {os.getpid()})")
         if args.sample_only:
             return 0
-        from score import build_session  # spark_inference/score.py: the job's own session
+        from dai_mlflow.spark.session import build_session
 
-        spark = build_session(args.master, args.log_level)
+        spark = build_session(args.master, "dai-mlflow-debug", log_level=args.log_level)
         try:
-            score_to_path(
-                spark,
-                str(model_dir),
-                args.input,
-                args.output,
-                "local",
-                input_format=args.input_format,
-                source_uri=args.model_uri,
-            )
+            plain_spark_udf(spark, model_dir, args.input, args.output, args.input_format)
         finally:
             spark.stop()
-    print(f"scored {args.input} -> {args.output} (env manager local, in-process driver)")
+    print(f"scored {args.input} -> {args.output} (plain spark_udf, env manager local)")
     return 0
+
+
+def plain_spark_udf(
+    spark: object, model_dir: Path, input_path: str, output: str, input_format: Optional[str]
+) -> None:
+    """``mlflow.pyfunc.spark_udf(env_manager="local")`` on the input, written all or nothing."""
+    import mlflow.pyfunc
+    from pyspark.sql import functions as F
+
+    from dai_mlflow.spark import ModelSpec, read_input, translate_error, write_atomically
+
+    spec = ModelSpec.from_dir(model_dir)
+    df = read_input(spark, input_path, input_format)
+    udf = mlflow.pyfunc.spark_udf(
+        spark, str(model_dir), result_type=spec.result_type(), env_manager="local"
+    )
+    names = [name for name, _ in spec.inputs]
+    columns = [F.col(f"`{n}`").cast(dict(spec.inputs)[n]).alias(n) for n in names]
+    scored = df.withColumn("__dai", udf(F.struct(*columns)))
+    out = [F.col(f"`{c}`") for c in df.columns]
+    out += [F.col("__dai").getField(n).alias(n) for n in spec.output_names]
+    write_atomically(spark, scored.select(*out), output, translate_error)
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:

@@ -16,16 +16,13 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 CACHE_DIR = REPO_ROOT / "tests" / ".cache"
 
 pytest_plugins = [
-    p
-    for p in (
-        "tests.fixtures_standin",
-        "tests.fixtures_model",
-        "tests.fixtures_spark",
-        "tests.fixtures_switch",
-        "tests.fixtures_serve",
-        "tests.fixtures_lifecycle",
-    )
-    if (REPO_ROOT / (p.replace(".", "/") + ".py")).is_file()
+    "tests.fixtures_standin",
+    "tests.fixtures_model",
+    "tests.fixtures_spark",
+    "tests.fixtures_switch",
+    "tests.fixtures_serve",
+    "tests.fixtures_lifecycle",
+    "tests.fixtures_cluster",
 ]
 
 

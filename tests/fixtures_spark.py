@@ -1,7 +1,8 @@
 """Spark fixtures (loaded by tests/conftest.py when present).
 
 - ``spark``: one local Spark session for the whole test run (``local[1]``, no UI, workers run
-  this interpreter and can import ``dai_mlflow``); stopped at the end.
+  this interpreter; dai_mlflow reaches them the way it reaches any executor, shipped by the
+  job); stopped at the end.
 - ``spark_venv(model) -> Path``: python of the model's Spark venv, built by
   ``dai_mlflow.spark_env`` (what ``make spark-venv`` builds) under ``tests/.cache/venvs``,
   behind a file lock and reused while the model's env spec is unchanged.
@@ -59,7 +60,6 @@ def spark():
         .appName("dai-mlflow-tests")
         .config("spark.ui.enabled", "false")
         .config("spark.sql.shuffle.partitions", "1")
-        .config("spark.executorEnv.PYTHONPATH", str(REPO_ROOT))
         .getOrCreate()
     )
     session.sparkContext.setLogLevel("FATAL")
@@ -79,9 +79,8 @@ def get_spark_venv(model: LoggedDaiModel) -> Path:
     dest = CACHE / "venvs" / f"spark-{model.build.dai_line}-{model.build.problem}"
     dest.parent.mkdir(parents=True, exist_ok=True)
     with FileLock(str(dest) + ".lock"):
-        python, _ = ensure_venv(
-            spec_for_model_dir(model.local_dir), dest, quiet=True, progress=lambda _m: None
-        )
+        spec = spec_for_model_dir(model.local_dir, site_paths=[str(REPO_ROOT)])  # as make does
+        python, _ = ensure_venv(spec, dest, quiet=True, progress=lambda _m: None)
     return python
 
 

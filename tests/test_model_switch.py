@@ -1,10 +1,10 @@
 """A new model of a seen DAI line reuses that line's env; each model scores with its own code.
 
-Acceptance of issue 7, on stand-in models logged by the real ``mlflow run``:
+On stand-in models logged by the real ``mlflow run``:
 
-- a second model of a seen line builds no new env: not the env ``spark_udf`` restores (uv) in
-  the persistent root, not MLflow's own env name (``mlflow models serve`` / ``prepare-env``),
-  not the log-time validation env, not ``venvs/spark_inference`` (``make spark-venv``);
+- a second model of a seen line builds no new env: not the model env Spark executors build
+  (``dai_mlflow.model_env``, also the log-time validation env), not ``venvs/spark_inference``
+  (``make spark-venv``);
 - two models whose experiment wheels share a file name but not their contents (MLflow #10525)
   give each their own predictions: in one process, and one after the other through the same
   Spark uv env;
@@ -24,14 +24,8 @@ from typing import List
 import pandas as pd
 import pytest
 
-from dai_mlflow.envmanagers import env_build_env, patched_environ
 from dai_mlflow.experiment import extract_wheel, wheel_sha256
-from dai_mlflow.model_envs import (
-    READY_FILE_NAME,
-    env_folders,
-    mlflow_env_dir,
-    persistent_model_envs,
-)
+from dai_mlflow.model_env import ensure_model_env, model_env_dir
 from dai_mlflow.pipeline import open_pipeline
 from dai_mlflow.requirements import sanitize, shared_requirements
 from dai_mlflow.spark import score_to_path
@@ -65,16 +59,8 @@ def _assert_scores(got: pd.DataFrame, expected: pd.DataFrame) -> None:
     assert float(diff.max()) <= TOLERANCE
 
 
-def _prepare_uv_env(model: Path, root: Path) -> None:
-    """What spark_udf(env_manager="uv") does on the driver, without Spark."""
-    import mlflow.pyfunc
-    import yaml
-
-    python = str(yaml.safe_load((model / "python_env.yaml").read_text())["python"])
-    with patched_environ(env_build_env(python)), persistent_model_envs(model, "uv", root):
-        mlflow.pyfunc.get_flavor_backend(
-            str(model), env_manager="uv", install_mlflow=False, create_env_root_dir=True
-        )
+def _env_folders(root: Path) -> List[str]:
+    return sorted(p.name for p in root.iterdir() if p.name.startswith("model-py"))
 
 
 # ------------------------------------------------------------------------------ quick checks
@@ -117,26 +103,22 @@ def test_a_second_model_of_a_seen_line_builds_no_new_env(
 ) -> None:
     first = logged_model("1.10", "binary")
     second = logged_model("1.10", "regression")
-    # The log-time validation env and MLflow's own env name (mlflow models serve) are shared.
+    # The log-time validation env is the one Spark executors use, and it is shared.
     assert model_python(first) == model_python(second)
-    assert mlflow_env_dir(first.local_dir, tmp_path, "") == mlflow_env_dir(
-        second.local_dir, tmp_path, ""
-    )
     for model in (first, second):
         text = (model.local_dir / "requirements.txt").read_text()
         assert model.build.experiment_wheel not in text
-        assert model.local_dir / "artifacts" / "scoring-pipeline" / model.build.experiment_wheel
-    # The env spark_udf restores: built for the first model, reused for the second.
+        shipped = model.local_dir / "artifacts" / "scoring-pipeline" / model.build.experiment_wheel
+        assert shipped.is_file()
+    # Built for the first model, reused for the second; a changed shared pin is another env.
     root = tmp_path / "envs"
-    _prepare_uv_env(first.local_dir, root)
-    after_first = env_folders(root)
-    assert len(after_first) == 1
-    assert (root / "virtualenv_envs" / after_first[0] / READY_FILE_NAME).is_file()
-    _prepare_uv_env(second.local_dir, root)
-    assert env_folders(root) == after_first
-    # A changed shared pin is another env.
-    _prepare_uv_env(shifted_pin(first.local_dir, tmp_path / "shifted"), root)
-    after_shift = env_folders(root)
+    ensure_model_env(first.local_dir, "uv", str(root))
+    after_first = _env_folders(root)
+    assert after_first == [model_env_dir(first.local_dir, "uv", str(root)).name]
+    ensure_model_env(second.local_dir, "uv", str(root))
+    assert _env_folders(root) == after_first
+    ensure_model_env(shifted_pin(first.local_dir, tmp_path / "shifted"), "uv", str(root))
+    after_shift = _env_folders(root)
     assert len(after_shift) == 2
     assert set(after_first) < set(after_shift)
 
@@ -247,7 +229,8 @@ def test_same_wheel_name_other_contents_score_their_own_model(
         _assert_scores(pd.DataFrame(got[str(model.local_dir)]), want)
     assert sorted(p.name for p in cache.iterdir()) == sorted(digests)
 
-    # Spark uv, one after the other: the same restored env, each model's own predictions.
+    # Spark uv, one after the other: the same env and the same Python workers (whose model
+    # servers keep the first model loaded), each model's own predictions.
     monkeypatch.setenv("DAI_MLFLOW_ENV_ROOT", str(MODEL_ENV_ROOT))
     monkeypatch.setenv("DAI_MLFLOW_EXPERIMENT_CACHE", str(cache))
     spark_csv = _with_ids(csv, tmp_path / "spark-input")
@@ -258,6 +241,6 @@ def test_same_wheel_name_other_contents_score_their_own_model(
             spark, str(model.local_dir), str(spark_csv), str(out), "uv", env=model.license_env
         )
         _assert_scores(pd.read_parquet(out), want)
-        now = env_folders()
+        now = _env_folders(MODEL_ENV_ROOT)
         assert folders is None or now == folders  # the variant built no env
         folders = now

@@ -1,23 +1,25 @@
-"""Batch scoring with ``spark_udf`` (``dai_mlflow.spark``, ``spark_inference/score.py``).
+"""Batch scoring on a local master (``dai_mlflow.spark``, ``spark_inference/score.py``).
 
 Acceptance, on the stand-in models logged by the real ``mlflow run``:
 
-- every env manager x DAI line gives exactly the scorer's own ``score_batch``:
-  ``uv`` and ``virtualenv`` from this (launcher, Python 3.11 + PySpark 4) interpreter, offline
-  with local interpreters, for a Python 3.8 and a 3.11 model; ``local`` from the model's Spark
-  venv (``dai_mlflow.spark_env``): a Python 3.8 driver with PySpark 3.5 for DAI 1.10 and a
-  Python 3.11 driver with PySpark 4 for DAI 2;
-- a missing column, a missing license and a scorer exception fail within 30 s with that error
-  (not "Scoring timeout"), non-zero exit for the CLI, and leave the previous output intact.
+- every env manager x DAI line gives exactly the scorer's own ``score_batch``: ``uv`` and
+  ``virtualenv`` from this (launcher, Python 3.11 + PySpark 4) interpreter, offline with local
+  interpreters, for a Python 3.8 and a 3.11 model (the executors build the model's env
+  themselves and score through a model server); ``local`` from the model's Spark venv
+  (``dai_mlflow.spark_env``): a Python 3.8 driver with PySpark 3.5 for DAI 1.10 and a Python 3.11
+  driver with PySpark 4 for DAI 2;
+- a missing column, a missing license and a license that is no license fail with that error in
+  one line (not "Scoring timeout"), non-zero exit for the CLI, and leave the previous output
+  intact.
 
-Plus quick checks of the offline pyenv wrapper, error translation and the atomic writer.
+Plus quick checks of the offline pyenv wrapper, error translation and the atomic writer. Cluster
+scoring (executors on other "machines") is in ``tests/test_spark_cluster.py``.
 """
 
 from __future__ import annotations
 
 import os
 import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import Dict, List, Tuple
@@ -25,7 +27,7 @@ from typing import Dict, List, Tuple
 import pandas as pd
 import pytest
 
-from dai_mlflow.envmanagers import PYENV_OFFLINE_SCRIPT
+from dai_mlflow.pythons import PYENV_OFFLINE_SCRIPT
 from dai_mlflow.spark import (
     ERROR_MARKER,
     InputColumnsError,
@@ -41,7 +43,6 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 SCORE_PY = REPO_ROOT / "spark_inference" / "score.py"
 LAUNCHER_PYTHON = REPO_ROOT / "venvs" / "launcher" / "bin" / "python"
 TOLERANCE = 1e-9
-ERROR_BUDGET_S = 30.0
 NO_LICENSE = {"DRIVERLESS_AI_LICENSE_FILE": "", "DRIVERLESS_AI_LICENSE_KEY": ""}
 
 
@@ -91,6 +92,7 @@ def _assert_intact(path: Path) -> None:
 def _score_cli(
     python: Path, args: List[str], env: Dict[str, str], cwd: Path
 ) -> Tuple[subprocess.CompletedProcess, float]:
+    """Run score.py; also the seconds it took (printed, never asserted: no timed tests)."""
     started = time.monotonic()
     proc = subprocess.run(
         [str(python), str(SCORE_PY), "--master", "local[1]", *args],
@@ -100,7 +102,9 @@ def _score_cli(
         text=True,
         timeout=900,
     )
-    return proc, time.monotonic() - started
+    seconds = time.monotonic() - started
+    print(f"score.py {' '.join(args[-2:])}: exit {proc.returncode} after {seconds:.1f}s")
+    return proc, seconds
 
 
 def _last_line(text: str) -> str:
@@ -182,9 +186,9 @@ def test_failed_write_leaves_previous_output(spark, tmp_path: Path) -> None:
     boom = F.udf(lambda x: 1 // (x - x), "long")  # ZeroDivisionError on the workers
     df = spark.range(10).withColumn("y", boom("id"))
     with pytest.raises(SparkScoringError, match="ZeroDivisionError"):
-        write_atomically(spark, df, str(out))
+        write_atomically(spark, df, str(out), translate_error)
     _assert_intact(out)
-    write_atomically(spark, spark.range(3), str(out))
+    write_atomically(spark, spark.range(3), str(out), translate_error)
     assert sorted(pd.read_parquet(out)["id"]) == [0, 1, 2]
 
 
@@ -210,13 +214,11 @@ def _test_env_root() -> None:
 
 
 @pytest.fixture
-def fresh_mlflow_envs(monkeypatch, tmp_path: Path) -> None:
-    """An empty env root, so the env is really built (offline) here.
-
-    Envs persist across calls and runs (``dai_mlflow.model_envs``), keyed by env manager too;
-    an empty root makes this test observe a build every time.
-    """
-    monkeypatch.setenv("DAI_MLFLOW_ENV_ROOT", str(tmp_path / "envs"))
+def fresh_env_root(monkeypatch, tmp_path: Path) -> Path:
+    """An empty env root, so the model env is really built (offline) here."""
+    root = tmp_path / "envs"
+    monkeypatch.setenv("DAI_MLFLOW_ENV_ROOT", str(root))
+    return root
 
 
 @pytest.mark.spark
@@ -224,7 +226,7 @@ def fresh_mlflow_envs(monkeypatch, tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("env_manager", "line", "problem"), BUILDING_CASES, ids=["-".join(c) for c in BUILDING_CASES]
 )
-def test_rebuilt_env_scores_like_score_batch_offline(
+def test_executors_build_the_env_and_score_like_score_batch(
     spark,
     logged_model,
     expected_scores,
@@ -234,11 +236,17 @@ def test_rebuilt_env_scores_like_score_batch_offline(
     problem,
     monkeypatch,
     capfd,
-    fresh_mlflow_envs,
+    request,
 ) -> None:
-    """From the Python 3.11 / PySpark 4 driver, offline: no Python download, no pyspark leak."""
+    """From the Python 3.11 / PySpark 4 driver, offline: a local Python, no pyspark leak.
+
+    The DAI 1.10 virtualenv (pip) case builds into an empty env root, so a real build is seen;
+    the others use the test root shared with the other tests (built once)."""
     model = logged_model(line, problem)
-    # A plain shell: spark_udf must find Python and tools without an activated venv.
+    fresh = (env_manager, line) == ("virtualenv", "1.10")
+    if fresh:
+        request.getfixturevalue("fresh_env_root")
+    # A plain shell: the executors must find Python and tools without an activated venv.
     monkeypatch.setenv("PATH", "/usr/local/bin:/usr/bin:/bin")
     monkeypatch.delenv("UV_PYTHON_DOWNLOADS", raising=False)
     input_csv = _input_with_ids(model, tmp_path)
@@ -246,12 +254,10 @@ def test_rebuilt_env_scores_like_score_batch_offline(
     score_to_path(
         spark, str(model.local_dir), str(input_csv), str(out), env_manager, env=model.license_env
     )
-    built = capfd.readouterr().err
-    if env_manager == "virtualenv":
-        assert "pyenv_offline: linked " in built  # MLflow's `pyenv install` went to the wrapper
-    else:
-        assert "interpreter at: " in built  # uv found a local Python ...
-        assert "cpython-" not in built.lower()  # ... and fetched none
+    log = capfd.readouterr().err
+    assert "[model server]" in log  # scored in the model env's server, not in the worker
+    if fresh:
+        assert "installing 3 build dependencies with pip" in log  # built here, with pip
     _assert_matches_score_batch(out, model, input_csv, expected_scores(model, input_csv))
 
 
@@ -283,14 +289,13 @@ def uv_model(spark, logged_model, tmp_path_factory) -> LoggedDaiModel:
 def test_model_errors_surface_fast_under_uv(
     spark, uv_model: LoggedDaiModel, tmp_path: Path, case, message
 ) -> None:
-    """A model-side error reaches the driver as itself, not as "Scoring timeout" after 60 s."""
+    """A model-side error reaches the driver as itself, at once, not as "Scoring timeout"."""
     env = dict(NO_LICENSE, HOME=str(tmp_path))
     if case == "bad-license":
         garbage = tmp_path / "license.sig"
         garbage.write_text("this is not a license\n")
         env["DRIVERLESS_AI_LICENSE_FILE"] = str(garbage)
     out = _previous_output(tmp_path / "out")
-    started = time.monotonic()
     with pytest.raises(SparkScoringError) as info:
         score_to_path(
             spark,
@@ -300,11 +305,9 @@ def test_model_errors_surface_fast_under_uv(
             "uv",
             env=env,
         )
-    elapsed = time.monotonic() - started
     assert message in str(info.value)
     assert "timeout" not in str(info.value).lower()
     assert "\n" not in str(info.value)
-    assert elapsed < ERROR_BUDGET_S
     _assert_intact(out)
 
 
@@ -315,10 +318,8 @@ def test_missing_column_fails_on_the_driver(spark, logged_model, tmp_path: Path)
     dropped = model.build.input_columns[1]
     frame.drop(columns=[dropped]).to_csv(tmp_path / "in.csv", index=False)
     out = _previous_output(tmp_path / "out")
-    started = time.monotonic()
     with pytest.raises(InputColumnsError, match="missing column"):
         score_to_path(spark, str(model.local_dir), str(tmp_path / "in.csv"), str(out), "uv")
-    assert time.monotonic() - started < ERROR_BUDGET_S
     _assert_intact(out)
 
 
@@ -372,11 +373,10 @@ def test_cli_no_license_fails_fast_with_the_real_error(
     # The model folder: a models:/ URI would add the py3.8 driver's tracking bridge start-up.
     args = ["--model-uri", str(model.local_dir), "--input", str(model.build.sample_input_csv)]
     env = _cli_env(model, dict(NO_LICENSE, HOME=str(tmp_path)))
-    proc, elapsed = _score_cli(python, [*args, "--output", str(out)], env, tmp_path)
+    proc, _ = _score_cli(python, [*args, "--output", str(out)], env, tmp_path)
     assert proc.returncode == 1
     assert _last_line(proc.stderr).startswith("Error: scoring failed in the model: ")
     assert "no Driverless AI license found" in _last_line(proc.stderr)
-    assert elapsed < ERROR_BUDGET_S, f"took {elapsed:.0f}s"
     _assert_intact(out)
 
 
@@ -387,7 +387,7 @@ def test_cli_missing_column_exits_non_zero_with_one_line(logged_model, tmp_path:
     frame.drop(columns=[model.build.input_columns[0]]).to_csv(tmp_path / "in.csv", index=False)
     out = _previous_output(tmp_path / "out")
     args = ["--model-uri", model.model_uri, "--input", str(tmp_path / "in.csv")]
-    proc, elapsed = _score_cli(
+    proc, _ = _score_cli(
         LAUNCHER_PYTHON,
         [*args, "--output", str(out), "--env-manager", "uv"],
         _cli_env(model, {}),
@@ -397,21 +397,20 @@ def test_cli_missing_column_exits_non_zero_with_one_line(logged_model, tmp_path:
     last = _last_line(proc.stderr)
     assert last.startswith("Error: input is missing column(s) ")
     assert repr(model.build.input_columns[0]) in last
-    assert elapsed < ERROR_BUDGET_S, f"took {elapsed:.0f}s"
     _assert_intact(out)
 
 
-def test_score_py_is_python38_syntax() -> None:
-    """score.py and what it imports run on the Python 3.8 driver."""
+def test_the_spark_path_is_python38_syntax() -> None:
+    """score.py and everything of the package a Python 3.8 driver or model env runs."""
     from dai_mlflow.pythons import find_python
 
     py38 = find_python("3.8").executable
-    files = [SCORE_PY] + [
-        REPO_ROOT / "dai_mlflow" / f"{m}.py"
-        for m in ("spark", "envmanagers", "spark_model_server", "warm_servers", "errors", "pythons")
-    ]
+    package = REPO_ROOT / "dai_mlflow"
+    files = [SCORE_PY, *sorted((package / "spark").glob("*.py"))]
+    files += sorted((package / "model_hooks").glob("*.py"))
+    files += [package / f"{m}.py" for m in ("errors", "pythons", "venvs", "model_env", "license")]
+    assert len(files) > 10
     proc = subprocess.run(
         [str(py38), "-m", "py_compile", *map(str, files)], capture_output=True, text=True
     )
     assert proc.returncode == 0, proc.stderr
-    assert sys.version_info >= (3, 8)

@@ -39,6 +39,7 @@ class _Server:
         self.requests = requests
         self.answers = answers
         self.model: Any = None
+        self.direct: Any = None
         self.columns: Sequence = ()
         self.takes_params = False
 
@@ -59,12 +60,18 @@ class _Server:
         self.model = mlflow.pyfunc.load_model(model_dir)
         self.columns = schema_columns(self.model)
         self.takes_params = "params" in inspect.signature(self.model.predict).parameters
+        try:  # dai-mlflow's pyfunc coerces types itself: skip MLflow's per-batch checks
+            self.direct = self.model.unwrap_python_model()
+        except Exception:  # noqa: BLE001 - not a PythonModel: every batch goes through pyfunc
+            self.direct = None
         example = Model.load(model_dir).load_input_example(model_dir)
         if example is not None:  # builds the scorer now: errors show at load, not in batch 1
             self.predict(cast_to_schema(example, self.columns).head(2), None)
         self.answer({"ok": True, "seconds": round(time.monotonic() - started, 3)})
 
     def predict(self, frame: Any, params: Optional[Dict[str, Any]]) -> Any:
+        if self.direct is not None:
+            return self.direct.predict(None, frame, params)
         if self.takes_params and params:
             return self.model.predict(frame, params=params)
         return self.model.predict(frame)

@@ -39,7 +39,7 @@ import sys
 import tempfile
 import threading
 import zipfile
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Deque, Dict, Iterator, Optional, Tuple
 
@@ -74,7 +74,6 @@ class ScoringPlan:
             None: executors use their own (environment, ``~/.driverlessai/license.sig``).
         env: other variables for the model.
         threads: BLAS/OpenMP threads of the model (``spark.task.cpus``).
-        params: ``pred_contribs``/``output_margin`` flags passed to predict.
     """
 
     model_file: str
@@ -84,7 +83,6 @@ class ScoringPlan:
     license: Optional[Tuple[str, str]] = None
     env: Tuple[Tuple[str, str], ...] = ()
     threads: int = 1
-    params: Tuple[Tuple[str, bool], ...] = field(default_factory=tuple)
 
 
 def _say(message: str) -> None:
@@ -346,16 +344,15 @@ def _local_model(plan: ScoringPlan) -> Any:
 
 def scorer(plan: ScoringPlan) -> Callable[[pd.DataFrame], pd.DataFrame]:
     """A function from an input batch to DAI's output frame, for this worker."""
-    params = dict(plan.params) or None
     if plan.env_manager == "local":
         model = _local_model(plan)
         try:  # dai-mlflow's pyfunc coerces types itself: skip MLflow's per-batch checks
             python_model = model.unwrap_python_model()
         except Exception:  # noqa: BLE001 - not a PythonModel: go through pyfunc
-            return lambda frame: model.predict(frame, params=params)
-        return lambda frame: python_model.predict(None, frame, params)
+            return model.predict
+        return lambda frame: python_model.predict(None, frame)
     server = server_for(plan)
-    return lambda frame: server.score(frame, params)
+    return lambda frame: server.score(frame, None)
 
 
 def make_udf(plan: ScoringPlan, result_type: str) -> Any:
