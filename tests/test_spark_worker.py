@@ -113,17 +113,19 @@ def test_a_failed_load_is_the_models_own_error(logged_model, tmp_path: Path) -> 
 # ------------------------------------------------------------------------------ per worker
 @pytest.fixture
 def shipped(logged_model, tmp_path: Path, monkeypatch) -> Dict[str, worker.ScoringPlan]:
-    """Plans of two DAI 1.10 models (one env), their files 'shipped' into a folder."""
+    """Plans of two DAI 1.10 models (one env), their files 'shipped' into a folder; one
+    license, shipped once, as the driver ships it."""
     files: Dict[str, Path] = {}
     plans = {}
+    lic = tmp_path / "license"
+    source = logged_model("1.10", "binary").license_env["DRIVERLESS_AI_LICENSE_FILE"]
+    lic.write_bytes(Path(source).read_bytes())
+    files[lic.name] = lic
     for problem in ("binary", "regression"):
         model = logged_model("1.10", problem)
         key = shipping.model_key(model.local_dir)
         archive = shutil.make_archive(str(tmp_path / f"model-{key}"), "zip", model.local_dir)
         files[Path(archive).name] = Path(archive)
-        lic = tmp_path / f"license-{problem}"
-        lic.write_bytes(Path(model.license_env["DRIVERLESS_AI_LICENSE_FILE"]).read_bytes())
-        files[lic.name] = lic
         plans[problem] = worker.ScoringPlan(
             model_file=Path(archive).name,
             model_key=key,
