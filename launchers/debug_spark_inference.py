@@ -26,9 +26,12 @@ from pathlib import Path
 from typing import List, Optional, Sequence
 
 ROOT = Path(__file__).resolve().parents[1]
-for _path in (ROOT, ROOT / "spark_inference"):  # run as a script: find dai_mlflow and score.py
-    if str(_path) not in sys.path:
-        sys.path.insert(1, str(_path))
+if str(ROOT) not in sys.path:  # run as a script: find this checkout's dai_mlflow
+    sys.path.insert(1, str(ROOT))
+# models:/ URIs of an MLflow 3 sqlite store, from the Python 3.8 Spark venv: read through an
+# MLflow 3 interpreter, this checkout's launcher venv unless one is named.
+if (ROOT / "venvs" / "launcher" / "bin" / "python").exists():
+    os.environ.setdefault("DAI_MLFLOW_SERVER_PYTHON", str(ROOT / "venvs/launcher/bin/python"))
 
 from dai_mlflow.errors import DaiMlflowError  # noqa: E402
 

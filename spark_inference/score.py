@@ -18,6 +18,11 @@ import sys
 _ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if _ROOT not in sys.path:
     sys.path.append(_ROOT)
+# A Python 3.8 Spark venv (MLflow 2.17) reads models:/ URIs of an MLflow 3 sqlite store through
+# an MLflow 3 interpreter: this checkout's launcher venv, unless one is named.
+_LAUNCHER = os.path.join(_ROOT, "venvs", "launcher", "bin", "python")
+if os.path.exists(_LAUNCHER):
+    os.environ.setdefault("DAI_MLFLOW_SERVER_PYTHON", _LAUNCHER)
 
 from dai_mlflow.spark.cli import main  # noqa: E402
 

@@ -14,6 +14,9 @@ import pytest
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 CACHE_DIR = REPO_ROOT / "tests" / ".cache"
+# Model envs built by this process and the Spark workers it starts (which keep the environment
+# they started with) go to the test cache, never to the developer's ~/.cache.
+os.environ.setdefault("DAI_MLFLOW_ENV_ROOT", str(CACHE_DIR / "model-envs"))
 
 pytest_plugins = [
     "tests.fixtures_standin",

@@ -60,7 +60,7 @@ def _assert_scores(got: pd.DataFrame, expected: pd.DataFrame) -> None:
 
 
 def _env_folders(root: Path) -> List[str]:
-    return sorted(p.name for p in root.iterdir() if p.name.startswith("model-py"))
+    return sorted(p.name for p in root.iterdir() if p.name.startswith("model-py") and p.is_dir())
 
 
 # ------------------------------------------------------------------------------ quick checks

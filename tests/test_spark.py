@@ -18,6 +18,7 @@ scoring (executors on other "machines") is in ``tests/test_spark_cluster.py``.
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import time
@@ -203,24 +204,6 @@ BUILDING_CASES = [
 ]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _test_env_root() -> None:
-    """uv/virtualenv envs persist under DAI_MLFLOW_ENV_ROOT: the test cache's, not $HOME's."""
-    from tests.fixtures_model import MODEL_ENV_ROOT
-
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("DAI_MLFLOW_ENV_ROOT", str(MODEL_ENV_ROOT))
-        yield
-
-
-@pytest.fixture
-def fresh_env_root(monkeypatch, tmp_path: Path) -> Path:
-    """An empty env root, so the model env is really built (offline) here."""
-    root = tmp_path / "envs"
-    monkeypatch.setenv("DAI_MLFLOW_ENV_ROOT", str(root))
-    return root
-
-
 @pytest.mark.spark
 @pytest.mark.venv
 @pytest.mark.parametrize(
@@ -235,30 +218,41 @@ def test_executors_build_the_env_and_score_like_score_batch(
     line,
     problem,
     monkeypatch,
-    capfd,
-    request,
 ) -> None:
     """From the Python 3.11 / PySpark 4 driver, offline: a local Python, no pyspark leak.
 
-    The DAI 1.10 virtualenv (pip) case builds into an empty env root, so a real build is seen;
-    the others use the test root shared with the other tests (built once)."""
+    The DAI 1.10 virtualenv (pip) case builds into an empty env root (given to the executors
+    with the job), so a real build is seen; the others use the test root shared with the other
+    tests (built once)."""
+    from tests.fixtures_model import MODEL_ENV_ROOT
+
     model = logged_model(line, problem)
     fresh = (env_manager, line) == ("virtualenv", "1.10")
-    if fresh:
-        request.getfixturevalue("fresh_env_root")
+    root = tmp_path / "envs" if fresh else MODEL_ENV_ROOT
     # A plain shell: the executors must find Python and tools without an activated venv.
     monkeypatch.setenv("PATH", "/usr/local/bin:/usr/bin:/bin")
     monkeypatch.delenv("UV_PYTHON_DOWNLOADS", raising=False)
     input_csv = _input_with_ids(model, tmp_path)
     out = tmp_path / "scored"
     score_to_path(
-        spark, str(model.local_dir), str(input_csv), str(out), env_manager, env=model.license_env
+        spark,
+        str(model.local_dir),
+        str(input_csv),
+        str(out),
+        env_manager,
+        env=model.license_env,
+        env_root=str(root),
     )
-    log = capfd.readouterr().err
-    assert "[model server]" in log  # scored in the model env's server, not in the worker
-    if fresh:
-        assert "installing 3 build dependencies with pip" in log  # built here, with pip
     _assert_matches_score_batch(out, model, input_csv, expected_scores(model, input_csv))
+    # The executors built (or found) the model's env with the env manager's installer, and ran
+    # a model server in it (its code folder); the fresh root proves a build here.
+    installer = {"uv": "uv", "virtualenv": "pip"}[env_manager]
+    python = "3.8" if line == "1.10" else "3.11"
+    envs = [p for p in root.glob(f"model-py{python}*-{installer}-*") if p.is_dir()]
+    assert len(envs) >= 1
+    stamp = json.loads((envs[0] / ".dai-mlflow-venv.json").read_text())
+    assert stamp["spec"]["installer"] == installer
+    assert list((root / "servers").glob("*/dai_mlflow_model_hooks/arrow_server.py"))
 
 
 @pytest.fixture(scope="module")

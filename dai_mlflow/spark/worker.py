@@ -273,7 +273,7 @@ _loaded: Dict[Tuple[str, str, str], ModelServer] = {}
 # (python, environment digest) -> a started server with no model yet
 _spares: Dict[Tuple[str, str], ModelServer] = {}
 _local_models: Dict[str, Any] = {}
-_envs: Dict[Tuple[str, str], Path] = {}
+_envs: Dict[Tuple[str, str, str], Path] = {}
 
 
 def spares_enabled() -> bool:
@@ -286,7 +286,7 @@ def _digest(environ: Dict[str, str]) -> str:
 
 
 def _model_python(plan: ScoringPlan, folder: Path) -> Path:
-    key = (plan.model_key, plan.env_manager)
+    key = (plan.model_key, plan.env_manager, str(env_root(plan.env_root)))
     if key not in _envs:
         installer = INSTALLERS[plan.env_manager]
         _envs[key] = ensure_model_env(folder, installer, plan.env_root, progress=_say)
