@@ -60,6 +60,36 @@ def test_auc_and_log_loss_equal_hand_computed_values():
     assert r == {"mae": pytest.approx(2.0), "rmse": pytest.approx((20 / 3) ** 0.5)}
 
 
+def _standin_holdout_predictions(problem: str):
+    """The stand-in's holdout and its model's predictions, scored in-process by the stand-in's
+    numpy engine (the fitted model read from the experiment wheel)."""
+    import zipfile
+
+    from dai_mlflow.standin.runtime.h2oaicore.engine import Model
+
+    build = get_standin("1.10", problem)
+    with zipfile.ZipFile(build.folder / build.experiment_wheel) as zf:
+        spec = json.loads(zf.read(f"{build.module_name}/fitted_model.json"))
+    holdout = pd.read_csv(build.holdout_csv)
+    return build, holdout, Model(spec).score_frame(holdout)
+
+
+@pytest.mark.parametrize("problem", ["regression", "binary", "multiclass"])
+def test_hand_written_metrics_agree_with_scikit_learn_on_the_standin_holdouts(problem):
+    build, holdout, preds = _standin_holdout_predictions(problem)
+    found = metrics.detect_problem(list(preds.columns), list(holdout.columns))
+    labels = list(holdout[build.target])
+    hand = metrics.compute_metrics(found, labels, preds)
+    if found.kind == "classification":
+        sk = metrics.sklearn_classification_metrics(found, labels, preds)
+    else:
+        sk = metrics.sklearn_regression_metrics(found, labels, preds)
+    assert set(hand) == set(sk) == set(metrics.metric_names(found))
+    for name in hand:
+        assert sk[name] == pytest.approx(hand[name], rel=1e-9, abs=1e-12), name
+    print(problem, {k: (hand[k], sk[k]) for k in hand})
+
+
 def test_problem_is_found_from_dai_output_columns():
     binary = metrics.detect_problem(["Churn?.False.", "Churn?.True."], ["x", "Churn?"])
     assert (binary.kind, binary.target, binary.classes) == (

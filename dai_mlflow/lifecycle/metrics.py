@@ -140,6 +140,61 @@ def regression_metrics(
     return {"mae": float(np.mean(np.abs(err))), "rmse": float(np.sqrt(np.mean(err**2)))}
 
 
+def sklearn_classification_metrics(
+    problem: Problem, labels: Sequence[object], predictions: pd.DataFrame
+) -> Dict[str, float]:
+    """:func:`classification_metrics` computed by scikit-learn (same inputs, same checks)."""
+    from sklearn.metrics import log_loss, roc_auc_score
+
+    y, probs = _class_indices(problem, labels, predictions)
+    k = len(problem.classes)
+    loss = float(log_loss(y, probs, labels=list(range(k))))
+    columns = [1] if k == 2 else list(range(k))
+    present = [c for c in columns if 0 < int((y == c).sum()) < len(y)]
+    aucs = [float(roc_auc_score(y == c, probs[:, c])) for c in present]
+    auc = float(np.mean(aucs)) if aucs else float("nan")
+    return {"auc": auc, "log_loss": loss}
+
+
+def _class_indices(
+    problem: Problem, labels: Sequence[object], predictions: pd.DataFrame
+) -> Tuple[np.ndarray, np.ndarray]:
+    texts = [label_text(v) for v in labels]
+    keep = np.array([t is not None for t in texts])
+    if not keep.any():
+        raise LifecycleError(f"the holdout's {problem.target!r} column has no labels")
+    unknown = sorted({t for t in texts if t is not None and t not in problem.classes})
+    if unknown:
+        raise LifecycleError(
+            f"holdout labels {unknown[:5]} of {problem.target!r} are not classes of the model "
+            f"{list(problem.classes)}; is this the holdout of the same experiment?"
+        )
+    index = {c: i for i, c in enumerate(problem.classes)}
+    y = np.array([index[t] for t in texts if t is not None])
+    probs = predictions[list(problem.output_columns)].to_numpy(dtype=np.float64)[keep]
+    return y, probs
+
+
+def sklearn_regression_metrics(
+    problem: Problem, labels: Sequence[object], predictions: pd.DataFrame
+) -> Dict[str, float]:
+    """:func:`regression_metrics` computed by scikit-learn."""
+    from sklearn.metrics import mean_absolute_error, mean_squared_error
+
+    try:
+        y = pd.to_numeric(pd.Series(list(labels)), errors="raise").to_numpy(dtype=np.float64)
+    except (TypeError, ValueError) as e:
+        raise LifecycleError(f"the holdout's {problem.target!r} column is not numeric: {e}") from e
+    pred = predictions[problem.output_columns[0]].to_numpy(dtype=np.float64)
+    keep = ~np.isnan(y)
+    if not keep.any():
+        raise LifecycleError(f"the holdout's {problem.target!r} column has no labels")
+    return {
+        "mae": float(mean_absolute_error(y[keep], pred[keep])),
+        "rmse": float(np.sqrt(mean_squared_error(y[keep], pred[keep]))),
+    }
+
+
 def compute_metrics(
     problem: Problem, labels: Sequence[object], predictions: pd.DataFrame
 ) -> Dict[str, float]:
