@@ -24,6 +24,7 @@ pytest_plugins = [
         "tests.fixtures_switch",
         "tests.fixtures_serve",
         "tests.fixtures_lifecycle",
+        "tests.fixtures_reports",
     )
     if (REPO_ROOT / (p.replace(".", "/") + ".py")).is_file()
 ]

@@ -119,6 +119,12 @@ def set_version_tag(ref: ModelVersionRef, key: str, value: str) -> None:
     client().set_model_version_tag(ref.name, ref.version, key, value)
 
 
+def delete_version_tag(ref: ModelVersionRef, key: str) -> None:
+    """Remove a model version's tag (no-op when it has none)."""
+    if version_tag(ref, key) is not None:
+        client().delete_model_version_tag(ref.name, ref.version, key)
+
+
 def version_tag(ref: ModelVersionRef, key: str) -> Optional[str]:
     """A tag of a model version, or None."""
     mv = client().get_model_version(ref.name, ref.version)
