@@ -66,6 +66,20 @@ batch: launcher-venv ## score INPUT with MODEL_NAME@champion into TABLE's DATE p
 	@test -n "$(MODEL_NAME)" && test -n "$(INPUT)" || { echo "error: pass MODEL_NAME=<registered model> INPUT=<csv|parquet> [TABLE=dir] [DATE=YYYY-MM-DD]" >&2; exit 2; }
 	@$(MLFLOW_RUN) -e batch -P model_name="$(MODEL_NAME)" -P input="$(INPUT)" -P table="$(TABLE)" -P date="$(DATE)"
 
+TARGET        ?= local
+DEPLOY_PORT   ?= 5050
+RPC           ?= false
+
+.PHONY: deploy
+deploy: launcher-venv ## deploy MODEL_NAME@champion: TARGET=local (stable port DEPLOY_PORT, RPC=true|false) or databricks
+	@test -n "$(MODEL_NAME)" || { echo "error: pass MODEL_NAME=<registered model> [TARGET=local|databricks] [DEPLOY_PORT=5050] [RPC=true]" >&2; exit 2; }
+	@$(MLFLOW_RUN) -e deploy -P model_name="$(MODEL_NAME)" -P target="$(TARGET)" -P port="$(DEPLOY_PORT)" -P rpc="$(RPC)"
+
+.PHONY: undeploy
+undeploy: launcher-venv ## stop MODEL_NAME's local endpoint (front proxy and servers)
+	@test -n "$(MODEL_NAME)" || { echo "error: pass MODEL_NAME=<registered model>" >&2; exit 2; }
+	@$(LAUNCHER) -m dai_mlflow.lifecycle undeploy --model-name "$(MODEL_NAME)"
+
 .PHONY: monitor
 monitor: launcher-venv ## drift of TABLE's DATE partition vs the training baseline -> MONITOR_TABLE
 	@test -n "$(MODEL_NAME)" || { echo "error: pass MODEL_NAME=<registered model> [TABLE=dir] [MONITOR_TABLE=dir] [DATE=YYYY-MM-DD]" >&2; exit 2; }
