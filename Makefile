@@ -112,6 +112,10 @@ bench-switch: launcher-venv ## seconds from model URI to first prediction: cold,
 bench-serve: launcher-venv ## latency and rows/s of /invocations and /rpc under load (LINE=1.10|2)
 	@$(LAUNCHER) benchmarks/serve_load.py --dai-version "$(or $(LINE),1.10)"
 
+.PHONY: bench-deploy
+bench-deploy: launcher-venv ## serve_load.py against a local endpoint while `mlflow run -e deploy` swaps the champion
+	@$(LAUNCHER) benchmarks/deploy_switch.py
+
 .PHONY: lint
 lint: launcher-venv ## ruff check + format check
 	@$(VENVS)/launcher/bin/ruff check . && $(VENVS)/launcher/bin/ruff format --check .

@@ -25,6 +25,7 @@ pytest_plugins = [
         "tests.fixtures_serve",
         "tests.fixtures_lifecycle",
         "tests.fixtures_reports",
+        "tests.fixtures_deploy",
     )
     if (REPO_ROOT / (p.replace(".", "/") + ".py")).is_file()
 ]

@@ -24,6 +24,7 @@ from __future__ import annotations
 import re
 import shutil
 import sys
+import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Dict, Optional
@@ -208,13 +209,17 @@ def deploy_local(ref: registry.ModelVersionRef, request: DeployRequest):  # noqa
             sample = load_sample(ref, model_dir)
             python = scoring.model_env_python(model_dir)
             _say(f"starting {ref.uri} beside {('v' + previous) if previous else 'nothing'}")
+            clock = time.monotonic()
             servers = endpoint.start_servers(
                 model_dir, python, vfolder, ref.name, ref.version, ref.uri, request.rpc
             )
+            _say(f"{ref.uri} serves on its own port after {time.monotonic() - clock:.1f}s")
             _say(f"smoke test of {ref.uri}: {len(sample.data)} rows ({sample.source})")
+            clock = time.monotonic()
             smoke.check_invocations(servers.invocations, sample)
             if servers.rpc:
                 smoke.check_rpc(servers.rpc, sample)
+            _say(f"smoke test passed in {time.monotonic() - clock:.2f}s")
             if state is None:
                 token = endpoint.new_token()
                 info = endpoint.start_proxy(folder, request.host, request.port,
@@ -242,10 +247,12 @@ def deploy_local(ref: registry.ModelVersionRef, request: DeployRequest):  # noqa
         endpoint.save_state(folder, state)
         _say(f"{url} now serves {ref.uri}")
         if current:
+            clock = time.monotonic()
             if not endpoint.wait_drained(state, current["route_id"]):
                 _say(f"warning: v{previous} still had requests after {endpoint.DRAIN_TIMEOUT:.0f}s")
+            drained = time.monotonic() - clock
             endpoint.stop_servers(current)
-            _say(f"v{previous} drained and stopped")
+            _say(f"v{previous} drained in {drained:.2f}s and stopped")
         return url, previous, DEPLOYED
 
 
