@@ -116,6 +116,10 @@ bench-serve: launcher-venv ## latency and rows/s of /invocations and /rpc under 
 bench-deploy: launcher-venv ## serve_load.py against a local endpoint while `mlflow run -e deploy` swaps the champion
 	@$(LAUNCHER) benchmarks/deploy_switch.py
 
+.PHONY: report-images
+report-images: launcher-venv ## docs/img/{validation,drift}_report.png: real reports of the stand-in models, shot by headless Chromium
+	@$(LAUNCHER) docs/report_images.py
+
 .PHONY: lint
 lint: launcher-venv ## ruff check + format check
 	@$(VENVS)/launcher/bin/ruff check . && $(VENVS)/launcher/bin/ruff format --check .

@@ -196,7 +196,10 @@ def _version_section(v: VersionDrift) -> str:
         out += ["<h3>Predictions against the validation baseline</h3>", _img(v.prediction_picture)]
     charted = [x for x in top_features(r.rows) if x.column in v.feature_pictures]
     if charted:
-        out.append(f"<h3>The {len(charted)} most drifted of {len(features)} features</h3>")
+        if len(charted) < len(features):
+            out.append(f"<h3>The {len(charted)} most drifted of {len(features)} features</h3>")
+        else:
+            out.append(f"<h3>All {len(features)} features, most drifted first</h3>")
         grid = "".join(_img(v.feature_pictures[x.column], 560) for x in charted)
         out.append(f'<div class="grid">{grid}</div>')
     if v.scores_picture is not None:
