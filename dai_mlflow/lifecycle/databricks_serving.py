@@ -63,7 +63,9 @@ def _state(endpoint: object) -> Tuple[str, str]:
     return str(ready), str(update)
 
 
-def deploy_serving_endpoint(ref: registry.ModelVersionRef, request: DeployRequest):  # noqa: ANN201
+def deploy_serving_endpoint(
+    ref: registry.ModelVersionRef, request: DeployRequest
+) -> Tuple[str, Optional[str], str]:
     """Create or update the endpoint to ``ref`` and wait for READY.
 
     Returns:

@@ -27,7 +27,7 @@ import sys
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Dict, Optional
+from typing import Dict, Optional, Tuple
 
 from dai_mlflow.lifecycle import drift, endpoint, registry, scoring, smoke
 from dai_mlflow.lifecycle.endpoint import DeployError
@@ -168,7 +168,9 @@ def load_sample(ref: registry.ModelVersionRef, model_dir: Path) -> smoke.Sample:
     return smoke.example_sample(model_dir, drift.output_columns(model_dir))
 
 
-def deploy_local(ref: registry.ModelVersionRef, request: DeployRequest):  # noqa: ANN201
+def deploy_local(
+    ref: registry.ModelVersionRef, request: DeployRequest
+) -> Tuple[str, Optional[str], str]:
     """Start ``ref`` beside what serves, smoke-test it, switch the stable port to it, drain and
     stop the old servers. Returns (endpoint URL, previous version or None, status).
 
@@ -197,9 +199,12 @@ def deploy_local(ref: registry.ModelVersionRef, request: DeployRequest):  # noqa
         previous = current.get("version")
         keeps = f"v{previous} keeps serving at {url}" if previous else "nothing was deployed"
         served = ((live or {}).get("route") or {}).get("version")
-        if served == previous == ref.version and bool(current.get("rpc")) == request.rpc:
+        same = served == previous == ref.version and bool(current.get("rpc")) == request.rpc
+        if same and endpoint.answers(url + "/ping"):
             _say(f"{ref.uri} already serves at {url}; nothing to do")
             return url, previous, ALREADY
+        if same:
+            _say(f"{ref.uri} is deployed but its server does not answer; starting it again")
 
         vfolder = folder / f"v{ref.version}-{endpoint.new_token()[:8]}"
         vfolder.mkdir(parents=True)
@@ -281,5 +286,11 @@ def undeploy(model_name: str, state_root: Optional[Path] = None) -> UndeployResu
     version = current.get("version")
     if version:
         ref = registry.ModelVersionRef(model_name, str(version), "")
-        registry.delete_version_tag(ref, DEPLOYED_TAG + "local")
+        try:
+            registry.delete_version_tag(ref, DEPLOYED_TAG + "local")
+        except Exception as e:  # the endpoint is stopped either way; say what is left
+            raise DeployError(
+                f"{state['url']} is stopped, but the tag {DEPLOYED_TAG}local of {ref.uri} could "
+                f"not be removed ({registry.first_line(e)}); is MLFLOW_TRACKING_URI its store?"
+            ) from e
     return UndeployResult(state["url"], version)

@@ -134,6 +134,7 @@ def save_state(folder: Path, state: Dict[str, Any]) -> None:
 
 
 def clear_state(folder: Path) -> None:
+    """Remove ``endpoint.json`` and ``proxy.json`` (the endpoint is stopped)."""
     with contextlib.suppress(FileNotFoundError):
         (folder / STATE_FILE).unlink()
     with contextlib.suppress(FileNotFoundError):
@@ -141,11 +142,13 @@ def clear_state(folder: Path) -> None:
 
 
 def new_token() -> str:
+    """A random hex token (the proxy's admin token; folder suffixes)."""
     return secrets.token_hex(16)
 
 
 # ------------------------------------------------------------------------------ processes
 def free_port(host: str = DEFAULT_HOST) -> int:
+    """A TCP port free on ``host`` right now."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind((host, 0))
         return int(sock.getsockname()[1])
@@ -203,6 +206,14 @@ def _get(url: str, timeout: float = 5.0, headers: Optional[Dict[str, str]] = Non
     with urllib.request.urlopen(req, timeout=timeout) as resp:
         body = resp.read()
         return resp.status, body
+
+
+def answers(url: str) -> bool:
+    """True when ``GET url`` answers 200 now."""
+    try:
+        return _get(url, timeout=10)[0] == 200
+    except (urllib.error.URLError, OSError):
+        return False
 
 
 def wait_serving(url: str, pid: int, log: Path, timeout: float = START_TIMEOUT) -> None:
@@ -378,5 +389,6 @@ def wait_drained(state: Dict[str, Any], route_id: str, timeout: float = DRAIN_TI
 
 
 def stop_proxy(state: Dict[str, Any]) -> None:
+    """Stop the endpoint's front proxy (its listening port closes)."""
     if state.get("proxy"):
         stop_group(int(state["proxy"]["pid"]), grace=10.0)

@@ -92,6 +92,7 @@ class Router:
             return route
 
     def release(self, route: Route) -> None:
+        """The request that :meth:`acquire` counted is answered."""
         with self._lock:
             self._inflight[route.id] -= 1
             self._served[route.id] = self._served.get(route.id, 0) + 1
@@ -107,6 +108,7 @@ class Router:
             return previous.data
 
     def state(self) -> Dict[str, Any]:
+        """Current route, in-flight and served counts per route (the admin ``/-/state``)."""
         with self._lock:
             return {
                 "route": self._route.data,
@@ -124,6 +126,7 @@ class _Backends(threading.local):
         self.conns: Dict[Tuple[str, int], http.client.HTTPConnection] = {}
 
     def get(self, target: Tuple[str, int], fresh: bool) -> http.client.HTTPConnection:
+        """This thread's connection to ``target`` (a new one when ``fresh``)."""
         conn = self.conns.get(target)
         if fresh and conn is not None:
             conn.close()
@@ -175,12 +178,33 @@ class _PublicHandler(BaseHTTPRequestHandler):
         self._proxy(b"")
 
     def do_POST(self) -> None:  # noqa: N802
+        try:
+            body = self._read_body()
+        except ValueError as e:
+            self.close_connection = True
+            self._send(413, [], json.dumps({"error": str(e)}).encode(), "application/json")
+            return
+        self._proxy(body)
+
+    def _read_body(self) -> bytes:
+        """The request body, by Content-Length or chunked (forwarded with a Content-Length)."""
+        if "chunked" in self.headers.get("Transfer-Encoding", "").lower():
+            parts, size = [], 0
+            while True:
+                n = int(self.rfile.readline().split(b";", 1)[0].strip() or b"0", 16)
+                if n == 0:
+                    while self.rfile.readline().strip():  # trailers
+                        pass
+                    return b"".join(parts)
+                size += n
+                if size > MAX_BODY_BYTES:
+                    raise ValueError(f"body over {MAX_BODY_BYTES} bytes")
+                parts.append(self.rfile.read(n))
+                self.rfile.readline()
         length = int(self.headers.get("Content-Length") or 0)
         if length > MAX_BODY_BYTES:
-            self.close_connection = True
-            self._send(413, [], b'{"error": "body too large"}', "application/json")
-            return
-        self._proxy(self.rfile.read(length) if length else b"")
+            raise ValueError(f"body over {MAX_BODY_BYTES} bytes")
+        return self.rfile.read(length) if length else b""
 
     def _proxy(self, body: bytes) -> None:
         router: Router = self.server.router  # type: ignore[attr-defined]

@@ -49,6 +49,7 @@ class Sample:
     source: str  # "validation run <id>" or "input example"
 
     def to_json(self) -> Dict[str, Any]:
+        """The ``validation_sample.json`` document."""
         return {
             "columns": self.columns,
             "data": self.data,
