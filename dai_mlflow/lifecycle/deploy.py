@@ -185,7 +185,7 @@ def deploy_local(
         live = endpoint.proxy_state(state) if state else None
         if state and live is None:
             _say(f"the endpoint recorded in {folder} is not running; cleaning it up")
-            endpoint.stop_proxy(state)
+            endpoint.stop_proxy(state, folder)
             if state.get("current"):
                 endpoint.stop_servers(state["current"])
             endpoint.clear_state(folder)
@@ -197,7 +197,7 @@ def deploy_local(
             )
         current = (state or {}).get("current") or {}
         previous = current.get("version")
-        keeps = f"v{previous} keeps serving at {url}" if previous else "nothing was deployed"
+        keeps = f"v{previous} keeps serving at {url}" if previous else f"nothing serves at {url}"
         served = ((live or {}).get("route") or {}).get("version")
         same = served == previous == ref.version and bool(current.get("rpc")) == request.rpc
         if same and endpoint.answers(url + "/ping"):
@@ -278,7 +278,7 @@ def undeploy(model_name: str, state_root: Optional[Path] = None) -> UndeployResu
         state = endpoint.load_state(folder)
         if state is None:
             raise DeployError(f"{model_name} has no local endpoint (nothing in {folder})")
-        endpoint.stop_proxy(state)
+        endpoint.stop_proxy(state, folder)
         current = state.get("current") or {}
         if current:
             endpoint.stop_servers(current)

@@ -55,6 +55,7 @@ START_TIMEOUT = float(os.environ.get("DAI_MLFLOW_DEPLOY_START_TIMEOUT", "600"))
 DRAIN_TIMEOUT = 300.0
 STOP_GRACE = 30.0
 RPC_SCRIPT_NAME = "dai_mlflow_rpc.py"
+FOLDER_ENV = "DAI_MLFLOW_ENDPOINT_FOLDER"
 # Variables of the deploy process that must not reach a server: its MLflow run and store (the
 # store may be a private bridge that stops when deploy exits) and its Python paths.
 _DROPPED_VARS = (
@@ -177,8 +178,46 @@ def _spawn(cmd: List[str], cwd: Path, env: Dict[str, str], log: Path) -> int:
     return proc.pid
 
 
-def stop_group(pid: int, grace: float = STOP_GRACE) -> None:
-    """SIGTERM the process group led by ``pid``; SIGKILL it when still there after ``grace``."""
+def _mentions(pid: int, marker: str) -> bool:
+    """True when process ``pid``'s command line or environment contains ``marker``."""
+    needle = marker.encode()
+    for part in ("cmdline", "environ"):
+        try:
+            if needle in Path(f"/proc/{pid}/{part}").read_bytes():
+                return True
+        except OSError:
+            continue
+    return False
+
+
+def _group(pgid: int) -> List[int]:
+    """Live processes of the process group ``pgid``."""
+    members = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[-1].split()
+        except OSError:
+            continue
+        if fields[0] != "Z" and int(fields[2]) == pgid:
+            members.append(int(stat.parent.name))
+    return members
+
+
+def stop_group(pid: int, marker: str, grace: float = STOP_GRACE) -> None:
+    """SIGTERM the process group led by ``pid``; SIGKILL it when still there after ``grace``.
+
+    Only processes that are ours are signalled: their command line or environment names
+    ``marker`` (the version's folder, or the endpoint folder for the proxy). A pid recorded
+    before a reboot may belong to anything now.
+    """
+    ours = [p for p in _group(pid) if _mentions(p, marker)]
+    if not ours:
+        return
+    if pid not in ours:  # the leader is gone or is someone else's: stop what is left of ours
+        for p in ours:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(p, signal.SIGKILL)
+        return
     for sig in (signal.SIGTERM, signal.SIGKILL):
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(pid, sig)
@@ -188,8 +227,10 @@ def stop_group(pid: int, grace: float = STOP_GRACE) -> None:
         if not is_alive(pid):
             break
     # Workers (gunicorn, uvicorn) share the group: none may outlive its leader.
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(pid, signal.SIGKILL)
+    for p in _group(pid):
+        if _mentions(p, marker):
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(p, signal.SIGKILL)
 
 
 def _tail(path: Path, lines: int = 40) -> str:
@@ -243,6 +284,7 @@ def server_env(python: Path, folder: Path) -> Dict[str, str]:
     env["VIRTUAL_ENV"] = str(python.parent.parent)
     env["MLFLOW_TRACKING_URI"] = (folder / "scratch-store").as_uri()
     env["MLFLOW_ALLOW_FILE_STORE"] = "true"
+    env[FOLDER_ENV] = str(folder)  # how stop_group knows its processes (workers included)
     return env
 
 
@@ -295,14 +337,14 @@ def start_servers(
         return servers
     except BaseException:
         for pid in started:
-            stop_group(pid)
+            stop_group(pid, str(folder))
         raise
 
 
 def stop_servers(servers: Dict[str, Any], remove: bool = True) -> None:
     """Stop a version's servers (``Servers`` as a dict) and remove its folder."""
     for pid in servers.get("pids", []):
-        stop_group(int(pid))
+        stop_group(int(pid), str(servers["folder"]))
     if remove and servers.get("folder"):
         shutil.rmtree(servers["folder"], ignore_errors=True)
 
@@ -327,7 +369,7 @@ def start_proxy(folder: Path, host: str, port: int, route: Dict[str, Any], token
     info_file = folder / proxy.PROXY_FILE
     with contextlib.suppress(FileNotFoundError):
         info_file.unlink()
-    env = {**_proxy_env(), proxy.TOKEN_ENV: token}
+    env = {**_proxy_env(), proxy.TOKEN_ENV: token, FOLDER_ENV: str(folder)}
     cmd = [sys.executable, "-m", "dai_mlflow.lifecycle.proxy", "--state-dir", str(folder),
            "--host", host, "--port", str(port), "--route", json.dumps(route)]  # fmt: skip
     log = folder / "proxy.log"
@@ -341,7 +383,7 @@ def start_proxy(folder: Path, host: str, port: int, route: Dict[str, Any], token
             if info.get("pid") == pid:
                 return info
         time.sleep(0.1)
-    stop_group(pid)
+    stop_group(pid, str(folder))
     raise DeployError(f"the front proxy did not start on {host}:{port} within 60s: {_tail(log)}")
 
 
@@ -388,7 +430,7 @@ def wait_drained(state: Dict[str, Any], route_id: str, timeout: float = DRAIN_TI
     return False
 
 
-def stop_proxy(state: Dict[str, Any]) -> None:
+def stop_proxy(state: Dict[str, Any], folder: Path) -> None:
     """Stop the endpoint's front proxy (its listening port closes)."""
     if state.get("proxy"):
-        stop_group(int(state["proxy"]["pid"]), grace=10.0)
+        stop_group(int(state["proxy"]["pid"]), str(folder), grace=10.0)
