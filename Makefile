@@ -66,6 +66,20 @@ batch: launcher-venv ## score INPUT with MODEL_NAME@champion into TABLE's DATE p
 	@test -n "$(MODEL_NAME)" && test -n "$(INPUT)" || { echo "error: pass MODEL_NAME=<registered model> INPUT=<csv|parquet> [TABLE=dir] [DATE=YYYY-MM-DD]" >&2; exit 2; }
 	@$(MLFLOW_RUN) -e batch -P model_name="$(MODEL_NAME)" -P input="$(INPUT)" -P table="$(TABLE)" -P date="$(DATE)"
 
+TARGET        ?= local
+DEPLOY_PORT   ?= 5050
+RPC           ?= false
+
+.PHONY: deploy
+deploy: launcher-venv ## deploy MODEL_NAME@champion: TARGET=local (stable port DEPLOY_PORT, RPC=true|false) or databricks
+	@test -n "$(MODEL_NAME)" || { echo "error: pass MODEL_NAME=<registered model> [TARGET=local|databricks] [DEPLOY_PORT=5050] [RPC=true]" >&2; exit 2; }
+	@$(MLFLOW_RUN) -e deploy -P model_name="$(MODEL_NAME)" -P target="$(TARGET)" -P port="$(DEPLOY_PORT)" -P rpc="$(RPC)"
+
+.PHONY: undeploy
+undeploy: launcher-venv ## stop MODEL_NAME's local endpoint (front proxy and servers)
+	@test -n "$(MODEL_NAME)" || { echo "error: pass MODEL_NAME=<registered model>" >&2; exit 2; }
+	@$(LAUNCHER) -m dai_mlflow.lifecycle undeploy --model-name "$(MODEL_NAME)"
+
 .PHONY: monitor
 monitor: launcher-venv ## drift of TABLE's DATE partition vs the training baseline -> MONITOR_TABLE
 	@test -n "$(MODEL_NAME)" || { echo "error: pass MODEL_NAME=<registered model> [TABLE=dir] [MONITOR_TABLE=dir] [DATE=YYYY-MM-DD]" >&2; exit 2; }
@@ -97,6 +111,14 @@ bench-switch: launcher-venv ## seconds from model URI to first prediction: cold,
 .PHONY: bench-serve
 bench-serve: launcher-venv ## latency and rows/s of /invocations and /rpc under load (LINE=1.10|2)
 	@$(LAUNCHER) benchmarks/serve_load.py --dai-version "$(or $(LINE),1.10)"
+
+.PHONY: bench-deploy
+bench-deploy: launcher-venv ## serve_load.py against a local endpoint while `mlflow run -e deploy` swaps the champion
+	@$(LAUNCHER) benchmarks/deploy_switch.py
+
+.PHONY: report-images
+report-images: launcher-venv ## docs/img/{validation,drift}_report.png: real reports of the stand-in models, shot by headless Chromium
+	@$(LAUNCHER) docs/report_images.py
 
 .PHONY: lint
 lint: launcher-venv ## ruff check + format check

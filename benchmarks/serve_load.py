@@ -23,6 +23,11 @@ the fixed count is done or ``--max-seconds`` pass, after a warm-up request:
 
 Every response is checked (HTTP 200, no JSON-RPC error, one answer per row); any error is
 reported and makes the exit code 1. Nothing is timed-asserted: this prints figures.
+
+Against a local deployment (``mlflow run . -e deploy``), ``--url http://127.0.0.1:5050`` aims
+both endpoints at its stable port; each phase then also counts which model version answered
+(the proxy's ``X-Dai-Mlflow-Model-Version`` header), so a deploy run during the load shows the
+switch-over: the old version's answers, then the new one's, and no error in between.
 """
 
 from __future__ import annotations
@@ -59,6 +64,7 @@ class Phase:
     rows: int = 0
     errors: List[str] = field(default_factory=list)
     seconds: float = 0.0
+    versions: Dict[str, int] = field(default_factory=dict)  # answers per model version header
 
     def percentile(self, q: float) -> float:
         if not self.latencies:
@@ -81,23 +87,28 @@ def _split(rows: List[Dict[str, Any]]) -> Dict[str, Any]:
     }
 
 
-def _invocations(url: str) -> Callable[[requests.Session, List[Dict[str, Any]]], str]:
-    def send(session: requests.Session, rows: List[Dict[str, Any]]) -> str:
+VERSION_HEADER = "X-Dai-Mlflow-Model-Version"
+Sender = Callable[[requests.Session, List[Dict[str, Any]]], Tuple[str, str]]
+
+
+def _invocations(url: str) -> Sender:
+    def send(session: requests.Session, rows: List[Dict[str, Any]]) -> Tuple[str, str]:
         resp = session.post(f"{url}/invocations", json=_split(rows), timeout=120)
+        version = resp.headers.get(VERSION_HEADER, "")
         if resp.status_code != 200:
-            return f"HTTP {resp.status_code}: {resp.text[:200]}"
+            return f"HTTP {resp.status_code}: {resp.text[:200]}", version
         if len(resp.json()["predictions"]) != len(rows):
-            return "wrong number of predictions"
-        return ""
+            return "wrong number of predictions", version
+        return "", version
 
     return send
 
 
-def _rpc(url: str) -> Callable[[requests.Session, List[Dict[str, Any]]], str]:
+def _rpc(url: str) -> Sender:
     counter = iter(range(1, 1 << 62))
     lock = threading.Lock()
 
-    def send(session: requests.Session, rows: List[Dict[str, Any]]) -> str:
+    def send(session: requests.Session, rows: List[Dict[str, Any]]) -> Tuple[str, str]:
         with lock:
             request_id = next(counter)
         if len(rows) == 1:
@@ -105,21 +116,22 @@ def _rpc(url: str) -> Callable[[requests.Session, List[Dict[str, Any]]], str]:
         else:
             body = {"id": request_id, "method": "score_batch", "params": {"rows": rows}}
         resp = session.post(f"{url}/rpc", json=body, timeout=120)
+        version = resp.headers.get(VERSION_HEADER, "")
         if resp.status_code != 200:
-            return f"HTTP {resp.status_code}: {resp.text[:200]}"
+            return f"HTTP {resp.status_code}: {resp.text[:200]}", version
         answer = resp.json()
         if "error" in answer:
-            return f"JSON-RPC error: {answer['error']['message'][:200]}"
+            return f"JSON-RPC error: {answer['error']['message'][:200]}", version
         if len(rows) > 1 and len(answer["result"]) != len(rows):
-            return "wrong number of results"
-        return ""
+            return "wrong number of results", version
+        return "", version
 
     return send
 
 
 def run_phase(
     name: str,
-    send: Callable[[requests.Session, List[Dict[str, Any]]], str],
+    send: Sender,
     batches: List[List[Dict[str, Any]]],
     count: int,
     clients: int,
@@ -140,12 +152,15 @@ def run_phase(
             session = local.session = requests.Session()
         rows = batches[i % len(batches)]
         started = time.perf_counter()
+        version = ""
         try:
-            error = send(session, rows)
+            error, version = send(session, rows)
         except requests.RequestException as e:
             error = f"{type(e).__name__}: {e}"
         elapsed = time.perf_counter() - started
         with lock:
+            if version:
+                phase.versions[version] = phase.versions.get(version, 0) + 1
             if error:
                 phase.errors.append(error)
             else:
@@ -207,6 +222,9 @@ def _report(phases: List[Phase], clients: int) -> int:
             f"{1000 * p.percentile(0.99):>8.1f} {n / p.seconds:>8.1f} "
             f"{p.rows / p.seconds:>10.0f} {len(p.errors):>6}"
         )
+        if p.versions:
+            counts = ", ".join(f"v{v} {n}" for v, n in sorted(p.versions.items()))
+            print(f"    answered by: {counts}")
         for error in sorted(set(p.errors))[:3]:
             print(f"    error: {error}")
         failed += len(p.errors)
@@ -222,6 +240,9 @@ def main(argv: Optional[List[str]] = None) -> int:
     )
     parser.add_argument("--model-uri", help="a logged model (with --sample); default: stand-in")
     parser.add_argument("--sample", help="csv of input rows for --model-uri")
+    parser.add_argument(
+        "--url", help="a local deployment's stable endpoint: both --invocations-url and --rpc-url"
+    )
     parser.add_argument("--invocations-url", help="a running mlflow models serve (base URL)")
     parser.add_argument("--rpc-url", help="a running dai_mlflow.rpc server (base URL)")
     parser.add_argument("--env-manager", default="uv", choices=["uv", "virtualenv"])
@@ -233,6 +254,9 @@ def main(argv: Optional[List[str]] = None) -> int:
     args = parser.parse_args(argv)
     if args.model_uri and not args.sample:
         parser.error("--model-uri needs --sample CSV")
+    if args.url:
+        args.invocations_url = args.invocations_url or args.url
+        args.rpc_url = args.rpc_url or args.url
 
     model_uri, sample, env = _model(args)
     base = pd.read_csv(sample)

@@ -25,6 +25,8 @@ pytest_plugins = [
     "tests.fixtures_switch",
     "tests.fixtures_serve",
     "tests.fixtures_lifecycle",
+    "tests.fixtures_reports",
+    "tests.fixtures_deploy",
     "tests.fixtures_cluster",
 ]
 

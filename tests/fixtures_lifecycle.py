@@ -6,6 +6,9 @@
   columns, same DAI shape, a real GLM with a higher holdout log loss and a lower AUC. Logged once
   with ``dai_mlflow.log.log_pipeline`` (validated in its own env like any model) into a cache
   store under ``tests/.cache/lifecycle/``, keyed like the ``logged_model`` fixtures.
+- ``broken_model_copy(src, dst) -> Path``: a copy of a logged model folder whose scorer answers
+  NaN for every row (the fitted model in its experiment wheel gets a NaN bias): it loads, serves
+  and answers HTTP 200, and is wrong. What a deploy's smoke test is there to stop.
 - ``lifecycle_store`` (function scope): a throwaway sqlite tracking store in ``tmp_path``
   (``MLFLOW_TRACKING_URI`` set for the test), the 1.10 stand-in license in the environment, model
   envs shared with the other tests; ``register(model_dir, name, alias)`` copies a logged model
@@ -100,6 +103,26 @@ def get_worse_model_dir() -> Path:
 def worse_model_dir() -> Path:
     """Folder of the logged worse 1.10 binary model."""
     return get_worse_model_dir()
+
+
+def broken_model_copy(src: Path, dst: Path) -> Path:
+    """Copy the logged model ``src`` to ``dst`` with a NaN bias in its fitted model (see above)."""
+    import shutil
+    import zipfile
+
+    shutil.copytree(src, dst)
+    (wheel,) = (dst / "artifacts" / "scoring-pipeline").glob("scoring_h2oai_experiment_*.whl")
+    patched = wheel.with_suffix(".patched")
+    with zipfile.ZipFile(wheel) as zin, zipfile.ZipFile(patched, "w") as zout:
+        for item in zin.infolist():
+            data = zin.read(item.filename)
+            if item.filename.endswith("/fitted_model.json"):
+                spec = json.loads(data)
+                spec["bias"] = [float("nan")] * len(spec["bias"])
+                data = json.dumps(spec).encode()
+            zout.writestr(item, data)
+    patched.replace(wheel)
+    return dst
 
 
 @dataclass

@@ -15,6 +15,7 @@ import re
 import shutil
 import subprocess
 import tarfile
+import zipfile
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -22,11 +23,12 @@ import pandas as pd
 import pytest
 
 from dai_mlflow.errors import DaiMlflowError
-from dai_mlflow.lifecycle import drift, metrics, scoring, tables
+from dai_mlflow.lifecycle import drift, metrics, plots, scoring, tables
 from dai_mlflow.lifecycle.errors import LifecycleError, ScoringError
 from dai_mlflow.lifecycle.validate import FIRST, KEPT, PROMOTED, ValidateRequest, validate
 from dai_mlflow.standin import data as standin_data
 from tests.fixtures_model import last_stdout_line, mlflow_run, run_env
+from tests.fixtures_reports import assert_sensible_png, embedded_pngs, remote_references
 from tests.fixtures_spark import get_spark_venv
 from tests.fixtures_standin import get_standin
 
@@ -58,6 +60,41 @@ def test_auc_and_log_loss_equal_hand_computed_values():
     reg = metrics.Problem("regression", "t", ("t",))
     r = metrics.compute_metrics(reg, ["1", "2", "", "4"], pd.DataFrame({"t": [1.0, 4.0, 9.0, 0.0]}))
     assert r == {"mae": pytest.approx(2.0), "rmse": pytest.approx((20 / 3) ** 0.5)}
+
+
+def _standin_holdout_predictions(problem: str):
+    """The stand-in's holdout and its model's predictions, scored in-process by the stand-in's
+    numpy engine (the fitted model read from the experiment wheel)."""
+    from dai_mlflow.standin.runtime.h2oaicore.engine import Model
+
+    build = get_standin("1.10", problem)
+    with zipfile.ZipFile(build.folder / build.experiment_wheel) as zf:
+        spec = json.loads(zf.read(f"{build.module_name}/fitted_model.json"))
+    holdout = pd.read_csv(build.holdout_csv)
+    return build, holdout, Model(spec).score_frame(holdout)
+
+
+@pytest.mark.parametrize("problem", ["regression", "binary", "multiclass"])
+def test_metrics_agree_with_the_standin_experiment_summary_on_its_holdout(problem):
+    """scikit-learn's numbers (the gate's) against the stand-in's own numpy ones (the DAI
+    experiment summary's RMSE / LOGLOSS), on the same holdout predictions. The hand-written
+    metrics this module had agreed with scikit-learn to 1e-16 here before they were removed."""
+    from dai_mlflow.standin.runtime.h2oaicore import engine
+
+    build, holdout, preds = _standin_holdout_predictions(problem)
+    found = metrics.detect_problem(list(preds.columns), list(holdout.columns))
+    labels = list(holdout[build.target])
+    got = metrics.compute_metrics(found, labels, preds)
+    assert set(got) == set(metrics.metric_names(found))
+    with zipfile.ZipFile(build.folder / build.experiment_wheel) as zf:
+        model = engine.Model(json.loads(zf.read(f"{build.module_name}/fitted_model.json")))
+    summary = engine.metrics(model, holdout, holdout[build.target])
+    if found.kind == "regression":
+        assert got["rmse"] == pytest.approx(summary["RMSE"], rel=1e-12)
+        assert 0 < got["mae"] <= got["rmse"]
+    else:
+        assert got["log_loss"] == pytest.approx(summary["LOGLOSS"], rel=1e-12)
+        assert 0.5 < got["auc"] <= 1.0
 
 
 def test_problem_is_found_from_dai_output_columns():
@@ -100,6 +137,25 @@ def _run_of(store, run_id: str):
     return store.client().get_run(run_id)
 
 
+def _artifacts(run_id: str, dst: Path) -> Path:
+    import mlflow.artifacts
+
+    return Path(mlflow.artifacts.download_artifacts(run_id=run_id, dst_path=str(dst)))
+
+
+def _check_report(folder: Path, report_name: str, pngs: list) -> str:
+    """The report and its plots are there; the plots are sensible PNGs, all embedded in the
+    HTML, which references nothing remote. Returns the HTML."""
+    page = (folder / report_name).read_text(encoding="utf-8")
+    assert remote_references(page) == []
+    embedded = embedded_pngs(page)
+    for rel in pngs:
+        data = (folder / "plots" / rel).read_bytes()
+        assert_sensible_png(data)
+        assert data in embedded, rel
+    return page
+
+
 @pytest.mark.venv
 def test_first_model_becomes_champion_and_a_worse_challenger_is_not_promoted(
     lifecycle_store, logged_model, worse_model_dir
@@ -121,18 +177,46 @@ def test_first_model_becomes_champion_and_a_worse_challenger_is_not_promoted(
     assert logged["challenger_auc"] < logged["champion_auc"]
     assert logged["challenger_log_loss"] > logged["champion_log_loss"]
     assert run.data.tags["dai_mlflow.decision"] == KEPT
+    assert "not better than champion" in run.data.tags["dai_mlflow.decision_reason"]
+    # The curves of both models, and the one-page report holding them.
+    got = _artifacts(second.run_id, store.root.parent / "artifacts")
+    names = ["roc.png", "precision_recall.png", "calibration.png"]
+    assert sorted(p.name for p in (got / "plots").iterdir()) == sorted(names)
+    page = _check_report(got, "validation_report.html", names)
+    assert "decision: kept" in page
+    assert f"challenger v{v2}" in page
+    assert f"champion v{v1}" in page
+    assert "dai_mlflow.plots_error" not in run.data.tags
+    # The smoke-test sample deploy uses: holdout rows and the challenger's answers.
+    sample = json.loads((got / "validation_sample.json").read_text())
+    assert len(sample["data"]) == len(sample["predictions"]) == 50
+    assert _license_text() not in page + json.dumps(sample)
 
 
 @pytest.mark.venv
-def test_a_better_challenger_is_promoted(lifecycle_store, logged_model, worse_model_dir):
+def test_a_better_challenger_is_promoted_even_when_plotting_fails(
+    lifecycle_store, logged_model, worse_model_dir, monkeypatch, capsys
+):
     store = lifecycle_store
     v1 = store.register(worse_model_dir, NAME, "champion")
     v2 = store.register(logged_model("1.10", "binary").local_dir, NAME, "challenger")
+
+    def _broken(*_args, **_kwargs):
+        raise RuntimeError("no room on the canvas")
+
+    monkeypatch.setattr(plots, "validation_pictures", _broken)
     result = validate(ValidateRequest(NAME, _holdout()))
     assert result.decision == PROMOTED
     assert result.previous_champion == v1
     assert store.aliases(NAME) == {"champion": v2, "challenger": v2}
     assert result.challenger_metrics["auc"] > result.champion_metrics["auc"]
+    run = _run_of(store, result.run_id)
+    assert run.info.status == "FINISHED"
+    assert "no room on the canvas" in run.data.tags["dai_mlflow.plots_error"]
+    assert "warning: validation report not made" in capsys.readouterr().err
+    artifacts = {a.path for a in store.client().list_artifacts(result.run_id)}
+    assert "validation_report.html" not in artifacts
+    assert {"prediction_baseline.json", "validation_sample.json"} <= artifacts
 
 
 @pytest.mark.venv
@@ -257,8 +341,9 @@ def _fresh_inputs(path: Path, seed: int, shift: bool) -> Path:
 
 @pytest.mark.venv
 def test_monitor_flags_shifted_data_and_not_the_training_distribution(
-    lifecycle_store, logged_model, tmp_path
+    lifecycle_store, logged_model, tmp_path, monkeypatch
 ):
+    from dai_mlflow.lifecycle import report
     from dai_mlflow.lifecycle.monitor import MonitorRequest, monitor
 
     store = lifecycle_store
@@ -283,8 +368,29 @@ def test_monitor_flags_shifted_data_and_not_the_training_distribution(
     assert not calm.frame["drifted"].any(), calm.frame[["column", "value"]]
     assert set(calm.frame["kind"]) == {"feature", "prediction"}
     assert (calm.frame["baseline_source"] != "none").all()
+    got = _artifacts(calm.run_id, tmp_path / "calm-artifacts")
+    n_features = int((calm.frame["kind"] == "feature").sum())
+    charts = sorted(p.name for p in (got / "plots" / f"v{version}").iterdir())
+    assert "drift_scores.png" in charts
+    assert "predictions.png" in charts
+    features = [c for c in charts if c.startswith("feature_")]
+    assert len(features) == min(n_features, report.TOP_FEATURES)
+    page = _check_report(got, "drift_report.html", [f"v{version}/{c}" for c in charts])
+    assert "should_retrain=false" in page
+    assert "no prediction column drifted" in page
 
+    # A failure while drawing changes neither the verdict nor the table.
+    def _broken(*_args, **_kwargs):
+        raise RuntimeError("no room on the canvas")
+
+    monkeypatch.setattr(plots, "drift_scores_picture", _broken)
     shifted = monitor(MonitorRequest(NAME, str(table), str(out), SHIFTED_DAY))
+    shifted_run = store.client().get_run(shifted.run_id)
+    assert "no room on the canvas" in shifted_run.data.tags["dai_mlflow.plots_error"]
+    assert "drifted" in shifted_run.data.tags["dai_mlflow.should_retrain_reason"]
+    assert "drift_report.html" not in {
+        a.path for a in store.client().list_artifacts(shifted.run_id)
+    }
     assert shifted.should_retrain
     drifted = set(shifted.frame.loc[shifted.frame["drifted"], "column"])
     assert {"Day Mins", "Cust Serv Calls", "x1", "Int'l Plan"} <= drifted

@@ -3,6 +3,8 @@
 ``python -m dai_mlflow.lifecycle validate --model-name NAME --holdout PATH``
 ``python -m dai_mlflow.lifecycle batch --model-name NAME --input PATH --table DIR [--date D]``
 ``python -m dai_mlflow.lifecycle monitor --model-name NAME --table DIR --output DIR [--date D]``
+``python -m dai_mlflow.lifecycle deploy --model-name NAME [--target local|databricks] ...``
+``python -m dai_mlflow.lifecycle undeploy --model-name NAME`` (stops a local endpoint)
 
 Each command parses options, points MLflow at the tracking store (:mod:`dai_mlflow.tracking`:
 the embedded default, bridged for mlflow 2.17), calls one library function and prints a
@@ -131,6 +133,84 @@ def monitor(model_name: str, table: str, output: str, day: str, days: int) -> No
     result = _tracked(run_monitor, request)
     click.echo(f"partition={result.partition}")
     click.echo(summary(result))
+
+
+@main.command()
+@MODEL_NAME
+@click.option(
+    "--target",
+    type=click.Choice(["local", "databricks"]),
+    default="local",
+    show_default=True,
+    help="local: an endpoint on a stable port here; databricks: a Model Serving endpoint",
+)
+@click.option("--port", type=int, default=5050, show_default=True, help="local: stable port")
+@click.option("--host", default="127.0.0.1", show_default=True, help="local: address to bind")
+@click.option(
+    "--rpc",
+    type=click.Choice(["true", "false"]),
+    default="false",
+    show_default=True,
+    help="local: also serve DAI's JSON-RPC protocol on POST /rpc",
+)
+@click.option("--endpoint-name", default="", help="databricks: endpoint (empty: the model name)")
+@click.option("--secret-scope", default="dai-mlflow", show_default=True, help="databricks")
+@click.option(
+    "--secret-key",
+    default="driverless-ai-license-key",
+    show_default=True,
+    help="databricks: the secret holding the license (referenced, never read)",
+)
+@click.option("--workload-size", default="Small", show_default=True, help="databricks")
+@click.option(
+    "--scale-to-zero",
+    type=click.Choice(["true", "false"]),
+    default="true",
+    show_default=True,
+    help="databricks",
+)
+@click.option(
+    "--wait-minutes", type=float, default=30.0, show_default=True, help="databricks: for READY"
+)
+def deploy(
+    model_name: str,
+    target: str,
+    port: int,
+    host: str,
+    rpc: str,
+    endpoint_name: str,
+    secret_scope: str,
+    secret_key: str,
+    workload_size: str,
+    scale_to_zero: str,
+    wait_minutes: float,
+) -> None:
+    """Deploy the version NAME@champion points at (by its number)."""
+    from dai_mlflow.lifecycle.deploy import DeployRequest
+    from dai_mlflow.lifecycle.deploy import deploy as run_deploy
+
+    try:
+        request = DeployRequest(
+            model_name.strip(), target, port, host.strip(), rpc == "true", None,
+            endpoint_name.strip(), secret_scope.strip(), secret_key.strip(),
+            workload_size.strip(), scale_to_zero == "true", wait_minutes,
+        )  # fmt: skip
+    except DaiMlflowError as e:
+        raise click.ClickException(str(e)) from e
+    result = _tracked(run_deploy, request)
+    click.echo(
+        f"{result.status}={result.model_uri} target={result.target} endpoint={result.endpoint_url}"
+    )
+
+
+@main.command()
+@MODEL_NAME
+def undeploy(model_name: str) -> None:
+    """Stop NAME's local endpoint (front proxy and servers)."""
+    from dai_mlflow.lifecycle.deploy import undeploy as run_undeploy
+
+    result = _tracked(run_undeploy, model_name.strip())
+    click.echo(f"undeployed={result.url} version={result.version}")
 
 
 def run(argv: Optional[Sequence[str]] = None) -> int:

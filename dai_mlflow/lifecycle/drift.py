@@ -120,18 +120,21 @@ def load_column_stats(path: Path) -> Dict[str, Dict[str, Any]]:
     return {str(k): v for k, v in data.items() if isinstance(v, dict)}
 
 
-def _is_numeric(entry: Dict[str, Any]) -> bool:
+def is_numeric(entry: Dict[str, Any]) -> bool:
+    """True when a column stats entry's ``data_type`` is a number type."""
     dtype = str(entry.get("data_type", "")).strip().lower()
     return dtype.startswith(NUMERIC_TYPES)
 
 
-def _to_float(values: Sequence[Any]) -> np.ndarray:
+def to_float(values: Sequence[Any]) -> np.ndarray:
+    """Values as float64; what is not a number becomes NaN."""
     return pd.to_numeric(pd.Series(list(values), dtype=object), errors="coerce").to_numpy(
         dtype=np.float64
     )
 
 
-def _text(values: Sequence[Any]) -> List[Optional[str]]:
+def texts(values: Sequence[Any]) -> List[Optional[str]]:
+    """Values as text; None and NaN become None (missing)."""
     out: List[Optional[str]] = []
     for v in values:
         if v is None or (isinstance(v, float) and math.isnan(v)):
@@ -159,15 +162,15 @@ def feature_drift(entry: Dict[str, Any], name: str, recent: pd.Series) -> DriftR
     """Drift of one input column against its training stats entry."""
     values = list(recent)
     n = len(values)
-    recent_missing = float(sum(1 for v in _text(values) if v is None)) / n if n else float("nan")
+    recent_missing = float(sum(1 for v in texts(values) if v is None)) / n if n else float("nan")
     base_missing = _baseline_missing(entry)
     moved = abs(recent_missing - base_missing)
     missing_moved = not math.isnan(base_missing) and moved >= MISSING_RATE_THRESHOLD
-    if _is_numeric(entry):
+    if is_numeric(entry):
         mean, std = entry.get("mean"), entry.get("std")
         source = "stats"
         if not isinstance(mean, (int, float)) or not isinstance(std, (int, float)):
-            sample = _to_float(entry.get("data") or [])
+            sample = to_float(entry.get("data") or [])
             sample = sample[~np.isnan(sample)]
             if len(sample) < 2:
                 return DriftRow(
@@ -175,7 +178,7 @@ def feature_drift(entry: Dict[str, Any], name: str, recent: pd.Series) -> DriftR
                     base_missing, recent_missing, "none", "no numeric baseline in the stats",
                 )  # fmt: skip
             mean, std, source = float(sample.mean()), float(sample.std(ddof=1)), "sample"
-        x = _to_float(values)
+        x = to_float(values)
         x = x[~np.isnan(x)]
         if len(x) == 0:
             z = float("nan")
@@ -191,7 +194,7 @@ def feature_drift(entry: Dict[str, Any], name: str, recent: pd.Series) -> DriftR
     levels = entry.get("levels")
     source = "stats"
     if not isinstance(levels, dict) or not levels:
-        sample = [v for v in _text(entry.get("data") or []) if v is not None]
+        sample = [v for v in texts(entry.get("data") or []) if v is not None]
         levels = {}
         for v in sample:
             levels[v] = levels.get(v, 0) + 1
@@ -204,7 +207,7 @@ def feature_drift(entry: Dict[str, Any], name: str, recent: pd.Series) -> DriftR
     keys = [str(k) for k in levels]
     total = float(sum(float(v) for v in levels.values()))
     expected = np.array([float(levels[k]) / total for k in levels] + [0.0])
-    present = [v for v in _text(values) if v is not None]
+    present = [v for v in texts(values) if v is not None]
     counts = dict.fromkeys(keys, 0)
     other = 0
     for v in present:
@@ -228,7 +231,7 @@ def prediction_baseline(predictions: pd.DataFrame, columns: Sequence[str]) -> Di
         x = predictions[name].to_numpy(dtype=np.float64)
         x = x[~np.isnan(x)]
         edges = np.unique(np.quantile(x, np.linspace(0, 1, PREDICTION_BINS + 1))[1:-1])
-        shares = _bin_shares(x, edges)
+        shares = bin_shares(x, edges)
         out["columns"][name] = {
             "edges": [float(e) for e in edges],
             "shares": [float(s) for s in shares],
@@ -237,7 +240,8 @@ def prediction_baseline(predictions: pd.DataFrame, columns: Sequence[str]) -> Di
     return out
 
 
-def _bin_shares(x: np.ndarray, edges: Sequence[float]) -> np.ndarray:
+def bin_shares(x: np.ndarray, edges: Sequence[float]) -> np.ndarray:
+    """Share of ``x`` in each bin of the inner ``edges`` (``len(edges) + 1`` bins)."""
     idx = np.searchsorted(np.asarray(edges, dtype=np.float64), x, side="right")
     counts = np.bincount(idx, minlength=len(edges) + 1).astype(np.float64)
     return counts / max(1.0, float(len(x)))
@@ -253,7 +257,7 @@ def prediction_drift(baseline: Optional[Dict[str, Any]], name: str, recent: pd.S
             "prediction", name, "none", float("nan"), PSI_THRESHOLD, False, float("nan"),
             recent_missing, "none", "no prediction baseline: run validate for this version",
         )  # fmt: skip
-    shares = _bin_shares(x[~np.isnan(x)], column["edges"])
+    shares = bin_shares(x[~np.isnan(x)], column["edges"])
     psi = _psi(np.asarray(column["shares"], dtype=np.float64), shares)
     return DriftRow(
         "prediction", name, "psi", psi, PSI_THRESHOLD, psi >= PSI_THRESHOLD, 0.0,
@@ -277,6 +281,42 @@ class DriftReport:
     @property
     def drifted_predictions(self) -> List[str]:
         return [r.column for r in self.rows if r.kind == "prediction" and r.drifted]
+
+
+def drift_score(row: DriftRow) -> float:
+    """How far past its thresholds a row is: the largest of ``|value| / threshold`` and the
+    missing-rate move over :data:`MISSING_RATE_THRESHOLD` (1.0 is at a threshold; NaN when
+    nothing could be measured). Comparable across ``z_mean`` and ``psi`` rows."""
+    parts = []
+    if row.metric in ("z_mean", "psi") and not math.isnan(row.value) and row.threshold > 0:
+        parts.append(abs(row.value) / row.threshold)
+    moved = abs(row.recent_missing_rate - row.baseline_missing_rate)
+    if not math.isnan(moved):
+        parts.append(moved / MISSING_RATE_THRESHOLD)
+    return max(parts) if parts else float("nan")
+
+
+def verdict_reason(report: DriftReport) -> str:
+    """One sentence saying why ``should_retrain`` is what it is."""
+    if report.status == "too_few_rows":
+        return f"no verdict: {report.n_rows} rows in the window, fewer than {MIN_ROWS}"
+    checked = [r for r in report.rows if r.kind == "feature" and r.metric != "none"]
+    drifted = [r.column for r in checked if r.drifted]
+    share = len(drifted) / len(checked) if checked else 0.0
+    parts = []
+    if report.drifted_predictions:
+        parts.append(
+            f"prediction column(s) {', '.join(report.drifted_predictions)} drifted "
+            f"(PSI >= {PSI_THRESHOLD:g})"
+        )
+    else:
+        parts.append("no prediction column drifted")
+    relation = ">=" if share >= FEATURE_SHARE_THRESHOLD else "<"
+    parts.append(
+        f"{len(drifted)} of {len(checked)} checked features drifted ({100 * share:.0f}% "
+        f"{relation} {100 * FEATURE_SHARE_THRESHOLD:.0f}%)"
+    )
+    return "; ".join(parts)
 
 
 def drift_report(

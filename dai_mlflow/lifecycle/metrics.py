@@ -1,13 +1,17 @@
-"""Holdout metrics of a DAI model's predictions, with numpy only (no scikit-learn in the envs).
+"""Holdout metrics of a DAI model's predictions, computed by scikit-learn.
 
 The problem type follows the model's output columns (its signature): one column named after
 the target is regression; ``<target>.<class>`` columns are classification, one probability per
 class. The target is the holdout column those names are built from.
 
 - classification: ``auc`` (binary: the last class's probability; multiclass: the mean of the
-  one-vs-rest AUCs of the classes present) and ``log_loss`` (natural log, probabilities clipped
-  to [1e-15, 1 - 1e-15]);
-- regression: ``mae`` and ``rmse``.
+  one-vs-rest AUCs of the classes present; ``roc_auc_score``) and ``log_loss`` (natural log,
+  ``sklearn.metrics.log_loss``);
+- regression: ``mae`` and ``rmse`` (``mean_absolute_error``, the root of ``mean_squared_error``).
+
+scikit-learn comes with MLflow's full install in both project envs (1.3.x on Python 3.8 with
+MLflow 2.17, newer on Python 3.11) and in ``venvs/launcher``; only its long-stable functions are
+used. Imported inside the functions: the Spark job imports this package without needing it.
 
 Which is "better": :data:`PRIMARY` names the metric the gate compares and whether higher wins.
 """
@@ -27,7 +31,6 @@ CLASSIFICATION = "classification"
 REGRESSION = "regression"
 # problem type -> (metric the gate compares, True when higher is better)
 PRIMARY: Dict[str, Tuple[str, bool]] = {CLASSIFICATION: ("auc", True), REGRESSION: ("rmse", False)}
-_EPS = 1e-15
 
 
 @dataclass(frozen=True)
@@ -78,20 +81,30 @@ def label_text(value: object) -> Optional[str]:
     return text if text.strip() != "" else None
 
 
-def _auc(positive: np.ndarray, score: np.ndarray) -> float:
-    """Mann-Whitney AUC with average ranks for ties; nan when one class is absent."""
-    n_pos = int(positive.sum())
-    n_neg = len(positive) - n_pos
-    if n_pos == 0 or n_neg == 0:
-        return float("nan")
-    ranks = pd.Series(score).rank(method="average").to_numpy()
-    return float((ranks[positive].sum() - n_pos * (n_pos + 1) / 2.0) / (n_pos * n_neg))
-
-
 def classification_metrics(
     problem: Problem, labels: Sequence[object], predictions: pd.DataFrame
 ) -> Dict[str, float]:
-    """``auc`` and ``log_loss`` of class probabilities against labels.
+    """``auc`` and ``log_loss`` of class probabilities against labels (scikit-learn).
+
+    Raises:
+        LifecycleError: a label is not one of the model's classes, or no row has a label.
+    """
+    from sklearn.metrics import log_loss, roc_auc_score
+
+    y, probs = class_indices(problem, labels, predictions)
+    k = len(problem.classes)
+    loss = float(log_loss(y, probs, labels=list(range(k))))
+    columns = [1] if k == 2 else list(range(k))
+    present = [c for c in columns if 0 < int((y == c).sum()) < len(y)]
+    aucs = [float(roc_auc_score(y == c, probs[:, c])) for c in present]
+    auc = float(np.mean(aucs)) if aucs else float("nan")
+    return {"auc": auc, "log_loss": loss}
+
+
+def class_indices(
+    problem: Problem, labels: Sequence[object], predictions: pd.DataFrame
+) -> Tuple[np.ndarray, np.ndarray]:
+    """Labelled rows only: each label's class index, and the class probabilities (rows x classes).
 
     Raises:
         LifecycleError: a label is not one of the model's classes, or no row has a label.
@@ -109,21 +122,13 @@ def classification_metrics(
     index = {c: i for i, c in enumerate(problem.classes)}
     y = np.array([index[t] for t in texts if t is not None])
     probs = predictions[list(problem.output_columns)].to_numpy(dtype=np.float64)[keep]
-    picked = np.clip(probs[np.arange(len(y)), y], _EPS, 1.0 - _EPS)
-    log_loss = float(-np.mean(np.log(picked)))
-    if len(problem.classes) == 2:
-        auc = _auc(y == 1, probs[:, 1])
-    else:
-        aucs = [_auc(y == k, probs[:, k]) for k in range(len(problem.classes))]
-        present = [a for a in aucs if not math.isnan(a)]
-        auc = float(np.mean(present)) if present else float("nan")
-    return {"auc": auc, "log_loss": log_loss}
+    return y, probs
 
 
-def regression_metrics(
+def numeric_labels(
     problem: Problem, labels: Sequence[object], predictions: pd.DataFrame
-) -> Dict[str, float]:
-    """``mae`` and ``rmse`` of the prediction against numeric labels.
+) -> Tuple[np.ndarray, np.ndarray]:
+    """Labelled rows only: the numeric labels and the predictions (regression).
 
     Raises:
         LifecycleError: labels are not numbers, or no row has a label.
@@ -136,8 +141,24 @@ def regression_metrics(
     keep = ~np.isnan(y)
     if not keep.any():
         raise LifecycleError(f"the holdout's {problem.target!r} column has no labels")
-    err = pred[keep] - y[keep]
-    return {"mae": float(np.mean(np.abs(err))), "rmse": float(np.sqrt(np.mean(err**2)))}
+    return y[keep], pred[keep]
+
+
+def regression_metrics(
+    problem: Problem, labels: Sequence[object], predictions: pd.DataFrame
+) -> Dict[str, float]:
+    """``mae`` and ``rmse`` of the prediction against numeric labels (scikit-learn).
+
+    Raises:
+        LifecycleError: labels are not numbers, or no row has a label.
+    """
+    from sklearn.metrics import mean_absolute_error, mean_squared_error
+
+    y, pred = numeric_labels(problem, labels, predictions)
+    return {
+        "mae": float(mean_absolute_error(y, pred)),
+        "rmse": float(np.sqrt(mean_squared_error(y, pred))),
+    }
 
 
 def compute_metrics(

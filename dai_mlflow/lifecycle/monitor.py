@@ -8,6 +8,12 @@ logged for it (:mod:`.drift`). One row per feature and prediction column, plus t
 written to the monitoring table's ``date`` partition (replaced on a re-run, :mod:`.tables`), and
 the run gets ``should_retrain`` (0/1), ``drifted_features``, ``drifted_predictions`` metrics.
 
+After the table is written, the run gets pictures (:mod:`.plots`) under ``plots/v<version>/``
+and ``drift_report.html`` (:mod:`.report`): the verdict and its reason, the drift score of every
+feature, the prediction distribution against the validation baseline, charts of the most
+drifted features and a table of all. Best effort: a failure there is a warning (stderr and the
+run tag ``dai_mlflow.plots_error``); the table and the verdict stand.
+
 Pure pandas/numpy: runs in the project env (Python 3.8, no Spark) and in ``venvs/launcher``.
 """
 
@@ -25,8 +31,9 @@ from typing import Any, Dict, List, Optional
 
 import pandas as pd
 
-from dai_mlflow.lifecycle import drift, registry, tables
+from dai_mlflow.lifecycle import drift, plots, registry, report, tables
 from dai_mlflow.lifecycle.errors import LifecycleError
+from dai_mlflow.lifecycle.validate import warn_plots_failed
 
 MONITOR_COLUMNS = (
     "model_name", "model_version", "kind", "column", "metric", "value", "threshold", "drifted",
@@ -128,6 +135,7 @@ def monitor(request: MonitorRequest) -> MonitorResult:
             raise LifecycleError(f"{source} has no rows of {request.model_name} in {window}")
         rows: List[Dict[str, Any]] = []
         verdicts: List[drift.DriftReport] = []
+        inputs: List[Dict[str, Any]] = []  # what the pictures are drawn from, per version
         computed_at = datetime.now(timezone.utc).replace(tzinfo=None)
         work = Path(tempfile.mkdtemp(prefix="dai-mlflow-monitor-"))
         try:
@@ -140,6 +148,7 @@ def monitor(request: MonitorRequest) -> MonitorResult:
                     base["prediction_baseline"],
                 )  # fmt: skip
                 verdicts.append(report)
+                inputs.append({"version": version, "report": report, "rows": part, **base})
                 for r in report.rows:
                     rows.append(
                         {
@@ -177,9 +186,72 @@ def monitor(request: MonitorRequest) -> MonitorResult:
             report_csv = Path(tmp) / "drift.csv"
             frame.to_csv(report_csv, index=False)
             mlflow.log_artifact(str(report_csv))
-        mlflow.set_tag(registry.TAG_PREFIX + "should_retrain", str(retrain).lower())
+        reasons = [f"v{i['version']}: {drift.verdict_reason(i['report'])}" for i in inputs]
+        mlflow.set_tags(
+            {
+                registry.TAG_PREFIX + "should_retrain": str(retrain).lower(),
+                registry.TAG_PREFIX + "should_retrain_reason": "; ".join(reasons)[:5000],
+            }
+        )
         partition = tables.write_frame(out_table, request.date, frame)
+        log_report(request.model_name, window, run.info.run_id, computed_at, inputs)
         return MonitorResult(run.info.run_id, retrain, partition, frame)
+
+
+def version_pictures(item: Dict[str, Any]) -> report.VersionDrift:
+    """The pictures of one version's window: scores, predictions, top features."""
+    version, result, recent = item["version"], item["report"], item["rows"]
+    prefix = f"v{version}/"
+    features = {}
+    for i, row in enumerate(report.top_features(result.rows)):
+        name = f"{prefix}feature_{i + 1:02d}_{plots.safe_name(row.column)}.png"
+        entry = item["stats"].get(row.column)
+        features[row.column] = plots.feature_picture(entry, row, recent[row.column], name)
+    return report.VersionDrift(
+        version=version,
+        report=result,
+        reason=drift.verdict_reason(result),
+        scores_picture=plots.drift_scores_picture(result.rows, prefix + "drift_scores.png"),
+        prediction_picture=plots.prediction_picture(
+            item["prediction_baseline"],
+            item["outputs"],
+            recent,
+            result.rows,
+            prefix + "predictions.png",
+        ),  # fmt: skip
+        feature_pictures=features,
+    )
+
+
+def log_report(
+    model_name: str,
+    window: List[str],
+    run_id: str,
+    computed_at: datetime,
+    inputs: List[Dict[str, Any]],
+) -> bool:
+    """Log ``plots/v<version>/*.png`` and ``drift_report.html``; True when logged.
+
+    Best effort: anything raised becomes a warning (stderr, run tag ``dai_mlflow.plots_error``).
+    """
+    import mlflow
+
+    try:
+        versions = [version_pictures(item) for item in inputs]
+        stamp = computed_at.strftime("%Y-%m-%d %H:%M UTC")
+        page = report.drift_report(model_name, window, run_id, stamp, versions)
+        with tempfile.TemporaryDirectory(prefix="dai-mlflow-report-") as tmp:
+            folder = Path(tmp)
+            for p in report.all_pictures(versions):
+                path = folder / report.PLOTS_DIR / p.name
+                path.parent.mkdir(parents=True, exist_ok=True)
+                path.write_bytes(p.png)
+            (folder / report.DRIFT_REPORT_NAME).write_text(page, encoding="utf-8")
+            mlflow.log_artifacts(tmp)  # one call: the report and its plots, or neither
+    except Exception as e:  # a plot must never fail the monitor (issue: plots are best effort)
+        warn_plots_failed("drift report", e)
+        return False
+    return True
 
 
 def _version_key(version: str) -> Any:

@@ -62,13 +62,13 @@ def version_by_alias(name: str, alias: str) -> Optional[ModelVersionRef]:
                 f"no registered model {name!r}; log one with "
                 f"`mlflow run . -P pipeline=<scorer.zip> -P model_name={name}`"
             ) from e
-        raise LifecycleError(f"cannot read registered model {name!r}: {_first_line(e)}") from e
+        raise LifecycleError(f"cannot read registered model {name!r}: {first_line(e)}") from e
     try:
         mv = c.get_model_version_by_alias(name, alias)
     except Exception as e:
         if _is_missing(e):
             return None
-        raise LifecycleError(f"cannot read {name}@{alias}: {_first_line(e)}") from e
+        raise LifecycleError(f"cannot read {name}@{alias}: {first_line(e)}") from e
     return ModelVersionRef(name, str(mv.version), str(mv.run_id or ""))
 
 
@@ -92,7 +92,7 @@ def download(ref: ModelVersionRef, dst: Path) -> Path:
     try:
         return Path(mlflow.artifacts.download_artifacts(artifact_uri=ref.uri, dst_path=str(dst)))
     except Exception as e:
-        raise LifecycleError(f"cannot download {ref.uri}: {_first_line(e)}") from e
+        raise LifecycleError(f"cannot download {ref.uri}: {first_line(e)}") from e
 
 
 def move_alias(name: str, alias: str, version: str, expected: Optional[str]) -> None:
@@ -111,12 +111,18 @@ def move_alias(name: str, alias: str, version: str, expected: Optional[str]) -> 
     try:
         client().set_registered_model_alias(name, alias, version)
     except Exception as e:
-        raise LifecycleError(f"setting {name}@{alias} failed: {_first_line(e)}") from e
+        raise LifecycleError(f"setting {name}@{alias} failed: {first_line(e)}") from e
 
 
 def set_version_tag(ref: ModelVersionRef, key: str, value: str) -> None:
     """Tag a model version (best effort is not enough here: errors propagate)."""
     client().set_model_version_tag(ref.name, ref.version, key, value)
+
+
+def delete_version_tag(ref: ModelVersionRef, key: str) -> None:
+    """Remove a model version's tag (no-op when it has none)."""
+    if version_tag(ref, key) is not None:
+        client().delete_model_version_tag(ref.name, ref.version, key)
 
 
 def version_tag(ref: ModelVersionRef, key: str) -> Optional[str]:
@@ -140,7 +146,7 @@ def download_run_file(run_id: str, path: str) -> Optional[Path]:
         shutil.rmtree(tmp, ignore_errors=True)
         if _is_missing(e) or "No such file" in str(e):
             return None
-        raise LifecycleError(f"cannot download {path} of run {run_id}: {_first_line(e)}") from e
+        raise LifecycleError(f"cannot download {path} of run {run_id}: {first_line(e)}") from e
 
 
 def log_params_once(params: Dict[str, object]) -> None:
@@ -158,6 +164,7 @@ def log_params_once(params: Dict[str, object]) -> None:
         mlflow.log_params(fresh)
 
 
-def _first_line(exc: BaseException) -> str:
+def first_line(exc: BaseException) -> str:
+    """``Type: first line of the message`` of an exception."""
     lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
     return f"{type(exc).__name__}: {lines[0] if lines else ''}"

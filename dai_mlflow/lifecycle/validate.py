@@ -6,11 +6,16 @@ Steps of :func:`validate` (all inside one MLflow run; any error ends it FAILED):
 2. download both and score the holdout with each, in the model's own env
    (:mod:`.scoring`); tell the target and problem type from the outputs (:mod:`.metrics`);
 3. log params, ``challenger_<metric>`` / ``champion_<metric>`` metrics, the decision as tags,
-   and ``prediction_baseline.json`` (the challenger's holdout prediction distribution, which
-   :mod:`.monitor` compares recent predictions with);
+   ``prediction_baseline.json`` (the challenger's holdout prediction distribution, which
+   :mod:`.monitor` compares recent predictions with) and ``validation_sample.json`` (holdout rows
+   and the challenger's answers, which ``deploy`` smoke-tests a served version with,
+   :mod:`.smoke`);
 4. only then, and only when the challenger is strictly better on the primary metric (AUC for
    classification, RMSE for regression) or there is no champion yet, move ``champion`` to the
-   challenger's version, after checking that ``champion`` still points where step 1 saw it.
+   challenger's version, after checking that ``champion`` still points where step 1 saw it;
+5. draw the curves of both models (:mod:`.plots`) into ``plots/`` and
+   ``validation_report.html`` (:mod:`.report`). Best effort: a failure here is a warning on
+   stderr and the run tag ``dai_mlflow.plots_error``; the decision and the alias stand.
 
 A failure in steps 1-3 raises before any alias is touched.
 """
@@ -22,11 +27,15 @@ import shutil
 import sys
 import tempfile
 from dataclasses import dataclass
+from datetime import datetime, timezone
 from pathlib import Path
-from typing import Dict, Optional
+from typing import Dict, List, Optional
 
-from dai_mlflow.lifecycle import drift, metrics, registry, scoring
+import pandas as pd
+
+from dai_mlflow.lifecycle import drift, metrics, plots, registry, report, scoring, smoke
 from dai_mlflow.lifecycle.errors import LifecycleError
+from dai_mlflow.lifecycle.report import ValidationSummary
 
 PROMOTED = "promoted"
 KEPT = "kept"
@@ -106,6 +115,7 @@ def _validate(request: ValidateRequest, run_id: str) -> ValidateResult:
         new_pred = scoring.score_file(new_dir, request.holdout, label=challenger.uri)
         new_metrics = metrics.compute_metrics(problem, labels, new_pred)
         old_metrics: Dict[str, float] = {}
+        old_pred: Optional[pd.DataFrame] = None
         if champion is not None and champion.version != challenger.version:
             old_dir = registry.download(champion, work / "champion")
             old_outputs = drift.output_columns(old_dir)
@@ -118,6 +128,8 @@ def _validate(request: ValidateRequest, run_id: str) -> ValidateResult:
             old_metrics = metrics.compute_metrics(problem, labels, old_pred)
         baseline = drift.prediction_baseline(new_pred, problem.output_columns)
         (work / registry.PREDICTION_BASELINE_FILE).write_text(json.dumps(baseline, indent=1))
+        sample = smoke.build_sample(new_dir, holdout, new_pred, f"validation run {run_id}")
+        smoke.write_sample(sample, work / smoke.SAMPLE_FILE)
     except Exception:
         shutil.rmtree(work, ignore_errors=True)
         raise
@@ -127,6 +139,7 @@ def _validate(request: ValidateRequest, run_id: str) -> ValidateResult:
         if old_metrics:
             mlflow.log_metrics({f"champion_{k}": v for k, v in old_metrics.items()})
         mlflow.log_artifact(str(work / registry.PREDICTION_BASELINE_FILE))
+        mlflow.log_artifact(str(work / smoke.SAMPLE_FILE))
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
@@ -139,9 +152,11 @@ def _validate(request: ValidateRequest, run_id: str) -> ValidateResult:
         decision = PROMOTED
     else:
         decision = KEPT
+    reason = _reason(decision, primary, challenger.version, new_metrics, champion, old_metrics)
     mlflow.set_tags(
         {
             registry.TAG_PREFIX + "decision": decision,
+            registry.TAG_PREFIX + "decision_reason": reason,
             registry.TAG_PREFIX + "problem": problem.kind,
             registry.TAG_PREFIX + "primary_metric": primary,
         }
@@ -156,6 +171,18 @@ def _validate(request: ValidateRequest, run_id: str) -> ValidateResult:
             expected=champion.version if champion else None,
         )
     winner = challenger.version if decision in (FIRST, PROMOTED, ALREADY) else champion.version
+    scores = {f"challenger v{challenger.version}": new_metrics}
+    preds = {f"challenger v{challenger.version}": new_pred}
+    if old_pred is not None and champion is not None:
+        scores[f"champion v{champion.version}"] = old_metrics
+        preds[f"champion v{champion.version}"] = old_pred
+    summary = ValidationSummary(
+        model_name=name, run_id=run_id, decision=decision, reason=reason, problem=problem.kind,
+        target=problem.target, primary_metric=primary, holdout=str(request.holdout),
+        rows=len(labels), metrics=scores,
+        computed_at=datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+    )  # fmt: skip
+    log_report(summary, problem, labels, preds)
     _say(
         f"{decision}: {primary} challenger={new_metrics[primary]:.6g}"
         + (f" champion={old_metrics[primary]:.6g}" if old_metrics else "")
@@ -171,3 +198,64 @@ def _validate(request: ValidateRequest, run_id: str) -> ValidateResult:
         challenger_metrics=new_metrics,
         champion_metrics=old_metrics,
     )
+
+
+def _reason(
+    decision: str,
+    primary: str,
+    challenger_version: str,
+    new: Dict[str, float],
+    champion: Optional[registry.ModelVersionRef],
+    old: Dict[str, float],
+) -> str:
+    if decision == FIRST:
+        return f"no champion yet: challenger v{challenger_version} becomes champion"
+    if decision == ALREADY:
+        return f"challenger v{challenger_version} is already the champion"
+    assert champion is not None
+    relation = "better than" if decision == PROMOTED else "not better than"
+    return (
+        f"challenger v{challenger_version} {primary} {new[primary]:.6g} is {relation} champion "
+        f"v{champion.version} {primary} {old[primary]:.6g}"
+    )
+
+
+def log_report(
+    summary: ValidationSummary,
+    problem: metrics.Problem,
+    labels: List[object],
+    predictions: Dict[str, pd.DataFrame],
+) -> bool:
+    """Log ``plots/*.png`` and ``validation_report.html`` to the active run; True when logged.
+
+    Best effort by design: anything raised while drawing or logging becomes a warning on stderr
+    and the run tag ``dai_mlflow.plots_error``, so a picture can never change a promotion.
+    """
+    import mlflow
+
+    try:
+        pictures = plots.validation_pictures(problem, labels, predictions, summary.metrics)
+        page = report.validation_report(summary, pictures)
+        with tempfile.TemporaryDirectory(prefix="dai-mlflow-report-") as tmp:
+            folder = Path(tmp)
+            (folder / report.PLOTS_DIR).mkdir()
+            for p in pictures:
+                (folder / report.PLOTS_DIR / p.name).write_bytes(p.png)
+            (folder / report.VALIDATION_REPORT_NAME).write_text(page, encoding="utf-8")
+            mlflow.log_artifacts(tmp)  # one call: the report and its plots, or neither
+    except Exception as e:  # a plot must never fail the gate (issue: plots are best effort)
+        warn_plots_failed("validation report", e)
+        return False
+    return True
+
+
+def warn_plots_failed(what: str, error: BaseException) -> None:
+    """Say on stderr and in the run tag ``dai_mlflow.plots_error`` that pictures were skipped."""
+    import mlflow
+
+    text = " ".join(f"{type(error).__name__}: {error}".split())[:500]
+    _say(f"warning: {what} not made ({text}); the results above stand")
+    try:
+        mlflow.set_tag(registry.TAG_PREFIX + "plots_error", f"{what}: {text}")
+    except Exception as e:  # the tag is a courtesy; the warning line was already printed
+        _say(f"warning: could not tag the run with the plot error: {e}")
