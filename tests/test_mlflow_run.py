@@ -104,13 +104,16 @@ def test_model_layout_and_env_fit_the_line(case: LoggedDaiModel) -> None:
     assert env["python"].startswith(PYTHON[line] + ".")
     reqs = (d / "requirements.txt").read_text().splitlines()
     assert MLFLOW[line] in reqs
-    shim = [r for r in reqs if r.startswith("./code/dai_mlflow_serving_shim-")]
-    wheel_lines = [r for r in reqs if r.endswith(".whl") and r not in shim]
+    carried = [r for r in reqs if r.startswith("./code/")]
+    wheel_lines = [r for r in reqs if r.endswith(".whl") and r not in carried]
     assert wheel_lines
     assert all(r.startswith("./artifacts/scoring-pipeline/") for r in wheel_lines)
-    # Python 3.8 models carry the uvicorn shim MLflow 3's `models serve` needs; 3.11 ones don't.
-    assert len(shim) == (1 if line == "1.10" else 0)
-    assert all((d / r).is_file() for r in shim)
+    # Every model carries the hooks (docs/model-hooks.md); Python 3.8 models also the uvicorn
+    # shim MLflow 3's `models serve` needs; 3.11 ones don't.
+    names = sorted(Path(r).name.split("-")[0] for r in carried)
+    shim = ["dai_mlflow_serving_shim"] if line == "1.10" else []
+    assert names == ["dai_mlflow_model_hooks", *shim]
+    assert all((d / r).is_file() for r in carried)
     assert not any("h2o4gpu" in r or r.startswith("pyorc") for r in reqs)
     assert ("importlib-resources==5.12.0" in reqs) == (line == "1.10")
     assert "-c constraints.txt" in reqs

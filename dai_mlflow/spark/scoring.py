@@ -286,11 +286,10 @@ def plan(
     shipping.ship_package(spark)
     model_file, key = shipping.ship_model(spark, local_dir)
     licensed = shipping.ship_license(spark, env)
-    others = {
-        k: v
-        for k, v in (env or {}).items()
-        if k not in (worker.LICENSE_KEY_ENV, worker.LICENSE_FILE_ENV)
-    }
+    # A shipped license leaves the closure; license variables that shipped nothing (empty, or a
+    # missing file: no secret) still override the executors' own, as the caller asked.
+    license_vars = (worker.LICENSE_KEY_ENV, worker.LICENSE_FILE_ENV) if licensed else ()
+    others = {k: v for k, v in (env or {}).items() if k not in license_vars}
     return worker.ScoringPlan(
         model_file=model_file,
         model_key=key,
