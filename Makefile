@@ -27,12 +27,12 @@ launcher-venv: ## build venvs/launcher only
 
 .PHONY: spark-venv
 spark-venv: launcher-venv ## build venvs/spark_inference for MODEL_URI=<uri> (the model's env + pyspark)
-	@test -n "$(MODEL_URI)" || { echo "error: pass MODEL_URI=<models:/name@alias | runs:/... | path>" >&2; exit 2; }
+	@test -n "$(MODEL_URI)" || { echo "Error: pass MODEL_URI=<models:/name@alias | runs:/... | path>" >&2; exit 2; }
 	@launchers/build_spark_venv.sh "$(MODEL_URI)"
 
 .PHONY: use-line
 use-line: ## switch python_env.yaml to a DAI line: LINE=1.10 (Python 3.8) or LINE=2 (Python 3.11)
-	@test -f "envs/python_env.dai-$(LINE).yaml" || { echo "error: LINE must be 1.10 or 2 (envs/python_env.dai-<LINE>.yaml)" >&2; exit 2; }
+	@test -f "envs/python_env.dai-$(LINE).yaml" || { echo "Error: LINE must be 1.10 or 2 (envs/python_env.dai-<LINE>.yaml)" >&2; exit 2; }
 	@cp "envs/python_env.dai-$(LINE).yaml" python_env.yaml && echo "python_env.yaml now follows DAI $(LINE); run \`make venvs\`"
 
 .PHONY: demo
@@ -58,12 +58,12 @@ MLFLOW_RUN     = source $(VENVS)/launcher/bin/activate && mlflow run .
 
 .PHONY: validate
 validate: launcher-venv ## promote MODEL_NAME@challenger to champion if better on HOLDOUT=<labelled csv|parquet>
-	@test -n "$(MODEL_NAME)" && test -n "$(HOLDOUT)" || { echo "error: pass MODEL_NAME=<registered model> HOLDOUT=<labelled csv|parquet>" >&2; exit 2; }
+	@test -n "$(MODEL_NAME)" && test -n "$(HOLDOUT)" || { echo "Error: pass MODEL_NAME=<registered model> HOLDOUT=<labelled csv|parquet>" >&2; exit 2; }
 	@$(MLFLOW_RUN) -e validate -P model_name="$(MODEL_NAME)" -P holdout="$(HOLDOUT)"
 
 .PHONY: batch
 batch: launcher-venv ## score INPUT with MODEL_NAME@champion into TABLE's DATE partition (default today)
-	@test -n "$(MODEL_NAME)" && test -n "$(INPUT)" || { echo "error: pass MODEL_NAME=<registered model> INPUT=<csv|parquet> [TABLE=dir] [DATE=YYYY-MM-DD]" >&2; exit 2; }
+	@test -n "$(MODEL_NAME)" && test -n "$(INPUT)" || { echo "Error: pass MODEL_NAME=<registered model> INPUT=<csv|parquet> [TABLE=dir] [DATE=YYYY-MM-DD]" >&2; exit 2; }
 	@$(MLFLOW_RUN) -e batch -P model_name="$(MODEL_NAME)" -P input="$(INPUT)" -P table="$(TABLE)" -P date="$(DATE)"
 
 TARGET        ?= local
@@ -72,17 +72,17 @@ RPC           ?= false
 
 .PHONY: deploy
 deploy: launcher-venv ## deploy MODEL_NAME@champion: TARGET=local (stable port DEPLOY_PORT, RPC=true|false) or databricks
-	@test -n "$(MODEL_NAME)" || { echo "error: pass MODEL_NAME=<registered model> [TARGET=local|databricks] [DEPLOY_PORT=5050] [RPC=true]" >&2; exit 2; }
+	@test -n "$(MODEL_NAME)" || { echo "Error: pass MODEL_NAME=<registered model> [TARGET=local|databricks] [DEPLOY_PORT=5050] [RPC=true]" >&2; exit 2; }
 	@$(MLFLOW_RUN) -e deploy -P model_name="$(MODEL_NAME)" -P target="$(TARGET)" -P port="$(DEPLOY_PORT)" -P rpc="$(RPC)"
 
 .PHONY: undeploy
 undeploy: launcher-venv ## stop MODEL_NAME's local endpoint (front proxy and servers)
-	@test -n "$(MODEL_NAME)" || { echo "error: pass MODEL_NAME=<registered model>" >&2; exit 2; }
+	@test -n "$(MODEL_NAME)" || { echo "Error: pass MODEL_NAME=<registered model>" >&2; exit 2; }
 	@$(LAUNCHER) -m dai_mlflow.lifecycle undeploy --model-name "$(MODEL_NAME)"
 
 .PHONY: monitor
 monitor: launcher-venv ## drift of TABLE's DATE partition vs the training baseline -> MONITOR_TABLE
-	@test -n "$(MODEL_NAME)" || { echo "error: pass MODEL_NAME=<registered model> [TABLE=dir] [MONITOR_TABLE=dir] [DATE=YYYY-MM-DD]" >&2; exit 2; }
+	@test -n "$(MODEL_NAME)" || { echo "Error: pass MODEL_NAME=<registered model> [TABLE=dir] [MONITOR_TABLE=dir] [DATE=YYYY-MM-DD]" >&2; exit 2; }
 	@$(MLFLOW_RUN) -e monitor -P model_name="$(MODEL_NAME)" -P table="$(TABLE)" -P output="$(MONITOR_TABLE)" -P date="$(DATE)"
 
 # Serving (docs/serving.md): both restore the model's env offline and score there.
@@ -91,13 +91,13 @@ RPC_PORT ?= 9090
 
 .PHONY: serve
 serve: launcher-venv ## serve MODEL_URI=<uri> with MLflow's REST API (/invocations) on PORT (default 5000)
-	@test -n "$(MODEL_URI)" || { echo "error: pass MODEL_URI=<models:/name@alias | runs:/... | path>" >&2; exit 2; }
+	@test -n "$(MODEL_URI)" || { echo "Error: pass MODEL_URI=<models:/name@alias | runs:/... | path>" >&2; exit 2; }
 	@$(LAUNCHER) -m dai_mlflow.serve -m "$(MODEL_URI)" -p "$(PORT)"
 
 .PHONY: rpc
 rpc: launcher-venv ## serve MODEL_URI=<uri> with DAI's JSON-RPC protocol (POST /rpc) on RPC_PORT (default 9090)
-	@test -n "$(MODEL_URI)" || { echo "error: pass MODEL_URI=<models:/name@alias | runs:/... | path>" >&2; exit 2; }
-	@$(LAUNCHER) -m dai_mlflow.rpc --model-uri "$(MODEL_URI)" --port "$(RPC_PORT)"
+	@test -n "$(MODEL_URI)" || { echo "Error: pass MODEL_URI=<models:/name@alias | runs:/... | path>" >&2; exit 2; }
+	@$(LAUNCHER) -m dai_mlflow.serve.rpc --model-uri "$(MODEL_URI)" --port "$(RPC_PORT)"
 
 # Benchmarks print figures; none is a test. LINE picks the stand-in's DAI line.
 .PHONY: bench-spark

@@ -3,7 +3,7 @@
 Run through ``mlflow run . -P pipeline=PATH [-P model_name=NAME] [-P alias=ALIAS]`` (see
 ``MLproject``), or directly from ``venvs/mlproject`` to debug:
 ``python scorer_entry.py --pipeline PATH [--model-name NAME] [--alias ALIAS]``.
-All logic lives in :mod:`dai_mlflow.entry`.
+All logic lives in :mod:`dai_mlflow.log.entry`.
 """
 
 import os
@@ -11,7 +11,7 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from dai_mlflow.entry import run  # noqa: E402
+from dai_mlflow.log.entry import run  # noqa: E402
 
 if __name__ == "__main__":
     sys.exit(run())

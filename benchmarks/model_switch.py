@@ -13,7 +13,7 @@ batch, consumed whole, as a job does: a Python worker whose output is cut short,
       server still has it loaded;
   (m) MLflow's plain ``spark_udf(env_manager="uv")`` on the model of (b): a fresh temporary
       env per call (MLflow issue #12204). Offline Python discovery is given to it (the
-      interpreter links of ``dai_mlflow.envmanagers``), nothing else.
+      interpreter links of ``dai_mlflow.envs.offline``), nothing else.
 
 Targets: (b) <= 1 s, (c) <= 0.5 s. ``DAI_MLFLOW_WARM_SERVERS=0`` measures (b) without spares.
 
@@ -75,7 +75,7 @@ def _plain_mlflow(spark, model_uri: str, df, env: Dict[str, str]) -> Callable[[]
     import mlflow.pyfunc
     from pyspark.sql import functions as F
 
-    from dai_mlflow.envmanagers import env_build_env, patched_environ
+    from dai_mlflow.envs.offline import env_build_env, patched_environ
     from dai_mlflow.spark import ModelSpec, download_model
 
     def run() -> object:

@@ -9,8 +9,8 @@ By default the model is the DAI-shaped stand-in logged by the tests' fixture (ca
 model instead (license from your environment). Two servers are started on free loopback ports
 from this (launcher) interpreter, offline, and stopped at the end:
 ``python -m dai_mlflow.serve --env-manager uv`` (the model env's own ``mlflow models serve``) and
-``python -m dai_mlflow.rpc`` (DAI's JSON-RPC protocol). ``--invocations-url``/``--rpc-url`` aim
-at servers that already run instead.
+``python -m dai_mlflow.serve.rpc`` (DAI's JSON-RPC protocol). ``--invocations-url``/``--rpc-url``
+aim at servers that already run instead.
 
 For each endpoint, ``--clients`` threads (one keep-alive connection each) send requests until
 the fixed count is done or ``--max-seconds`` pass, after a warm-up request:
@@ -177,13 +177,13 @@ def run_phase(
 def _start_servers(
     model_uri: str, env: Dict[str, str], env_manager: str, folder: Path
 ) -> Tuple[str, str, List[Any]]:
-    from dai_mlflow.serve import free_port, start_server, wait_until_serving
+    from dai_mlflow.serve.server import free_port, start_server, wait_until_serving
 
     procs = []
     serve_port, rpc_port = free_port(), free_port()
     serve_cmd = [str(LAUNCHER_PYTHON), "-m", "dai_mlflow.serve", "-m", model_uri]
     serve_cmd += ["-p", str(serve_port), "--env-manager", env_manager]
-    rpc_cmd = [str(LAUNCHER_PYTHON), "-m", "dai_mlflow.rpc", "--model-uri", model_uri]
+    rpc_cmd = [str(LAUNCHER_PYTHON), "-m", "dai_mlflow.serve.rpc", "--model-uri", model_uri]
     rpc_cmd += ["--port", str(rpc_port), "--env-manager", env_manager]
     urls = (f"http://127.0.0.1:{serve_port}", f"http://127.0.0.1:{rpc_port}")
     for cmd, name in ((serve_cmd, "serve"), (rpc_cmd, "rpc")):
@@ -199,7 +199,7 @@ def _model(args: argparse.Namespace) -> Tuple[str, Path, Dict[str, str]]:
         env = dict(os.environ)
         env["PYTHONPATH"] = str(REPO_ROOT)
         return args.model_uri, Path(args.sample), env
-    from dai_mlflow.serve import model_python_version, offline_build_env
+    from dai_mlflow.serve.server import model_python_version, offline_build_env
     from tests.fixtures_model import get_logged_model, run_env
 
     model = get_logged_model(args.dai_version, args.problem)
@@ -244,7 +244,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         "--url", help="a local deployment's stable endpoint: both --invocations-url and --rpc-url"
     )
     parser.add_argument("--invocations-url", help="a running mlflow models serve (base URL)")
-    parser.add_argument("--rpc-url", help="a running dai_mlflow.rpc server (base URL)")
+    parser.add_argument("--rpc-url", help="a running dai_mlflow.serve.rpc server (base URL)")
     parser.add_argument("--env-manager", default="uv", choices=["uv", "virtualenv"])
     parser.add_argument("--clients", type=int, default=8)
     parser.add_argument("--requests", type=int, default=400, help="single-row requests")
@@ -294,7 +294,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         print(json.dumps({"model": model_uri, "dai_version": args.dai_version}))
         return _report(phases, args.clients)
     finally:
-        from dai_mlflow.serve import stop_server
+        from dai_mlflow.serve.server import stop_server
 
         for proc in procs:
             stop_server(proc)

@@ -9,7 +9,7 @@ sample rows are repeated to ``--rows`` rows of parquet. Measurements, each timin
 scoring (not Spark start-up or env builds):
 
 1. raw: ``Scorer().score_batch`` over batches of ``--batch-size`` rows in one process (one core),
-   in the model's Spark venv (``dai_mlflow.spark_env``, the env ``make spark-venv`` builds);
+   in the model's Spark venv (``dai_mlflow.envs.spark_venv``, the env ``make spark-venv`` builds);
 2. local: ``dai_mlflow.spark.score(env_manager="local")`` in that venv, ``local[cores]``: the
    model loaded in each Python worker;
 3. floor: the same rows through a pandas UDF that does nothing, laid out as ``score`` lays them
@@ -115,7 +115,7 @@ def _run_json(cmd: List[str], env: Dict[str, str]) -> Dict[str, float]:
 
 def _prepare(args: argparse.Namespace) -> Dict[str, str]:
     """Model URI, sample, license env; the Spark venv; the parquet of --rows rows."""
-    from dai_mlflow.spark_env import build_spark_env
+    from dai_mlflow.envs.spark_venv import build_spark_env
 
     env = dict(os.environ)
     if args.model_uri:

@@ -15,13 +15,16 @@ Run: ``make demo`` (or ``venvs/launcher/bin/python -m dai_mlflow.demo --help``).
 
 from __future__ import annotations
 
-import argparse
 import os
 import subprocess
 import sys
 import time
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence
+
+import click
+
+from dai_mlflow.cli import HELP, run_click
 
 ROOT = Path(__file__).resolve().parents[1]
 GENERATED = ROOT / "data" / "generated"
@@ -116,22 +119,31 @@ def run_demo(dai_version: str, problem: str, env_manager: str) -> int:
     return 0
 
 
+@click.command(name="python -m dai_mlflow.demo", context_settings=HELP, help=__doc__.split("\n")[0])
+@click.option("--dai-version", type=click.Choice(("1.10", "2")), default="1.10", show_default=True)
+@click.option(
+    "--problem",
+    type=click.Choice(("binary", "multiclass", "regression")),
+    default="binary",
+    show_default=True,
+)
+@click.option(
+    "--env-manager",
+    type=click.Choice(("uv", "virtualenv", "local")),
+    default="uv",
+    show_default=True,
+)
+def cli(dai_version: str, problem: str, env_manager: str) -> int:
+    """Run the demo steps; 0 when all passed."""
+    try:
+        return run_demo(dai_version, problem, env_manager)
+    except DemoError as e:
+        raise click.ClickException(str(e)) from e
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """CLI entry point of ``make demo``."""
-    parser = argparse.ArgumentParser(
-        prog="python -m dai_mlflow.demo", description=__doc__.split("\n")[0]
-    )
-    parser.add_argument("--dai-version", choices=("1.10", "2"), default="1.10")
-    parser.add_argument(
-        "--problem", choices=("binary", "multiclass", "regression"), default="binary"
-    )
-    parser.add_argument("--env-manager", choices=("uv", "virtualenv", "local"), default="uv")
-    args = parser.parse_args(argv)
-    try:
-        return run_demo(args.dai_version, args.problem, args.env_manager)
-    except DemoError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
+    return run_click(cli, argv)
 
 
 if __name__ == "__main__":

@@ -1,16 +1,32 @@
-"""Error hierarchy of dai_mlflow.
+"""Error hierarchy of dai_mlflow, and how anything is said: one note prefix, one error prefix.
 
 Every expected failure raises a subclass of :class:`DaiMlflowError` whose message is one line
 and says how to fix the problem. Command-line front doors catch ``DaiMlflowError`` only at the
-edge and turn it into a one-line error with a non-zero exit; nothing below them logs and
-returns None.
+edge (:mod:`dai_mlflow.cli`) and print :func:`report_error`'s ``Error: <message>`` with a
+non-zero exit; nothing below them logs and returns None. Progress goes to stderr through
+:func:`say` (``[dai-mlflow] ...``); any exception is shown in one line by :func:`one_line`.
 
 Stdlib only: this module is imported inside the DAI scorer's pinned env (Python 3.8).
 """
 
 from __future__ import annotations
 
+import sys
 from typing import Iterable
+
+NOTE_PREFIX = "[dai-mlflow]"
+ERROR_PREFIX = "Error:"
+
+
+def say(message: str) -> None:
+    """A progress note on stderr: ``[dai-mlflow] <message>``."""
+    print(f"{NOTE_PREFIX} {message}", file=sys.stderr, flush=True)
+
+
+def report_error(error: object) -> int:
+    """Print ``Error: <error>`` on stderr (the one error line of every command); return 1."""
+    print(f"{ERROR_PREFIX} {error}", file=sys.stderr, flush=True)
+    return 1
 
 
 class DaiMlflowError(Exception):

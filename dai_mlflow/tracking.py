@@ -13,7 +13,7 @@ run`` process in the parent chain (found through ``/proc``: the interpreter that
 store); the interpreter of an ``mlflow`` command on PATH. Any other URI (http, file, a sqlite
 store this mlflow can read, databricks, ...) is used as is.
 
-Used by :mod:`dai_mlflow.entry`; not model-side.
+Used by :mod:`dai_mlflow.log.entry`; not model-side.
 """
 
 from __future__ import annotations
@@ -23,7 +23,6 @@ import os
 import socket
 import sqlite3
 import subprocess
-import sys
 import tempfile
 import time
 import urllib.error
@@ -32,7 +31,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator, List, Optional
 
-from dai_mlflow.errors import DaiMlflowError
+from dai_mlflow.errors import DaiMlflowError, say
 
 SERVER_PYTHON_ENV = "DAI_MLFLOW_SERVER_PYTHON"
 DEFAULT_DB_NAME = "mlflow.db"
@@ -268,12 +267,7 @@ def bridge_server(uri: str, python: Optional[str] = None) -> Iterator[TrackingSt
         if not ready:
             _wait_ready(url, proc, log)
             ready.append(True)
-            print(
-                f"[dai-mlflow] tracking: {uri} through a loopback mlflow server at {url} "
-                f"({python})",
-                file=sys.stderr,
-                flush=True,
-            )
+            say(f"tracking: {uri} through a loopback mlflow server at {url} ({python})")
 
     try:
         yield TrackingStore(url, _wait)

@@ -1,6 +1,6 @@
 # shellcheck shell=bash
 # Shared helpers for launchers/*.sh: strict mode, paths, host-Python discovery, error helpers.
-# Sourced, never run. The heavy lifting lives in `python -m dai_mlflow.venvs`.
+# Sourced, never run. The heavy lifting lives in `python -m dai_mlflow.envs.venvs`.
 set -o errexit -o nounset -o pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -11,7 +11,7 @@ SPARK_VENV="$VENVS/spark_inference"
 export PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}"
 
 _die() {
-  printf 'error: %s\n' "$*" >&2
+  printf 'Error: %s\n' "$*" >&2
   exit 1
 }
 
@@ -21,7 +21,7 @@ _require_cmd() {
 }
 
 # Print a host interpreter that MLflow 3.x supports (>= 3.10): DAI_MLFLOW_HOST_PYTHON, then
-# python3 on PATH, then the newest 3.1x that dai_mlflow.pythons finds (pyenv, uv).
+# python3 on PATH, then the newest 3.1x that dai_mlflow.envs.pythons finds (pyenv, uv).
 _host_python() {
   local candidate version
   for candidate in "${DAI_MLFLOW_HOST_PYTHON:-}" python3; do
@@ -35,7 +35,7 @@ _host_python() {
   done
   _require_cmd python3 "install Python >= 3.10 (e.g. apt-get install python3) or set DAI_MLFLOW_HOST_PYTHON"
   for version in 3.13 3.12 3.11 3.10; do
-    if candidate="$(python3 -m dai_mlflow.pythons "$version" 2>/dev/null | cut -f3)"; then
+    if candidate="$(python3 -m dai_mlflow.envs.pythons "$version" 2>/dev/null | cut -f3)"; then
       printf '%s\n' "$candidate"
       return 0
     fi

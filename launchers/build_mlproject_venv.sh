@@ -13,7 +13,7 @@ _main() {
     *) _die "usage: $0 [--quiet]" ;;
   esac
   python="$(_launcher_python)"
-  "$python" -m dai_mlflow.venvs python-env "${quiet[@]}" \
+  "$python" -m dai_mlflow.envs.venvs python-env "${quiet[@]}" \
     --dest "$MLPROJECT_VENV" --python-env "$ROOT/python_env.yaml" --installer pip
 }
 

@@ -25,14 +25,14 @@ _main() {
   python="$(_launcher_python)"
   # The venv sees this checkout's dai_mlflow (spark_inference/score.py, the debug launcher).
   if [ -n "$python_env" ]; then
-    "$python" -m dai_mlflow.spark_env --dest "$SPARK_VENV" --site-path "$ROOT" \
+    "$python" -m dai_mlflow.envs.spark_venv --dest "$SPARK_VENV" --site-path "$ROOT" \
       --python-env "$python_env" --requirements "$requirements"
   else
-    "$python" -m dai_mlflow.spark_env --model-uri "$1" --dest "$SPARK_VENV" --site-path "$ROOT"
+    "$python" -m dai_mlflow.envs.spark_venv --model-uri "$1" --dest "$SPARK_VENV" --site-path "$ROOT"
   fi
   # Plain spark_udf(env_manager="virtualenv") from this venv restores model envs offline too, and
   # its MLflow 2.17 reads models:/ URIs of an MLflow 3 sqlite store through the launcher's MLflow.
-  "$python" -m dai_mlflow.pythons --link "$VENVS/pythons" --activate "$SPARK_VENV" \
+  "$python" -m dai_mlflow.envs.pythons --link "$VENVS/pythons" --activate "$SPARK_VENV" \
     --export "DAI_MLFLOW_SERVER_PYTHON=$python" >/dev/null
 }
 

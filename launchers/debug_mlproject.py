@@ -159,11 +159,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             args.entry_point, params, args.experiment_name, args.experiment_id, args.run_name
         )
     except DebugLaunchError as e:
-        print(f"error: {e}", file=sys.stderr)
+        print(f"Error: {e}", file=sys.stderr)
         return 2
     except Exception as e:  # MLflow's own validation errors (missing param, bad path, …)
         if type(e).__name__ in ("ExecutionException", "MlflowException"):
-            print(f"error: {e}", file=sys.stderr)
+            print(f"Error: {e}", file=sys.stderr)
             return 2
         raise
 

@@ -6,8 +6,8 @@ This launcher, run with `venvs/spark_inference/bin/python` (`make spark-venv MOD
 
 1. downloads the model and checks the input's columns against its signature (as score.py does);
 2. with `--sample N`, loads the pyfunc with `mlflow.pyfunc.load_model` here and calls `predict`
-   on the first N input rows in this process — breakpoints in `dai_mlflow/model.py` and in the
-   DAI scorer hit now — and prints the pid `predict` ran in;
+   on the first N input rows in this process — breakpoints in `dai_mlflow/model/pyfunc.py` and in
+   the DAI scorer hit now — and prints the pid `predict` ran in;
 3. unless `--sample-only`, scores the whole input with local Spark and MLflow's own
    `mlflow.pyfunc.spark_udf(env_manager="local")` (the documented plain path; the model runs in
    this venv's Python workers), writing the parquet `spark_inference/score.py` writes.
@@ -152,7 +152,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     try:
         return run(args)
     except DaiMlflowError as e:
-        print(f"error: {e}", file=sys.stderr)
+        print(f"Error: {e}", file=sys.stderr)
         return 1
 
 

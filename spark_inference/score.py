@@ -27,4 +27,4 @@ if os.path.exists(_LAUNCHER):
 from dai_mlflow.spark.cli import main  # noqa: E402
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -4,7 +4,7 @@
   builder's own pipeline (``build_pipeline``, seed 1), trained on 60 rows instead of 2 000 (the
   builder's ``N_TRAIN``, set for that one build; the builder's code is not changed): same
   columns, same DAI shape, a real GLM with a higher holdout log loss and a lower AUC. Logged once
-  with ``dai_mlflow.log.log_pipeline`` (validated in its own env like any model) into a cache
+  with ``dai_mlflow.log.run.log_pipeline`` (validated in its own env like any model) into a cache
   store under ``tests/.cache/lifecycle/``, keyed like the ``logged_model`` fixtures.
 - ``broken_model_copy(src, dst) -> Path``: a copy of a logged model folder whose scorer answers
   NaN for every row (the fitted model in its experiment wheel gets a NaN bias): it loads, serves
@@ -41,7 +41,7 @@ _LOG = textwrap.dedent(
     """
     import json, sys
     from pathlib import Path
-    from dai_mlflow.log import LogRequest, log_pipeline
+    from dai_mlflow.log.run import LogRequest, log_pipeline
     result = log_pipeline(LogRequest(pipeline=Path(sys.argv[1])))
     import mlflow
     run = mlflow.MlflowClient().get_run(result.run_id)

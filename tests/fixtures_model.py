@@ -250,8 +250,8 @@ def get_logged_model(dai_version: str, problem: str) -> LoggedDaiModel:
 
 
 def model_python(model: LoggedDaiModel) -> Path:
-    """Python of the model's own env (``dai_mlflow.model_env``, cached under the test root)."""
-    from dai_mlflow.model_env import ensure_model_env
+    """Python of the model's own env (``dai_mlflow.envs.model_env``, cached under the test root)."""
+    from dai_mlflow.envs.model_env import ensure_model_env
 
     return ensure_model_env(model.local_dir, "uv", str(MODEL_ENV_ROOT))
 

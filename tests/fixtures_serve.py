@@ -10,14 +10,15 @@
     (its Python and MLflow: 2.17 on Python 3.8 for DAI 1.10, so the model folder is served
     since MLflow 2.17 cannot read the 3.x test store);
   * ``serve-uv``: plain ``mlflow models serve -m models:/... --env-manager uv`` from
-    ``venvs/launcher``, offline (``dai_mlflow.serve.offline_build_env``: the tool dir of
-    ``dai_mlflow.envmanagers``); MLflow 3 serves with uvicorn inside the env, and a DAI 1.10
+    ``venvs/launcher``, offline (``dai_mlflow.serve.server.offline_build_env``: the tool dir of
+    ``dai_mlflow.envs.offline``); MLflow 3 serves with uvicorn inside the env, and a DAI 1.10
     env (MLflow 2.17) through the serving shim the model carries (gunicorn);
   * ``serve-wrapped-uv``: ``python -m dai_mlflow.serve -m models:/... --env-manager uv``: the
     same env restore, served by the env's own MLflow (the way for DAI 1.10);
-  * ``rpc-uv``: ``python -m dai_mlflow.rpc --model-uri models:/...`` from ``venvs/launcher``
+  * ``rpc-uv``: ``python -m dai_mlflow.serve.rpc --model-uri models:/...`` from ``venvs/launcher``
     (restores the model env like ``serve-uv`` and re-executes there);
-  * ``rpc-local``: ``python -m dai_mlflow.rpc --env-manager local`` with the model's own Python.
+  * ``rpc-local``: ``python -m dai_mlflow.serve.rpc --env-manager local`` with the model's own
+    Python.
 
 - ``scorer_truth(model) -> dict``: the scorer's own answers, computed in the model's env with
   the experiment wheel unzipped on its own: ``score`` of the first rows as text (as DAI's HTTP
@@ -40,7 +41,7 @@ from typing import Any, Callable, Dict, Iterator, List, Sequence
 import pytest
 from filelock import FileLock
 
-from dai_mlflow.serve import (
+from dai_mlflow.serve.server import (
     free_port,
     model_python_version,
     offline_build_env,
@@ -120,7 +121,7 @@ def _command(spec: ServerSpec, model: LoggedDaiModel, port: int, workdir: Path) 
         env["PYTHONPATH"] = str(REPO_ROOT)
         env["MLFLOW_TRACKING_URI"] = model.tracking_uri
         uri = model.model_uri if spec.line == "2" else str(model.local_dir)
-        cmd = [str(python), "-m", "dai_mlflow.rpc", "--env-manager", "local"]
+        cmd = [str(python), "-m", "dai_mlflow.serve.rpc", "--env-manager", "local"]
         return [*cmd, "--model-uri", uri, "--port", str(port)], env
     # uv kinds run from venvs/launcher, resolve models:/ URIs and restore the env offline.
     env.update(offline_build_env(model_python_version(model.local_dir), env["PATH"]))
@@ -132,7 +133,7 @@ def _command(spec: ServerSpec, model: LoggedDaiModel, port: int, workdir: Path) 
         cmd = [str(LAUNCHER_BIN / "python"), "-m", "dai_mlflow.serve", "--env-manager", "uv"]
         return [*cmd, "-m", model.model_uri, "-p", str(port)], env
     if spec.kind == "rpc-uv":
-        cmd = [str(LAUNCHER_BIN / "python"), "-m", "dai_mlflow.rpc"]
+        cmd = [str(LAUNCHER_BIN / "python"), "-m", "dai_mlflow.serve.rpc"]
         return [*cmd, "--model-uri", model.model_uri, "--port", str(port)], env
     raise ValueError(f"unknown server kind {spec.kind!r}; one of {KINDS}")
 
@@ -172,7 +173,7 @@ class ServerPool:
             model = get_logged_model(spec.line, spec.problem)
             _, env = _command(spec, model, 0, self.folder)
             code = (
-                "import sys; from pathlib import Path; from dai_mlflow.serve import "
+                "import sys; from pathlib import Path; from dai_mlflow.serve.server import "
                 "prepare_model_env; prepare_model_env(Path(sys.argv[1]), 'uv')"
             )
             proc = subprocess.run(

@@ -4,7 +4,7 @@
   this interpreter; dai_mlflow reaches them the way it reaches any executor, shipped by the
   job); stopped at the end.
 - ``spark_venv(model) -> Path``: python of the model's Spark venv, built by
-  ``dai_mlflow.spark_env`` (what ``make spark-venv`` builds) under ``tests/.cache/venvs``,
+  ``dai_mlflow.envs.spark_venv`` (what ``make spark-venv`` builds) under ``tests/.cache/venvs``,
   behind a file lock and reused while the model's env spec is unchanged.
 - ``expected_scores(model, input_csv) -> DataFrame``: the scorer's own ``score_batch`` on the
   csv, computed in the model's own env (``row_id`` = csv row number, then DAI's columns).
@@ -30,7 +30,7 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 CACHE = REPO_ROOT / "tests" / ".cache"
 
 # The model env holds only the shared requirements: the experiment wheel (in the model's
-# artifacts) is unzipped here on its own, independently of dai_mlflow.experiment.
+# artifacts) is unzipped here on its own, independently of dai_mlflow.model.experiment.
 _SCORE_BATCH = r"""
 import glob, importlib, os, sys, tempfile, zipfile
 import pandas as pd
@@ -73,8 +73,8 @@ def spark():
 
 def get_spark_venv(model: LoggedDaiModel) -> Path:
     """Python of the model's Spark venv (its env + pyspark), cached per line and problem."""
-    from dai_mlflow.spark_env import spec_for_model_dir
-    from dai_mlflow.venvs import ensure_venv
+    from dai_mlflow.envs.spark_venv import spec_for_model_dir
+    from dai_mlflow.envs.venvs import ensure_venv
 
     dest = CACHE / "venvs" / f"spark-{model.build.dai_line}-{model.build.problem}"
     dest.parent.mkdir(parents=True, exist_ok=True)
@@ -86,7 +86,7 @@ def get_spark_venv(model: LoggedDaiModel) -> Path:
 
 @pytest.fixture(scope="session")
 def spark_venv() -> Callable[[LoggedDaiModel], Path]:
-    """Factory: ``spark_venv(model)`` → python of ``dai_mlflow.spark_env``'s venv for it."""
+    """Factory: ``spark_venv(model)`` → python of ``dai_mlflow.envs.spark_venv``'s venv for it."""
     return get_spark_venv
 
 

@@ -26,8 +26,8 @@ from typing import Callable, Dict, List
 import pytest
 from filelock import FileLock
 
+from dai_mlflow.envs.venvs import VenvSpec, ensure_venv
 from dai_mlflow.standin import PROBLEMS, StandinBuild, build_pipeline, load_build
-from dai_mlflow.venvs import VenvSpec, ensure_venv
 
 CACHE = Path(__file__).resolve().parent / ".cache"
 

@@ -82,7 +82,7 @@ def main() -> int:
         _predict(args.model_uri, args.input, args.out_dir, predict)
     leaked = sorted(m for m in sys.modules if m.split(".")[0] == "dai_mlflow")
     if leaked:
-        print(f"error: the driver imported {leaked}", file=sys.stderr)
+        print(f"Error: the driver imported {leaked}", file=sys.stderr)
         return 3
     return 0
 

@@ -11,7 +11,7 @@ error naming the license, and the calling process lives on:
   last line, exit 1, and an output that was already at ``--output`` is left as it was.
 
 Serving (``mlflow models serve``: a 500 naming the license, ``/ping`` still answers) and
-``dai_mlflow.rpc`` (exit 1 at start-up) are covered in ``test_serve.py`` and ``test_rpc.py``.
+``dai_mlflow.serve.rpc`` (exit 1 at start-up) are covered in ``test_serve.py`` and ``test_rpc.py``.
 The license file here is forged (``forged_license``): nothing of a real license.
 """
 

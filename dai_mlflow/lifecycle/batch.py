@@ -8,7 +8,7 @@ output table (:mod:`.tables`): every row gets ``model_name``, ``model_version``,
 
 Where the Spark job's driver runs (the entry point's own env has no pyspark by default): in the
 champion's Spark venv, the model's Python and requirements plus pyspark
-(:mod:`dai_mlflow.spark_env`, what ``make spark-venv`` builds), at ``--spark-venv`` (default
+(:mod:`dai_mlflow.envs.spark_venv`, what ``make spark-venv`` builds), at ``--spark-venv`` (default
 ``venvs/spark_inference`` of the project folder ``mlflow run`` runs in), built or reused (rebuilt
 when the champion's env spec changed); with ``env_manager=uv|virtualenv``, this interpreter
 instead when it has pyspark.
@@ -32,7 +32,9 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import List, Optional
 
+from dai_mlflow.errors import ERROR_PREFIX, say
 from dai_mlflow.lifecycle import registry, scoring, tables
+from dai_mlflow.lifecycle.batch_job import JOB_RESULT_PREFIX
 from dai_mlflow.lifecycle.errors import LifecycleError
 
 # Relative to the project folder `mlflow run` runs the entry point in (the checkout).
@@ -41,8 +43,7 @@ DEFAULT_SPARK_VENV = Path("venvs") / "spark_inference"
 PACKAGE_PARENT = Path(__file__).resolve().parents[2]
 ENV_MANAGERS = ("local", "uv", "virtualenv")
 METADATA_COLUMNS = ("model_name", "model_version", "model_uri", "scored_at")
-JOB_ERROR_PREFIX = "error: "
-JOB_RESULT_PREFIX = "batch_result="
+JOB_ERROR_PREFIX = ERROR_PREFIX + " "
 
 
 @dataclass(frozen=True)
@@ -87,21 +88,17 @@ def _today() -> str:
     return datetime.now(timezone.utc).date().isoformat()
 
 
-def _say(msg: str) -> None:
-    print(f"[dai-mlflow] {msg}", file=sys.stderr, flush=True)
-
-
 def spark_venv_python(model_dir: Path, dest: Path) -> Path:
     """Build or reuse ``dest`` as the model's Spark venv (its env + pyspark + pyarrow)."""
-    from dai_mlflow.spark_env import spec_for_model_dir
-    from dai_mlflow.venvs import ensure_venv
+    from dai_mlflow.envs.spark_venv import spec_for_model_dir
+    from dai_mlflow.envs.venvs import ensure_venv
 
     dest.parent.mkdir(parents=True, exist_ok=True)
     with open(str(dest) + ".lock", "a") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         spec = spec_for_model_dir(model_dir, site_paths=[str(PACKAGE_PARENT)])
         python, built = ensure_venv(spec, dest, quiet=True, progress=lambda _m: None)
-    _say(f"spark venv {'built' if built else 'reused'}: {dest}")
+    say(f"spark venv {'built' if built else 'reused'}: {dest}")
     return python
 
 
@@ -192,14 +189,14 @@ def batch(request: BatchRequest) -> BatchResult:
             model_dir = registry.download(ref, work / "model")
             _check_input(model_dir, request.input)
             python = job_python(request, model_dir)
-            _say(f"scoring {request.input} with {ref.uri} into date={day} ({python})")
+            say(f"scoring {request.input} with {ref.uri} into date={day} ({python})")
             rows = run_job(job_command(request, python, model_dir, ref))
         finally:
             shutil.rmtree(work, ignore_errors=True)
         partition = tables.partition_dir(tables.local_table(request.table), day)
         mlflow.log_metric("rows", rows)
         mlflow.set_tag(registry.TAG_PREFIX + "partition", str(partition))
-        _say(f"wrote {rows} rows to {partition}")
+        say(f"wrote {rows} rows to {partition}")
         return BatchResult(run.info.run_id, ref.uri, partition, rows)
 
 

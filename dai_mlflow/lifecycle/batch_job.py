@@ -6,34 +6,47 @@
 
 Run by :mod:`.batch` in the champion's Spark venv (Python 3.8 + PySpark 3.5 for DAI 1.10) or in
 ``venvs/launcher``; needs no tracking server (the model folder is already downloaded). Prints
-``batch_result=<rows>`` on success, ``error: <one line>`` and exit 1 on failure, leaving the
+``batch_result=<rows>`` on success, ``Error: <one line>`` and exit 1 on failure, leaving the
 table as it was.
 """
 
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 from typing import List, Optional
 
-from dai_mlflow.errors import DaiMlflowError
+import click
+
+from dai_mlflow.cli import HELP, run_click
+from dai_mlflow.errors import DaiMlflowError, one_line
+
+JOB_RESULT_PREFIX = "batch_result="
 
 
-def score_partition(spark: object, args: argparse.Namespace) -> int:
-    """Score ``args.input`` and swap it in as the date's partition; return the row count."""
+def score_partition(
+    spark: object,
+    model_dir: Path,
+    model_name: str,
+    model_version: str,
+    input_path: str,
+    table: str,
+    day: str,
+    env_manager: str,
+) -> int:
+    """Score the input and swap it in as the date's partition; return the row count."""
     from pyspark.sql import functions as F
 
     from dai_mlflow.lifecycle import tables
     from dai_mlflow.spark import read_input, score, translate_error
 
-    model_uri = f"models:/{args.model_name}/{args.model_version}"
-    df = read_input(spark, args.input)
-    scored = score(spark, args.model_dir, df, args.env_manager, source_uri=model_uri)
+    model_uri = f"models:/{model_name}/{model_version}"
+    df = read_input(spark, input_path)
+    scored = score(spark, str(model_dir), df, env_manager, source_uri=model_uri)
     scored = scored.select(
         "*",
-        F.lit(args.model_name).alias("model_name"),
-        F.lit(str(args.model_version)).alias("model_version"),
+        F.lit(model_name).alias("model_name"),
+        F.lit(str(model_version)).alias("model_version"),
         F.lit(model_uri).alias("model_uri"),
         F.current_timestamp().alias("scored_at"),
     )
@@ -44,45 +57,55 @@ def score_partition(spark: object, args: argparse.Namespace) -> int:
         except Exception as e:
             raise translate_error(e) from e
 
-    target = tables.replace_partition(Path(args.table), args.date, _write)
+    target = tables.replace_partition(Path(table), day, _write)
     return tables.row_count(target)
 
 
-def main(argv: Optional[List[str]] = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m dai_mlflow.lifecycle.batch_job")
-    parser.add_argument("--model-dir", required=True)
-    parser.add_argument("--model-name", required=True)
-    parser.add_argument("--model-version", required=True)
-    parser.add_argument("--input", required=True)
-    parser.add_argument("--table", required=True)
-    parser.add_argument("--date", required=True)
-    parser.add_argument("--env-manager", default="local")
-    parser.add_argument("--master", default="local[*]")
-    parser.add_argument("--python", default=None, help="the executors' Python")
-    args = parser.parse_args(argv)
-    spark = None
+@click.command(name="python -m dai_mlflow.lifecycle.batch_job", context_settings=HELP)
+@click.option("--model-dir", required=True, type=click.Path(path_type=Path))
+@click.option("--model-name", required=True)
+@click.option("--model-version", required=True)
+@click.option("--input", "input_path", required=True)
+@click.option("--table", required=True)
+@click.option("--date", "day", required=True)
+@click.option("--env-manager", default="local", show_default=True)
+@click.option("--master", default="local[*]", show_default=True)
+@click.option("--python", "executor_python", default=None, help="the executors' Python")
+def cli(
+    model_dir: Path,
+    model_name: str,
+    model_version: str,
+    input_path: str,
+    table: str,
+    day: str,
+    env_manager: str,
+    master: str,
+    executor_python: Optional[str],
+) -> None:
+    """Score the input into the date's partition; print ``batch_result=<rows>``."""
+    from dai_mlflow.spark import precheck, preflight_predict
+    from dai_mlflow.spark.session import build_session
+
+    spec = precheck(model_dir, input_path)
+    if env_manager == "local":
+        preflight_predict(spec, input_path)
+    spark = build_session(master, "dai-mlflow-batch", python=executor_python)
     try:
-        from dai_mlflow.spark import precheck, preflight_predict
-
-        spec = precheck(Path(args.model_dir), args.input)
-        if args.env_manager == "local":
-            preflight_predict(spec, args.input)
-        from dai_mlflow.spark.session import build_session
-
-        spark = build_session(args.master, "dai-mlflow-batch", python=args.python)
-        rows = score_partition(spark, args)
-    except DaiMlflowError as e:
-        print(f"error: {str(e).splitlines()[0] if str(e) else type(e).__name__}", flush=True)
-        return 1
+        rows = score_partition(
+            spark, model_dir, model_name, model_version, input_path, table, day, env_manager
+        )
+    except DaiMlflowError:
+        raise
     except Exception as e:  # an unexpected error still ends as one line
-        first = (str(e).strip().splitlines() or [""])[0]
-        print(f"error: {type(e).__name__}: {first}", flush=True)
-        return 1
+        raise click.ClickException(one_line(e)) from e
     finally:
-        if spark is not None:
-            spark.stop()
-    print(f"batch_result={rows}", flush=True)
-    return 0
+        spark.stop()
+    click.echo(f"{JOB_RESULT_PREFIX}{rows}")
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    """``python -m dai_mlflow.lifecycle.batch_job ...``; its exit code."""
+    return run_click(cli, argv)
 
 
 if __name__ == "__main__":

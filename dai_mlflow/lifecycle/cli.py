@@ -19,7 +19,7 @@ from typing import Optional, Sequence
 
 import click
 
-from dai_mlflow.clirun import run_click
+from dai_mlflow.cli import run_click
 from dai_mlflow.errors import DaiMlflowError
 
 MODEL_NAME = click.option("--model-name", required=True, help="registered model name")

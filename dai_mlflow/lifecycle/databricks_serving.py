@@ -23,10 +23,10 @@ Python 3.8-safe.
 from __future__ import annotations
 
 import re
-import sys
 from datetime import timedelta
 from typing import TYPE_CHECKING, Optional, Tuple
 
+from dai_mlflow.errors import say
 from dai_mlflow.lifecycle import registry
 from dai_mlflow.lifecycle.endpoint import DeployError
 
@@ -35,10 +35,6 @@ if TYPE_CHECKING:  # pragma: no cover
 
 LICENSE_ENV = "DRIVERLESS_AI_LICENSE_KEY"
 READY = "READY"
-
-
-def _say(msg: str) -> None:
-    print(f"[dai-mlflow] {msg}", file=sys.stderr, flush=True)
 
 
 def endpoint_name_for(model_name: str) -> str:
@@ -105,7 +101,7 @@ def deploy_serving_endpoint(
         except NotFound:
             existing = None
         if existing is None:
-            _say(f"creating serving endpoint {name} with {ref.uri}; waiting up to {timeout}")
+            say(f"creating serving endpoint {name} with {ref.uri}; waiting up to {timeout}")
             config = EndpointCoreConfigInput(
                 name=name, served_entities=[entity], traffic_config=traffic
             )
@@ -114,9 +110,9 @@ def deploy_serving_endpoint(
         else:
             previous = _served_version(existing, ref.name)
             if previous == ref.version and _state(existing) == (READY, "NOT_UPDATING"):
-                _say(f"{name} already serves {ref.uri} and is READY; nothing to do")
+                say(f"{name} already serves {ref.uri} and is READY; nothing to do")
                 return url, previous, "already_deployed"
-            _say(f"updating serving endpoint {name} from v{previous} to {ref.uri}; waiting")
+            say(f"updating serving endpoint {name} from v{previous} to {ref.uri}; waiting")
             done = w.serving_endpoints.update_config_and_wait(
                 name=name, served_entities=[entity], traffic_config=traffic, timeout=timeout
             )
@@ -136,5 +132,5 @@ def deploy_serving_endpoint(
     served = _served_version(done, ref.name)
     if served != ref.version:
         raise DeployError(f"serving endpoint {name} serves v{served}, not {ref.uri}")
-    _say(f"serving endpoint {name} is READY with {ref.uri}: {url}")
+    say(f"serving endpoint {name} is READY with {ref.uri}: {url}")
     return url, previous, "deployed"

@@ -23,12 +23,12 @@ from __future__ import annotations
 
 import re
 import shutil
-import sys
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Dict, Optional, Tuple
 
+from dai_mlflow.errors import say
 from dai_mlflow.lifecycle import drift, endpoint, registry, scoring, smoke
 from dai_mlflow.lifecycle.endpoint import DeployError
 from dai_mlflow.lifecycle.errors import LifecycleError
@@ -93,10 +93,6 @@ class DeployResult:
     previous_version: Optional[str]
 
 
-def _say(msg: str) -> None:
-    print(f"[dai-mlflow] {msg}", file=sys.stderr, flush=True)
-
-
 def deploy(request: DeployRequest) -> DeployResult:
     """Deploy the version ``NAME@champion`` points at now, and record it.
 
@@ -120,7 +116,7 @@ def deploy(request: DeployRequest) -> DeployResult:
         else:
             params.update(license_secret=request.license_reference)
         registry.log_params_once(params)
-        _say(f"deploying {ref.uri} ({request.model_name}@champion) to {request.target}")
+        say(f"deploying {ref.uri} ({request.model_name}@champion) to {request.target}")
         if request.target == "local":
             url, previous, status = deploy_local(ref, request)
         else:
@@ -163,7 +159,7 @@ def load_sample(ref: registry.ModelVersionRef, model_dir: Path) -> smoke.Sample:
                 return smoke.read_sample(path)
             finally:
                 shutil.rmtree(path.parent, ignore_errors=True)
-    _say(f"{ref.uri} has no validation sample (validated before deploy existed, or never): "
+    say(f"{ref.uri} has no validation sample (validated before deploy existed, or never): "
          "smoke-testing it on its input example, without expected answers")  # fmt: skip
     return smoke.example_sample(model_dir, drift.output_columns(model_dir))
 
@@ -184,7 +180,7 @@ def deploy_local(
         state = endpoint.load_state(folder)
         live = endpoint.proxy_state(state) if state else None
         if state and live is None:
-            _say(f"the endpoint recorded in {folder} is not running; cleaning it up")
+            say(f"the endpoint recorded in {folder} is not running; cleaning it up")
             endpoint.stop_proxy(state, folder)
             if state.get("current"):
                 endpoint.stop_servers(state["current"])
@@ -201,10 +197,10 @@ def deploy_local(
         served = ((live or {}).get("route") or {}).get("version")
         same = served == previous == ref.version and bool(current.get("rpc")) == request.rpc
         if same and endpoint.answers(url + "/ping"):
-            _say(f"{ref.uri} already serves at {url}; nothing to do")
+            say(f"{ref.uri} already serves at {url}; nothing to do")
             return url, previous, ALREADY
         if same:
-            _say(f"{ref.uri} is deployed but its server does not answer; starting it again")
+            say(f"{ref.uri} is deployed but its server does not answer; starting it again")
 
         vfolder = folder / f"v{ref.version}-{endpoint.new_token()[:8]}"
         vfolder.mkdir(parents=True)
@@ -213,18 +209,18 @@ def deploy_local(
             model_dir = registry.download(ref, vfolder / "download")
             sample = load_sample(ref, model_dir)
             python = scoring.model_env_python(model_dir)
-            _say(f"starting {ref.uri} beside {('v' + previous) if previous else 'nothing'}")
+            say(f"starting {ref.uri} beside {('v' + previous) if previous else 'nothing'}")
             clock = time.monotonic()
             servers = endpoint.start_servers(
                 model_dir, python, vfolder, ref.name, ref.version, ref.uri, request.rpc
             )
-            _say(f"{ref.uri} serves on its own port after {time.monotonic() - clock:.1f}s")
-            _say(f"smoke test of {ref.uri}: {len(sample.data)} rows ({sample.source})")
+            say(f"{ref.uri} serves on its own port after {time.monotonic() - clock:.1f}s")
+            say(f"smoke test of {ref.uri}: {len(sample.data)} rows ({sample.source})")
             clock = time.monotonic()
             smoke.check_invocations(servers.invocations, sample)
             if servers.rpc:
                 smoke.check_rpc(servers.rpc, sample)
-            _say(f"smoke test passed in {time.monotonic() - clock:.2f}s")
+            say(f"smoke test passed in {time.monotonic() - clock:.2f}s")
             if state is None:
                 token = endpoint.new_token()
                 info = endpoint.start_proxy(folder, request.host, request.port,
@@ -250,14 +246,14 @@ def deploy_local(
         # Switched: from here on the new version serves; record it before retiring the old one.
         state["current"] = asdict(servers)
         endpoint.save_state(folder, state)
-        _say(f"{url} now serves {ref.uri}")
+        say(f"{url} now serves {ref.uri}")
         if current:
             clock = time.monotonic()
             if not endpoint.wait_drained(state, current["route_id"]):
-                _say(f"warning: v{previous} still had requests after {endpoint.DRAIN_TIMEOUT:.0f}s")
+                say(f"warning: v{previous} still had requests after {endpoint.DRAIN_TIMEOUT:.0f}s")
             drained = time.monotonic() - clock
             endpoint.stop_servers(current)
-            _say(f"v{previous} drained in {drained:.2f}s and stopped")
+            say(f"v{previous} drained in {drained:.2f}s and stopped")
         return url, previous, DEPLOYED
 
 

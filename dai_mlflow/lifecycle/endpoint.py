@@ -12,7 +12,7 @@ Layout of a model's endpoint folder (``$DAI_MLFLOW_ENDPOINT_ROOT/<model>`` or
 - ``proxy.json``, ``proxy.log``: written by the proxy (:mod:`.proxy`).
 
 Servers are the version's own ``mlflow models serve --env-manager local`` and, when asked, the
-JSON-RPC server (:mod:`dai_mlflow.rpc`, a private copy run as a script), both started with the
+JSON-RPC server (:mod:`dai_mlflow.serve.rpc`, a private copy run as a script), both started with the
 model's own env (:func:`.scoring.model_env_python`: the env validate scores in, so usually no
 install) on free loopback ports, in their own sessions so they outlive the deploy command.
 :func:`start_servers` / :func:`stop_servers` start and stop them; :func:`start_proxy`,
@@ -320,7 +320,7 @@ def start_servers(
             rpc_port = free_port()
             # A private copy run as a script: it imports the model's own code/dai_mlflow.
             script = folder / RPC_SCRIPT_NAME
-            shutil.copy2(Path(__file__).resolve().parents[1] / "rpc.py", script)
+            shutil.copy2(Path(__file__).resolve().parents[1] / "serve" / "rpc.py", script)
             cmd = [str(python), str(script), "--model-uri", str(model_dir), "--env-manager",
                    "local", "--host", DEFAULT_HOST, "--port", str(rpc_port)]  # fmt: skip
             started.append(_spawn(cmd, folder / "rpc-cwd", env, rpc_log))

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import sys
 import tempfile
 from dataclasses import asdict, dataclass
 from datetime import date as Date
@@ -31,6 +30,7 @@ from typing import Any, Dict, List, Optional
 
 import pandas as pd
 
+from dai_mlflow.errors import say
 from dai_mlflow.lifecycle import drift, plots, registry, report, tables
 from dai_mlflow.lifecycle.errors import LifecycleError
 from dai_mlflow.lifecycle.validate import warn_plots_failed
@@ -79,10 +79,6 @@ class MonitorResult:
     should_retrain: bool
     partition: Path
     frame: pd.DataFrame
-
-
-def _say(msg: str) -> None:
-    print(f"[dai-mlflow] {msg}", file=sys.stderr, flush=True)
 
 
 def version_baselines(ref: registry.ModelVersionRef, work: Path) -> Dict[str, Any]:
@@ -164,7 +160,7 @@ def monitor(request: MonitorRequest) -> MonitorResult:
                             "computed_at": computed_at,
                         }
                     )
-                _say(
+                say(
                     f"v{version}: {report.n_rows} rows, drifted features "
                     f"{report.drifted_features or 'none'}, drifted predictions "
                     f"{report.drifted_predictions or 'none'}, should_retrain="

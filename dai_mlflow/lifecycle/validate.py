@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import sys
 import tempfile
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -33,6 +32,7 @@ from typing import Dict, List, Optional
 
 import pandas as pd
 
+from dai_mlflow.errors import say
 from dai_mlflow.lifecycle import drift, metrics, plots, registry, report, scoring, smoke
 from dai_mlflow.lifecycle.errors import LifecycleError
 from dai_mlflow.lifecycle.report import ValidationSummary
@@ -71,10 +71,6 @@ class ValidateResult:
     champion_metrics: Dict[str, float]
 
 
-def _say(msg: str) -> None:
-    print(f"[dai-mlflow] {msg}", file=sys.stderr, flush=True)
-
-
 def validate(request: ValidateRequest) -> ValidateResult:
     """Score challenger and champion on the holdout; promote the challenger only if better.
 
@@ -101,7 +97,7 @@ def _validate(request: ValidateRequest, run_id: str) -> ValidateResult:
             "champion_version": champion.version if champion else "none",
         }
     )
-    _say(
+    say(
         f"{name}: challenger v{challenger.version}, champion "
         f"{'v' + champion.version if champion else '(none yet)'}; scoring {request.holdout}"
     )
@@ -183,7 +179,7 @@ def _validate(request: ValidateRequest, run_id: str) -> ValidateResult:
         computed_at=datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
     )  # fmt: skip
     log_report(summary, problem, labels, preds)
-    _say(
+    say(
         f"{decision}: {primary} challenger={new_metrics[primary]:.6g}"
         + (f" champion={old_metrics[primary]:.6g}" if old_metrics else "")
         + f"; {name}@champion = v{winner}"
@@ -254,8 +250,8 @@ def warn_plots_failed(what: str, error: BaseException) -> None:
     import mlflow
 
     text = " ".join(f"{type(error).__name__}: {error}".split())[:500]
-    _say(f"warning: {what} not made ({text}); the results above stand")
+    say(f"warning: {what} not made ({text}); the results above stand")
     try:
         mlflow.set_tag(registry.TAG_PREFIX + "plots_error", f"{what}: {text}")
     except Exception as e:  # the tag is a courtesy; the warning line was already printed
-        _say(f"warning: could not tag the run with the plot error: {e}")
+        say(f"warning: could not tag the run with the plot error: {e}")

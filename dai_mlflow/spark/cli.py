@@ -17,13 +17,14 @@ line (``Error: ...``), exits non-zero and leaves ``--output`` as it was.
 
 from __future__ import annotations
 
+import sys
 import tempfile
 from pathlib import Path
-from typing import Optional
+from typing import Optional, Sequence
 
 import click
 
-from dai_mlflow.errors import DaiMlflowError
+from dai_mlflow.cli import HELP, run_click
 from dai_mlflow.spark.files import INPUT_FORMATS
 from dai_mlflow.spark.scoring import (
     DEFAULT_BATCH_SIZE,
@@ -36,7 +37,7 @@ from dai_mlflow.spark.scoring import (
 from dai_mlflow.spark.session import build_session
 
 
-@click.command(context_settings={"help_option_names": ["-h", "--help"]})
+@click.command(name="dai-mlflow-score", context_settings=HELP)
 @click.option("--model-uri", required=True, help="models:/name@alias, runs:/<id>/model or a path")
 @click.option("--input", "input_path", required=True, help="csv or parquet file/folder")
 @click.option("--output", "output_path", required=True, help="parquet folder to (re)place")
@@ -81,7 +82,7 @@ from dai_mlflow.spark.session import build_session
     help="local: load the model and score the first rows before starting Spark",
 )
 @click.option("--add-metadata", is_flag=True, help="also write model_uri and scored_at columns")
-def main(
+def cli(
     model_uri: str,
     input_path: str,
     output_path: str,
@@ -119,13 +120,16 @@ def main(
                 env_root=env_root,
                 source_uri=model_uri,
             )
-    except DaiMlflowError as e:
-        raise click.ClickException(str(e)) from e
     finally:
         if spark is not None:
             spark.stop()
     click.echo(f"scored {input_path} -> {output_path} (env manager {env_manager})")
 
 
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """``dai-mlflow-score``; its exit code."""
+    return run_click(cli, argv)
+
+
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

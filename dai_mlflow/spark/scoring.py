@@ -14,7 +14,7 @@ docs/model-hooks.md):
 * on the executors, a pandas UDF (:mod:`.worker`): ``env_manager="local"`` loads the model once
   per Python worker, in the worker's own env (it must be the model's env, e.g.
   ``venvs/spark_inference``); ``uv``/``virtualenv`` build or reuse the model's env on each
-  executor (:mod:`dai_mlflow.model_env`; ``virtualenv`` installs with pip) and run one model
+  executor (:mod:`dai_mlflow.envs.model_env`; ``virtualenv`` installs with pip) and run one model
   server per Python worker in it, fed Arrow batches over pipes; the server keeps the model
   loaded for the next job, and a spare server of the same env waits for the next model;
 * errors: a model error comes back at once, marked; :func:`translate_error` makes Spark's long
@@ -33,8 +33,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Dict, Iterator, List, Optional, Sequence, Tuple
 
+from dai_mlflow.envs.model_env import INSTALLERS
 from dai_mlflow.errors import DaiMlflowError, one_line
-from dai_mlflow.model_env import INSTALLERS
 from dai_mlflow.spark import shipping, worker
 from dai_mlflow.spark.files import (
     INPUT_FORMATS,

@@ -30,7 +30,7 @@ import zipfile
 from pathlib import Path
 from typing import Callable, Dict, Mapping, Optional, Tuple
 
-from dai_mlflow.license import (
+from dai_mlflow.model.license import (
     LICENSE_FILE_ENV,
     LICENSE_KEY_ENV,
     LicenseNotFoundError,

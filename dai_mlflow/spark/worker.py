@@ -5,12 +5,12 @@ driver's machine is assumed: the model, the license and this package reach execu
 Spark's own ``addFile``/``addPyFile``). In each Python worker, on the first batch:
 
 1. the model folder is taken from ``SparkFiles`` (a zip) and extracted once per content key
-   under the executor's env root (:func:`dai_mlflow.model_env.env_root`; atomic rename);
+   under the executor's env root (:func:`dai_mlflow.envs.model_env.env_root`; atomic rename);
 2. ``env_manager="local"``: the model is loaded in this worker (its Python *is* the model's env)
    and kept for every later batch and job of the application;
 3. ``uv``/``virtualenv``: the model's own env is built or reused on this executor
-   (:func:`dai_mlflow.model_env.ensure_model_env`, file-locked, offline interpreter discovery),
-   and one model server per worker runs in it (:mod:`dai_mlflow.model_hooks.arrow_server`):
+   (:func:`dai_mlflow.envs.model_env.ensure_model_env`, file-locked, offline interpreter discovery),
+   and one model server per worker runs in it (:mod:`dai_mlflow.model.hooks.arrow_server`):
    batches go to it as Arrow IPC over a pipe and come back the same way. The server keeps the
    model loaded for the next job of the same model; after it starts, a *spare* server of the
    same env is started too (its imports done, no model yet), so a new model of the same DAI
@@ -32,7 +32,6 @@ import contextlib
 import hashlib
 import json
 import os
-import pkgutil
 import shutil
 import subprocess
 import sys
@@ -45,9 +44,16 @@ from typing import Any, Callable, Deque, Dict, Iterator, Optional, Tuple
 
 import pandas as pd
 
-from dai_mlflow.model_env import INSTALLERS, ensure_model_env, env_root, file_lock
-from dai_mlflow.model_hooks import MODULES, PACKAGE
-from dai_mlflow.processes import parent_death_signal, without_foreign_python
+from dai_mlflow.envs.model_env import (
+    INSTALLERS,
+    ensure_model_env,
+    env_root,
+    file_lock,
+    hooks_package,
+)
+from dai_mlflow.envs.processes import parent_death_signal, without_foreign_python
+from dai_mlflow.errors import say
+from dai_mlflow.model.hooks import PACKAGE
 
 ERROR_MARKER = "[dai-mlflow model error]"
 WARM_SERVERS_ENV = "DAI_MLFLOW_WARM_SERVERS"
@@ -86,7 +92,7 @@ class ScoringPlan:
 
 
 def _say(message: str) -> None:
-    print(f"[dai-mlflow worker {os.getpid()}] {message}", file=sys.stderr, flush=True)
+    say(f"worker {os.getpid()}: {message}")
 
 
 def _spark_file(name: str) -> Path:
@@ -123,35 +129,6 @@ def model_dir(plan: ScoringPlan) -> Path:
     return extract_once(_spark_file(plan.model_file), root / "models" / plan.model_key)
 
 
-def hooks_package(root: Path) -> Path:
-    """A folder holding this package's model-side code as ``dai_mlflow_model_hooks``.
-
-    Read with ``pkgutil`` (works when dai_mlflow itself came as a zip through ``addPyFile``) and
-    written once per content under ``root/servers``; the model env's interpreter imports it from
-    there and nothing else of this executor's Python.
-    """
-    files = {name: pkgutil.get_data("dai_mlflow.model_hooks", name) or b"" for name in MODULES}
-    digest = hashlib.sha256()
-    for name in MODULES:
-        digest.update(name.encode() + b"\0" + files[name])
-    folder = root / "servers" / digest.hexdigest()[:16]
-    if not (folder / PACKAGE / MODULES[0]).is_file():
-        folder.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}-", dir=str(folder.parent)))
-        try:
-            (tmp / PACKAGE).mkdir()
-            for name, data in files.items():
-                (tmp / PACKAGE / name).write_bytes(data)
-            try:
-                os.rename(str(tmp), str(folder))
-            except OSError:
-                if not (folder / PACKAGE / MODULES[0]).is_file():
-                    raise
-        finally:
-            shutil.rmtree(str(tmp), ignore_errors=True)
-    return folder
-
-
 # ------------------------------------------------------------------------------ environment
 def model_environ(plan: ScoringPlan) -> Dict[str, str]:
     """The model's variables: this worker's, minus Spark's, plus license, threads and ``env``."""
@@ -172,7 +149,7 @@ def model_environ(plan: ScoringPlan) -> Dict[str, str]:
 
 # ------------------------------------------------------------------------------ model server
 class ModelServer:
-    """One :mod:`~dai_mlflow.model_hooks.arrow_server` process and the pipes to it."""
+    """One :mod:`~dai_mlflow.model.hooks.arrow_server` process and the pipes to it."""
 
     def __init__(self, python: Path, hooks: Path, environ: Dict[str, str], workdir: Path) -> None:
         self.python = python

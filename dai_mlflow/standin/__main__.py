@@ -6,43 +6,49 @@ Writes ``DIR/scorer.zip`` (and ``DIR/scoring-pipeline/``, ``DIR/license.sig``,
 
 from __future__ import annotations
 
-import argparse
 import sys
 import time
 from pathlib import Path
 from typing import List, Optional
 
-from dai_mlflow.errors import DaiMlflowError
+import click
+
+from dai_mlflow.cli import HELP, run_click
 from dai_mlflow.standin.builder import build_pipeline
 from dai_mlflow.standin.lines import DAI_LINES, PROBLEMS
 
 
-def main(argv: Optional[List[str]] = None) -> int:
-    """Parse options, build, print a summary; a one-line error and exit 1 on failure."""
-    parser = argparse.ArgumentParser(
-        prog="python -m dai_mlflow.standin",
-        description="Build a DAI-shaped stand-in Python scoring pipeline (scorer.zip).",
-    )
-    parser.add_argument("--out", type=Path, required=True, help="output folder")
-    parser.add_argument("--dai-version", choices=sorted(DAI_LINES), default="1.10")
-    parser.add_argument("--problem", choices=PROBLEMS, default="binary")
-    parser.add_argument("--seed", type=int, default=0)
-    args = parser.parse_args(argv)
+@click.command(
+    name="python -m dai_mlflow.standin",
+    context_settings=HELP,
+    help="Build a DAI-shaped stand-in Python scoring pipeline (scorer.zip).",
+)
+@click.option("--out", type=click.Path(path_type=Path), required=True, help="output folder")
+@click.option(
+    "--dai-version", type=click.Choice(sorted(DAI_LINES)), default="1.10", show_default=True
+)
+@click.option("--problem", type=click.Choice(PROBLEMS), default="binary", show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True)
+def cli(out: Path, dai_version: str, problem: str, seed: int) -> None:
+    """Build, print a summary."""
     started = time.monotonic()
     try:
-        build = build_pipeline(args.out, args.dai_version, args.problem, args.seed)
-    except (DaiMlflowError, OSError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
-    print(
+        build = build_pipeline(out, dai_version, problem, seed)
+    except OSError as e:
+        raise click.ClickException(str(e)) from e
+    click.echo(
         f"built DAI {build.dai_version} {build.problem} stand-in pipeline "
         f"(Python {build.python}, target {build.target!r}) in {time.monotonic() - started:.1f}s"
     )
-    print(f"scorer_zip={build.zip_path}")
-    print(f"license={build.license_path}")
-    print(f"sample_input={build.sample_input_csv}")
-    print(f"holdout={build.holdout_csv}")
-    return 0
+    click.echo(f"scorer_zip={build.zip_path}")
+    click.echo(f"license={build.license_path}")
+    click.echo(f"sample_input={build.sample_input_csv}")
+    click.echo(f"holdout={build.holdout_csv}")
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    """Parse options, build; a one-line error and exit 1 on failure."""
+    return run_click(cli, argv)
 
 
 if __name__ == "__main__":

@@ -21,15 +21,15 @@ from typing import Any, Dict, List, Optional, Tuple
 
 import pandas as pd
 
-from dai_mlflow import wheelfile
 from dai_mlflow.errors import DaiMlflowError
+from dai_mlflow.log import wheelfile
+from dai_mlflow.log.wheelfile import build_wheel, write_zip
 from dai_mlflow.standin import data as data_mod
 from dai_mlflow.standin import texts
 from dai_mlflow.standin.lines import DAI_LINES, H2O4GPU_REQUIRES, PROBLEMS, DaiLine
 from dai_mlflow.standin.runtime.h2oaicore import engine
 from dai_mlflow.standin.runtime.h2oaicore.licensing import sign_license
 from dai_mlflow.standin.train import to_frame, train
-from dai_mlflow.wheelfile import build_wheel, write_zip
 
 SCORER_ZIP_NAME = "scorer.zip"
 SCORING_PIPELINE_DIR_NAME = "scoring-pipeline"

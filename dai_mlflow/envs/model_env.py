@@ -1,0 +1,236 @@
+"""The one way a logged model's own env is built: logging's check, lifecycle scoring, Spark, tests.
+
+A model folder holds ``python_env.yaml`` (the pipeline's Python and build pins) and
+``requirements.txt`` (the shared requirements of its DAI version plus the wheels the model
+carries). :func:`ensure_model_env` builds that env with
+:func:`dai_mlflow.envs.venvs.ensure_venv`, keyed by :func:`dai_mlflow.envs.venvs.spec_key` (the
+exact Python, every requirement line, the bytes of every file they name), under a file lock, in
+an env root:
+
+* ``env_root`` argument, else ``$DAI_MLFLOW_ENV_ROOT``, else ``~/.cache/dai-mlflow/envs``; when
+  that cannot be written (a read-only home on a cluster node), ``<tmp>/dai-mlflow-<uid>/envs``;
+* folder ``model-py<python>-<installer>-<key>``: models of one DAI version share it (the
+  experiment wheel is loaded from the model's artifacts, not installed).
+
+The interpreter is found offline (:func:`dai_mlflow.envs.pythons.find_python`): the exact version of
+``python_env.yaml`` when there is one, else the newest of its minor (a Spark executor may have
+3.8.17 where the model was logged on 3.8.18; DAI's wheels are built per minor).
+
+Code runs in that env by :func:`run_program` (the one-shot programs of
+:mod:`dai_mlflow.model.hooks.programs`) or as a server (Spark), always from
+:func:`hooks_package`: this package's model-side code written out as ``dai_mlflow_model_hooks``,
+so that the env's interpreter imports nothing of the caller's Python.
+
+Runs wherever an env is needed: the project env, ``venvs/launcher``, Spark executors. Stdlib (+
+PyYAML through :mod:`dai_mlflow.envs.venvs`); Python 3.8-safe.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import json
+import os
+import pkgutil
+import shutil
+import subprocess
+import tempfile
+from pathlib import Path
+from typing import Any, Callable, Dict, Iterator, Optional, Sequence
+
+from dai_mlflow.envs.processes import without_foreign_python
+from dai_mlflow.envs.pythons import find_python
+from dai_mlflow.envs.venvs import PYTHON_ENV_FILE_NAME, VenvSpec, ensure_venv, spec_key
+from dai_mlflow.errors import DaiMlflowError, PythonNotFoundError, say
+from dai_mlflow.model.hooks import MODULES, PACKAGE
+from dai_mlflow.model.hooks.programs import RESULT_MARKER
+from dai_mlflow.model.hooks.stdin_server import ERROR_MARKER
+
+ENV_ROOT_ENV = "DAI_MLFLOW_ENV_ROOT"
+REQUIREMENTS_FILE_NAME = "requirements.txt"
+# The env managers of dai-mlflow's own paths and the installer each one builds with.
+INSTALLERS = {"uv": "uv", "virtualenv": "pip"}
+
+Progress = Callable[[str], None]
+
+
+class ModelProgramError(DaiMlflowError):
+    """Model-side code failed in the model's env; the message is its own error, one line."""
+
+
+def _quiet(_message: str) -> None:
+    pass
+
+
+def _writable(folder: Path) -> bool:
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError:
+        return False
+    return os.access(str(folder), os.W_OK | os.X_OK)
+
+
+def env_root(explicit: Optional[str] = None) -> Path:
+    """Where model envs live (see the module docstring); created.
+
+    Raises:
+        DaiMlflowError: neither the chosen root nor the temporary fallback can be written.
+    """
+    chosen = explicit or os.environ.get(ENV_ROOT_ENV)
+    if chosen:
+        root = Path(chosen).expanduser()
+        if not _writable(root):
+            raise DaiMlflowError(f"the env root {root} cannot be written; pick another")
+        return root
+    home = Path(os.path.expanduser("~")) / ".cache" / "dai-mlflow" / "envs"
+    if _writable(home):
+        return home
+    uid = os.getuid() if hasattr(os, "getuid") else "user"
+    fallback = Path(tempfile.gettempdir()) / f"dai-mlflow-{uid}" / "envs"
+    if not _writable(fallback):
+        raise DaiMlflowError(
+            f"no writable folder for model envs (tried {home}, {fallback}); set {ENV_ROOT_ENV}"
+        )
+    return fallback
+
+
+@contextlib.contextmanager
+def file_lock(path: Path) -> Iterator[None]:
+    """Hold an exclusive flock on ``path`` (created with its folder) for the block."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(str(path), "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def model_env_spec(model_dir: Path, installer: str = "uv") -> VenvSpec:
+    """The env spec of a model folder: its ``python_env.yaml`` (``-r requirements.txt``).
+
+    Raises:
+        DaiMlflowError: the folder has no ``python_env.yaml``/``requirements.txt``.
+    """
+    for name in (PYTHON_ENV_FILE_NAME, REQUIREMENTS_FILE_NAME):
+        if not (model_dir / name).is_file():
+            raise DaiMlflowError(
+                f"{model_dir} has no {name}; is it an MLflow pyfunc model logged by dai-mlflow?"
+            )
+    spec = VenvSpec.from_python_env(model_dir / PYTHON_ENV_FILE_NAME, installer=installer)
+    try:
+        find_python(spec.python)
+    except PythonNotFoundError:
+        minor = ".".join(spec.python.split(".")[:2])
+        if minor == spec.python:
+            raise
+        find_python(minor)  # raises with the searched places when the minor is missing too
+        say(f"Python {spec.python} not found here; building with Python {minor}")
+        spec = VenvSpec(
+            python=minor,
+            dependencies=spec.dependencies,
+            build_dependencies=spec.build_dependencies,
+            base_dir=spec.base_dir,
+            installer=installer,
+        )
+    return spec
+
+
+def model_env_dir(model_dir: Path, installer: str = "uv", root: Optional[str] = None) -> Path:
+    """The folder the model's env is (or would be) built in."""
+    spec = model_env_spec(model_dir, installer)
+    key = spec_key(spec, find_python(spec.python))
+    return env_root(root) / f"model-py{spec.python}-{installer}-{key}"
+
+
+def ensure_model_env(
+    model_dir: Path,
+    installer: str = "uv",
+    root: Optional[str] = None,
+    quiet: bool = True,
+    progress: Progress = _quiet,
+) -> Path:
+    """Build (or reuse) the model's own env; its python.
+
+    Concurrent callers (Spark tasks, parallel ``mlflow run``s) wait for one another's build of
+    the same env; a build that fails half-way leaves nothing behind.
+
+    Raises:
+        PythonNotFoundError: no local interpreter of the model's Python.
+        VenvBuildError: the build failed.
+        DaiMlflowError: the folder is no dai-mlflow model, or no env root can be written.
+    """
+    spec = model_env_spec(model_dir, installer)
+    dest = model_env_dir(model_dir, installer, root)
+    with file_lock(dest.with_name(dest.name + ".lock")):
+        python, built = ensure_venv(spec, dest, quiet=quiet, progress=progress)
+    progress(f"model env {'built' if built else 'reused'}: {dest}")
+    return python
+
+
+def hooks_package(root: Path) -> Path:
+    """A folder holding this package's model-side code as ``dai_mlflow_model_hooks``.
+
+    Read with ``pkgutil`` (works when dai_mlflow itself came as a zip through ``addPyFile``) and
+    written once per content under ``root/servers``; the model env's interpreter imports it from
+    there and nothing else of this executor's Python.
+    """
+    files = {name: pkgutil.get_data("dai_mlflow.model.hooks", name) or b"" for name in MODULES}
+    digest = hashlib.sha256()
+    for name in MODULES:
+        digest.update(name.encode() + b"\0" + files[name])
+    folder = root / "servers" / digest.hexdigest()[:16]
+    if not (folder / PACKAGE / MODULES[0]).is_file():
+        folder.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}-", dir=str(folder.parent)))
+        try:
+            (tmp / PACKAGE).mkdir()
+            for name, data in files.items():
+                (tmp / PACKAGE / name).write_bytes(data)
+            try:
+                os.rename(str(tmp), str(folder))
+            except OSError:
+                if not (folder / PACKAGE / MODULES[0]).is_file():
+                    raise
+        finally:
+            shutil.rmtree(str(tmp), ignore_errors=True)
+    return folder
+
+
+def program_environ(hooks: Path, environ: Optional[Dict[str, str]] = None) -> Dict[str, str]:
+    """The environment of model-side code: ``environ`` (default this process's) without another
+    Python's paths, with :func:`hooks_package`'s folder as the only ``PYTHONPATH``."""
+    env = without_foreign_python(os.environ if environ is None else environ)
+    env["PYTHONPATH"] = str(hooks)
+    return env
+
+
+def run_program(
+    python: Path,
+    program: str,
+    args: Sequence[str],
+    environ: Optional[Dict[str, str]] = None,
+    root: Optional[str] = None,
+) -> Dict[str, Any]:
+    """Run one of :mod:`dai_mlflow.model.hooks.programs` with ``python`` (a model env's); its
+    result.
+
+    It runs in a scratch working folder (a DAI scorer writes ``./tmp`` there).
+
+    Raises:
+        ModelProgramError: it failed; the model's own error, one line.
+    """
+    hooks = hooks_package(env_root(root))
+    cmd = [str(python), "-m", f"{PACKAGE}.programs", program, *map(str, args)]
+    with tempfile.TemporaryDirectory(prefix=f"dai-mlflow-{program}-") as cwd:
+        proc = subprocess.run(
+            cmd, cwd=cwd, env=program_environ(hooks, environ), capture_output=True, text=True
+        )
+    results = [ln for ln in proc.stdout.splitlines() if ln.startswith(RESULT_MARKER)]
+    if proc.returncode == 0 and results:
+        return json.loads(results[-1][len(RESULT_MARKER) :])
+    lines = [ln.strip() for ln in (proc.stdout + "\n" + proc.stderr).splitlines() if ln.strip()]
+    marked = [ln.split(ERROR_MARKER, 1)[1].strip() for ln in lines if ERROR_MARKER in ln]
+    detail = (marked or lines or [f"exit code {proc.returncode}, no output"])[-1]
+    raise ModelProgramError(detail[:500])

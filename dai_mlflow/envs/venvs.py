@@ -1,0 +1,395 @@
+"""Build, reuse and rebuild the project's virtualenvs (``venvs/*`` and test envs).
+
+A venv is described by a :class:`VenvSpec`: a Python version, build dependencies, dependencies
+and the folder that relative paths in them resolve against. Its *key* hashes the exact
+interpreter version, every requirement line and the bytes of every local file the lines name
+(wheels, ``-r``/``-c`` files). MLflow keys its envs by requirement text only, so a rebuilt
+wheel with the same file name silently reuses a stale env (MLflow issue #10525); this key does not.
+
+``ensure_venv`` reuses a venv whose stamp matches its key, rebuilds it when the key changed,
+and removes the folder when a build fails half-way: a venv either has a matching stamp or
+does not exist. The steps mirror MLflow's ``_create_virtualenv``: ``python -m venv`` (or
+``uv venv``), then one ``install -r`` per group, run from a temporary folder that holds
+symlinks to the base folder's entries, so relative paths resolve as they do under
+``mlflow run``.
+
+CLI (see ``python -m dai_mlflow.envs.venvs --help``) is what ``launchers/*.sh`` call. Stdlib only,
+so the host Python can run it before any venv exists; reading YAML needs PyYAML, which the
+launcher venv has.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
+
+from dai_mlflow.envs.pythons import Interpreter, find_python
+from dai_mlflow.envs.wheelhouse import ensure_wheels
+from dai_mlflow.errors import DaiMlflowError, VenvBuildError, report_error, say
+
+STAMP_FILE_NAME = ".dai-mlflow-venv.json"
+PYTHON_ENV_FILE_NAME = "python_env.yaml"
+INSTALLERS = ("pip", "uv")
+# pyspark releases that support a given Python minor (4.x dropped Python 3.8).
+PYSPARK_FOR_PYTHON = {"3.8": "pyspark==3.5.8", "3.9": "pyspark==3.5.8"}
+PYSPARK_DEFAULT = "pyspark==4.3.0"
+
+Progress = Callable[[str], None]
+
+
+@dataclass(frozen=True)
+class VenvSpec:
+    """What a venv must contain.
+
+    Attributes:
+        python: requested version, ``3.8`` or ``3.8.18``.
+        dependencies: requirement lines (pins, wheel paths, ``-r``/``-c`` lines).
+        build_dependencies: installed first, in their own step (as python_env.yaml's).
+        base_dir: folder against which relative paths in the lines resolve.
+        installer: ``pip`` (exactly what MLflow's virtualenv manager does) or ``uv`` (fast).
+        site_paths: folders added to the venv's ``sys.path`` through a ``.pth`` file.
+    """
+
+    python: str
+    dependencies: Tuple[str, ...]
+    build_dependencies: Tuple[str, ...] = ()
+    base_dir: Path = field(default_factory=Path.cwd)
+    installer: str = "pip"
+    site_paths: Tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        if self.installer not in INSTALLERS:
+            raise DaiMlflowError(
+                f"unknown installer {self.installer!r}; use one of {', '.join(INSTALLERS)}"
+            )
+        if not self.python or not self.python[0].isdigit():
+            raise DaiMlflowError(
+                f"python version must look like 3.8 or 3.8.18, got {self.python!r}"
+            )
+
+    @classmethod
+    def from_python_env(
+        cls,
+        python_env_file: Path,
+        extra_dependencies: Sequence[str] = (),
+        installer: str = "pip",
+    ) -> VenvSpec:
+        """Read an MLflow ``python_env.yaml``; relative paths resolve against its folder."""
+        data = load_python_env(python_env_file)
+        return cls(
+            python=data["python"],
+            build_dependencies=tuple(data.get("build_dependencies") or ()),
+            dependencies=tuple(data.get("dependencies") or ()) + tuple(extra_dependencies),
+            base_dir=python_env_file.resolve().parent,
+            installer=installer,
+        )
+
+
+def load_python_env(path: Path) -> Dict[str, object]:
+    """Parse and validate an MLflow python_env.yaml the way MLflow's ``_PythonEnv`` does."""
+    try:
+        import yaml
+    except ImportError as e:  # pragma: no cover - the launcher venv has PyYAML
+        raise DaiMlflowError(
+            "reading python_env.yaml needs PyYAML; run this from venvs/launcher (make venvs)"
+        ) from e
+    if not path.is_file():
+        raise DaiMlflowError(f"{path} not found; pass the python_env.yaml of the project or model")
+    data = yaml.safe_load(path.read_text()) or {}
+    allowed = {"python", "build_dependencies", "dependencies"}
+    unknown = set(data) - allowed
+    if unknown:
+        raise DaiMlflowError(
+            f"{path}: unknown keys {sorted(unknown)}; MLflow accepts only {sorted(allowed)}"
+        )
+    if not isinstance(data.get("python"), str):
+        raise DaiMlflowError(f'{path}: `python` must be a quoted version string, e.g. "3.8.18"')
+    for key in ("build_dependencies", "dependencies"):
+        if data.get(key) is not None and not isinstance(data[key], list):
+            raise DaiMlflowError(f"{path}: `{key}` must be a list")
+    return data
+
+
+def _local_files(lines: Sequence[str], base_dir: Path) -> List[Path]:
+    """Local files named by requirement lines (wheels, sdists, -r/-c files), recursively."""
+    found: List[Path] = []
+    for raw in lines:
+        line = raw.split(" #")[0].strip()
+        if not line or line.startswith("#"):
+            continue
+        nested = None
+        for flag in ("-r", "--requirement", "-c", "--constraint"):
+            if line.startswith(flag + " ") or line.startswith(flag + "="):
+                nested = line[len(flag) + 1 :].strip()
+        target = nested or line
+        if nested is None and not (
+            target.startswith((".", "/")) or target.endswith((".whl", ".tar.gz", ".zip"))
+        ):
+            continue
+        path = (base_dir / target).resolve()
+        if path.is_file():
+            found.append(path)
+            if nested is not None:
+                found.extend(_local_files(path.read_text().splitlines(), path.parent))
+    return found
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def spec_key(spec: VenvSpec, interpreter: Interpreter) -> str:
+    """Hash of everything that determines the venv's contents."""
+    files = _local_files(spec.build_dependencies + spec.dependencies, spec.base_dir)
+    payload = {
+        "python": interpreter.version,
+        "installer": spec.installer,
+        "build_dependencies": list(spec.build_dependencies),
+        "dependencies": list(spec.dependencies),
+        "files": sorted((p.name, _sha256(p)) for p in files),
+        "site_paths": list(spec.site_paths),
+    }
+    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def venv_python(dest: Path) -> Path:
+    """The interpreter of the venv at ``dest``."""
+    return dest / "bin" / "python"
+
+
+def read_stamp(dest: Path) -> Optional[Dict[str, str]]:
+    """The stamp of a fully built venv, or None."""
+    try:
+        return json.loads((dest / STAMP_FILE_NAME).read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def is_current(dest: Path, key: str) -> bool:
+    """True when ``dest`` is a finished venv built for ``key`` whose Python still runs."""
+    stamp = read_stamp(dest)
+    if not stamp or stamp.get("key") != key:
+        return False
+    try:
+        return subprocess.run([str(venv_python(dest)), "-c", ""], timeout=30).returncode == 0
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+
+
+def find_uv() -> Optional[str]:
+    """The uv next to this interpreter (a venv with uv), else uv on PATH, else None."""
+    sibling = Path(sys.executable).parent / "uv"
+    if sibling.is_file():
+        return str(sibling)
+    return shutil.which("uv")
+
+
+def _run(cmd: Sequence[str], step: str, dest: Path, cwd: Optional[Path], quiet: bool) -> None:
+    """Run one build step; stream its output (progress) unless quiet."""
+    env = {**os.environ, "PIP_NO_INPUT": "1"}
+    try:
+        proc = subprocess.run(
+            [str(c) for c in cmd],
+            cwd=str(cwd) if cwd else None,
+            env=env,
+            stdout=subprocess.PIPE if quiet else None,
+            stderr=subprocess.STDOUT if quiet else None,
+            text=True,
+        )
+    except OSError as e:
+        raise VenvBuildError(str(dest), step, str(e)) from e
+    if proc.returncode != 0:
+        tail = ""
+        if quiet and proc.stdout:
+            lines = [ln for ln in proc.stdout.strip().splitlines() if ln.strip()]
+            errors = [ln for ln in lines if "error" in ln.lower()] or lines
+            tail = errors[-1].strip()
+        detail = tail or f"exit code {proc.returncode}, see the output above"
+        raise VenvBuildError(str(dest), step, detail)
+
+
+def _install_group(
+    spec: VenvSpec,
+    dest: Path,
+    lines: Sequence[str],
+    uv: Optional[str],
+    quiet: bool,
+    step: str,
+    wheels: Optional[Path] = None,
+) -> None:
+    """Install one group of lines the way MLflow does: from a temp dir mirroring base_dir.
+
+    ``wheels``: a folder passed with ``--find-links`` (see :mod:`dai_mlflow.envs.wheelhouse`).
+    """
+    with tempfile.TemporaryDirectory(prefix="dai-mlflow-req-") as tmp:
+        for item in os.listdir(spec.base_dir):
+            os.symlink(spec.base_dir / item, Path(tmp) / item)
+        req = Path(tmp) / "requirements.dai-mlflow.txt"
+        req.write_text("\n".join(lines) + "\n")
+        if spec.installer == "uv" and uv:
+            cmd = [uv, "pip", "install", "--python", venv_python(dest), "-r", req.name]
+        else:
+            cmd = [venv_python(dest), "-m", "pip", "install", "-r", req.name]
+            if quiet:
+                cmd.append("--quiet")
+        if wheels is not None:
+            cmd += ["--find-links", str(wheels)]
+        _run(cmd, step, dest, Path(tmp), quiet)
+
+
+def ensure_venv(
+    spec: VenvSpec, dest: Path, quiet: bool = False, progress: Progress = say
+) -> Tuple[Path, bool]:
+    """Make ``dest`` a venv that satisfies ``spec``, reusing it when its key is unchanged.
+
+    Args:
+        spec: what the venv must contain.
+        dest: the venv folder.
+        quiet: capture installer output (tests) instead of streaming it (progress for users).
+        progress: receives one line per step.
+
+    Returns:
+        (python executable of the venv, True if it was built now / False if reused).
+
+    Raises:
+        PythonNotFoundError: the requested Python is not installed locally.
+        VenvBuildError: a step failed; ``dest`` no longer exists.
+    """
+    dest = Path(os.path.abspath(dest))
+    interpreter = find_python(spec.python)
+    key = spec_key(spec, interpreter)
+    if is_current(dest, key):
+        progress(f"[venv] {dest} is up to date (key {key}, Python {interpreter.version})")
+        return venv_python(dest), False
+    if dest.exists():
+        progress(f"[venv] {dest} is stale or incomplete: rebuilding")
+        shutil.rmtree(dest)
+    uv = find_uv() if spec.installer == "uv" else None
+    groups = [g for g in (spec.build_dependencies, spec.dependencies) if g]
+    total = 1 + len(groups) + (1 if spec.installer == "uv" and not uv else 0)
+    started = time.monotonic()
+    n = 0
+
+    def _step(label: str) -> str:
+        nonlocal n
+        n += 1
+        progress(
+            f"[venv] {dest.name}: step {n}/{total}: {label} ({time.monotonic() - started:.0f}s)"
+        )
+        return label
+
+    try:
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        label = _step(f"creating venv with Python {interpreter.version} ({interpreter.executable})")
+        _run([interpreter.executable, "-m", "venv", dest], label, dest, None, quiet)
+        if spec.installer == "uv" and not uv:
+            label = _step("bootstrapping uv with pip")
+            _run([venv_python(dest), "-m", "pip", "install", "-q", "uv"], label, dest, None, quiet)
+            uv = str(dest / "bin" / "uv")
+        for group in groups:
+            what = "build dependencies" if group is spec.build_dependencies else "dependencies"
+            wheels = ensure_wheels(group, interpreter.executable, progress, quiet)
+            label = _step(f"installing {len(group)} {what} with {spec.installer}")
+            _install_group(spec, dest, group, uv, quiet, label, wheels)
+        if spec.site_paths:
+            _write_pth(dest, spec.site_paths)
+        stamp = {"key": key, "python": interpreter.version, "spec": _spec_summary(spec)}
+        (dest / STAMP_FILE_NAME).write_text(json.dumps(stamp, indent=2) + "\n")
+    except BaseException:
+        shutil.rmtree(dest, ignore_errors=True)
+        raise
+    progress(f"[venv] {dest} built in {time.monotonic() - started:.0f}s (key {key})")
+    return venv_python(dest), True
+
+
+def _write_pth(dest: Path, site_paths: Sequence[str]) -> None:
+    out = subprocess.run(
+        [str(venv_python(dest)), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    (Path(out.stdout.strip()) / "dai_mlflow_checkout.pth").write_text("\n".join(site_paths) + "\n")
+
+
+def _spec_summary(spec: VenvSpec) -> Dict[str, object]:
+    return {
+        "python": spec.python,
+        "installer": spec.installer,
+        "build_dependencies": list(spec.build_dependencies),
+        "dependencies": list(spec.dependencies),
+        "base_dir": str(spec.base_dir),
+    }
+
+
+def pyspark_requirement(python_version: str) -> str:
+    """A pyspark pin that supports ``python_version`` (3.5.x for 3.8, 4.x for 3.10+)."""
+    major_minor = ".".join(python_version.split(".")[:2])
+    return PYSPARK_FOR_PYTHON.get(major_minor, PYSPARK_DEFAULT)
+
+
+def read_requirement_lines(path: Path) -> List[str]:
+    """Non-empty, non-comment lines of a requirements file."""
+    if not path.is_file():
+        raise DaiMlflowError(f"{path} not found; pass the requirements.txt of the model")
+    lines = [ln.strip() for ln in path.read_text().splitlines()]
+    return [ln for ln in lines if ln and not ln.startswith("#")]
+
+
+def _cli(argv: Optional[Sequence[str]] = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m dai_mlflow.envs.venvs",
+        description="Build or reuse a project venv keyed by a hash of its spec.",
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("requirements", help="venv from a Python version + requirements file")
+    p.add_argument("--dest", type=Path, required=True)
+    p.add_argument("--python", required=True, help="e.g. 3.11 or 3.11.7")
+    p.add_argument("--requirements", type=Path, required=True)
+    p.add_argument("--installer", choices=INSTALLERS, default="uv")
+    p.add_argument("--site-path", action="append", default=[], help="add a folder to sys.path")
+    p = sub.add_parser("python-env", help="venv from an MLflow python_env.yaml (as mlflow run)")
+    p.add_argument("--dest", type=Path, required=True)
+    p.add_argument("--python-env", type=Path, required=True)
+    p.add_argument("--installer", choices=INSTALLERS, default="pip")
+    for name in ("requirements", "python-env"):
+        sub.choices[name].add_argument("--quiet", action="store_true", help="hide installer output")
+    args = parser.parse_args(argv)
+    try:
+        spec = _spec_from_args(args)
+        _, built = ensure_venv(spec, args.dest, quiet=args.quiet)
+    except DaiMlflowError as e:
+        return report_error(e)
+    state = "built" if built else "reused"
+    print(f"{state} {args.dest} -> activate with: source {args.dest}/bin/activate")
+    return 0
+
+
+def _spec_from_args(args: argparse.Namespace) -> VenvSpec:
+    if args.command == "requirements":
+        return VenvSpec(
+            python=args.python,
+            dependencies=tuple(read_requirement_lines(args.requirements)),
+            base_dir=args.requirements.resolve().parent,
+            installer=args.installer,
+            site_paths=tuple(str(Path(p).resolve()) for p in args.site_path),
+        )
+    return VenvSpec.from_python_env(args.python_env, installer=args.installer)
+
+
+if __name__ == "__main__":
+    sys.exit(_cli())

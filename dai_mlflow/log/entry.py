@@ -1,0 +1,83 @@
+"""Command line of the MLflow Project's ``main`` entry point (``scorer_entry.py`` calls it).
+
+``python scorer_entry.py --pipeline PATH [--model-name NAME] [--alias ALIAS]`` logs the pipeline
+in the current MLflow run (see :func:`dai_mlflow.log.run.log_pipeline`) through the tracking store
+chosen by :mod:`dai_mlflow.tracking`, and prints ``model_uri=<uri>`` as the last line of stdout.
+An empty ``--model-name`` (MLproject's default) means "do not register". Every expected failure
+is one line on stderr and exit code 1; the run then ends FAILED.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Optional, Sequence
+
+import click
+
+from dai_mlflow.cli import run_click
+from dai_mlflow.errors import DaiMlflowError
+from dai_mlflow.log.requirements import DEFAULT_EXCLUDE, RequirementsPolicy
+from dai_mlflow.log.run import DEFAULT_ALIAS, LogRequest, log_pipeline, preflight
+from dai_mlflow.tracking import tracking_store
+
+PIPELINE = click.option(
+    "--pipeline",
+    required=True,
+    type=click.Path(exists=True, path_type=Path),
+    help="scorer.zip or scoring-pipeline folder exported by Driverless AI",
+)
+MODEL_NAME = click.option(
+    "--model-name",
+    default="",
+    show_default=False,
+    help="register the model under this name (empty: log only)",
+)
+ALIAS = click.option(
+    "--alias",
+    default=DEFAULT_ALIAS,
+    show_default=True,
+    help="alias of the registered version",
+)
+EXCLUDE = click.option(
+    "--exclude",
+    default=",".join(DEFAULT_EXCLUDE),
+    show_default=True,
+    help="comma-separated projects left out of the model's requirements",
+)
+INDEX_OPTIONS = click.option(
+    "--index-options",
+    type=click.Choice(["keep", "drop"]),
+    default="keep",
+    show_default=True,
+    help="keep or drop --index-url/--find-links lines of requirements.txt",
+)
+
+
+@click.command(name="dai-mlflow-log")
+@PIPELINE
+@MODEL_NAME
+@ALIAS
+@EXCLUDE
+@INDEX_OPTIONS
+def main(pipeline: Path, model_name: str, alias: str, exclude: str, index_options: str) -> None:
+    """Log a DAI Python scoring pipeline as an MLflow pyfunc model (and register it)."""
+    try:
+        request = LogRequest(
+            pipeline=pipeline,
+            model_name=model_name.strip() or None,
+            alias=alias.strip() or DEFAULT_ALIAS,
+            policy=RequirementsPolicy.from_csv(exclude, index_options=index_options),
+        )
+        preflight(request)
+        with tracking_store(wait=False) as store:
+            result = log_pipeline(request, tracking_ready=store.wait)
+    except DaiMlflowError as e:
+        raise click.ClickException(str(e).replace("\n", " ")) from e
+    sys.stdout.flush()
+    print(f"model_uri={result.model_uri}", flush=True)
+
+
+def run(argv: Optional[Sequence[str]] = None) -> int:
+    """Run the CLI and return its exit code (for scorer_entry.py and debuggers)."""
+    return run_click(main, argv)

@@ -1,0 +1,546 @@
+"""DAI's JSON-RPC scoring protocol (``POST /rpc``) over a logged DAI model.
+
+Driverless AI's Python scoring pipeline ships ``http_server.py``: a JSON-RPC 2.0 service whose
+clients send ``{"id": 1, "method": "score", "params": {"row": {...}}}``. This module speaks the
+same protocol over a model logged by dai-mlflow, so those clients move to MLflow-packaged
+models unchanged::
+
+    python -m dai_mlflow.serve.rpc --model-uri models:/churn@challenger --port 9090
+
+Methods (params by name, as DAI's server takes them): ``score(row, output_margin=False,
+pred_contribs=False)`` (``row``: an object keyed by column name; a list in column order also
+works), ``score_batch(rows, output_margin=False, pred_contribs=False)`` (``rows``: a list of such
+objects), ``get_column_names()``, ``get_transformed_column_names()``, ``get_target_labels()``
+(``[]`` for regression) and ``get_hash()`` (the experiment's UUID). Results and errors have DAI's
+shapes: ``{"jsonrpc": "2.0", "id": ..., "result": ...}`` and ``{"jsonrpc": "2.0", "id": ...,
+"error": {"code": 1, "message": ...}}`` (HTTP 200); an empty or non-JSON body is HTTP 400 with
+such an error object. Messages are one line (DAI sends the whole traceback; its last line is
+what is sent here, and the traceback goes to this server's stderr). ``GET /ping`` answers 200
+for health checks. NaN/inf results become the dtype's largest finite value, as DAI encodes them.
+
+Where it runs: the scorer needs the model's own env (Python 3.8 for DAI 1.10).
+
+* ``--env-manager local``: this interpreter is that env (e.g. ``venvs/spark_inference``): the
+  model is loaded here.
+* ``--env-manager uv`` (default) or ``virtualenv``: run from ``venvs/launcher``. The model's env
+  is restored by MLflow itself, exactly as ``mlflow models serve --env-manager uv`` restores it
+  (same folder under ``MLFLOW_ENV_ROOT``, offline with local interpreters; see
+  :mod:`dai_mlflow.serve.server`), and this file is re-executed there as a script with
+  ``--env-manager local``. The server then imports the model's own ``code/dai_mlflow``, the
+  code ``mlflow models serve`` scores with.
+
+The scorer is built once at start-up (as DAI's server does), so a missing license stops the
+server with a one-line error before it listens; scoring calls are serialised (the scorer's
+working folder is process-wide). Model-side module: stdlib at import time, then mlflow, pandas
+and the model's ``dai_mlflow`` modules; Python 3.8-safe.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+import signal
+import sys
+import threading
+import traceback
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
+
+# dai_mlflow.errors' note and error prefixes, spelled here: this file also runs as a script in
+# the model's env, before the model's dai_mlflow is importable.
+NOTE = "[dai-mlflow]"
+ERROR = "Error:"
+RPC_PATH = "/rpc"
+PING_PATH = "/ping"
+DEFAULT_PORT = 9090
+DEFAULT_HOST = "127.0.0.1"
+ENV_MANAGERS = ("uv", "virtualenv", "local")
+DEFAULT_ENV_MANAGER = "uv"
+METHODS = (
+    "score",
+    "score_batch",
+    "get_column_names",
+    "get_transformed_column_names",
+    "get_target_labels",
+    "get_hash",
+)
+ERROR_CODE = 1  # DAI's http_server.py answers every error with code 1
+MAX_BODY_BYTES = 256 * 1024 * 1024
+_MODULE_PREFIX = "scoring_h2oai_experiment_"
+_UUID_KEY = re.compile(r"^[0-9a-f]{8}(_[0-9a-f]{4}){3}_[0-9a-f]{12}$")
+_FLAG_NAMES = ("output_margin", "pred_contribs")
+_MAX = sys.float_info.max
+
+
+class RpcError(Exception):
+    """A request the service answers with a JSON-RPC error object (one-line message)."""
+
+    def __init__(self, message: str, status: int = 200) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+class ModelLoadError(Exception):
+    """The model cannot be served: bad URI, missing license, scorer fails to start."""
+
+
+def experiment_hash(module_name: str) -> str:
+    """DAI's ``get_hash()``: the experiment UUID behind ``scoring_h2oai_experiment_<key>``.
+
+    The key is the UUID with ``-`` replaced by ``_``; keys that are not UUIDs (older word keys)
+    are returned as they are.
+    """
+    key = module_name[len(_MODULE_PREFIX) :] if module_name.startswith(_MODULE_PREFIX) else ""
+    if not key:
+        return module_name
+    return key.replace("_", "-") if _UUID_KEY.match(key) else key
+
+
+def one_line(error: BaseException) -> str:
+    """``Type: message`` on one line (the last line of the traceback DAI would send)."""
+    text = " ".join(str(error).split())
+    name = type(error).__name__
+    return f"{name}: {text}" if text else name
+
+
+def _largest(value: Any) -> float:
+    try:
+        import numpy as np
+
+        if isinstance(value, np.floating):
+            return float(np.finfo(value.dtype).max)
+    except ImportError:  # pragma: no cover - numpy is always there with pandas
+        pass
+    return sys.float_info.max
+
+
+def to_jsonable(value: Any) -> Any:
+    """Plain JSON values: numpy scalars/arrays unwrapped; NaN/inf as the dtype's max (DAI)."""
+    kind = type(value)
+    if kind is float and -_MAX <= value <= _MAX:  # the common case first: a finite float
+        return value
+    if kind is list and all(type(v) is float and -_MAX <= v <= _MAX for v in value):
+        return value
+    if isinstance(value, float) or kind.__name__.startswith("float"):
+        number = float(value)
+        if math.isnan(number) or math.isinf(number):
+            big = _largest(value)
+            return -big if number < 0 else big
+        return number
+    if isinstance(value, (str, bool, int)) or value is None:
+        return value
+    if isinstance(value, Mapping):
+        return {str(k): to_jsonable(v) for k, v in value.items()}
+    if hasattr(value, "tolist"):
+        return to_jsonable(value.tolist())
+    if hasattr(value, "item"):
+        return to_jsonable(value.item())
+    if isinstance(value, (list, tuple)):
+        return [to_jsonable(v) for v in value]
+    return str(value)
+
+
+def decode_body(body: bytes) -> Any:
+    """Parse a request body: strict JSON, else DAI's reading with literal backslashes.
+
+    DAI's server decodes ``body.decode().encode("unicode_escape")`` "in case there are
+    backslashes in column names", so its clients may send a raw ``\\`` inside a string, which
+    is not valid JSON. Valid JSON is read as JSON; only a body that fails is read DAI's way.
+
+    Raises:
+        RpcError: empty body, not UTF-8, or not JSON either way (HTTP 400).
+    """
+    if not body.strip():
+        raise RpcError("Bad request: empty body; send a JSON-RPC request object", 400)
+    try:
+        text = body.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise RpcError(f"Bad request: body is not UTF-8 ({e})", 400) from e
+    try:
+        return json.loads(text)
+    except ValueError as first:
+        try:
+            return json.loads(text.encode("unicode_escape"))
+        except ValueError:
+            raise RpcError(f"Bad request: body is not JSON ({first})", 400) from first
+
+
+class ScoringService:
+    """The JSON-RPC methods over one built DAI scorer (and the pyfunc for ``score_batch``).
+
+    Args:
+        scorer: the DAI ``Scorer``.
+        module_name: its module (``scoring_h2oai_experiment_<key>``).
+        predict: the pyfunc's ``predict(frame, params=...)`` (the ``/invocations`` path).
+        prepare: reorders/coerces a frame to the model's columns and types.
+        run_in_workdir: a context manager factory: the scorer's working folder as cwd.
+    """
+
+    def __init__(
+        self,
+        scorer: Any,
+        module_name: str,
+        predict: Callable[..., Any],
+        prepare: Callable[[Any], Any],
+        run_in_workdir: Callable[[], Any],
+    ) -> None:
+        self.scorer = scorer
+        self.module_name = module_name
+        self._predict = predict
+        self._prepare = prepare
+        self._workdir = run_in_workdir
+        self._lock = threading.Lock()
+        self.columns: List[str] = [str(c) for c in scorer.get_column_names()]
+
+    # ---------------------------------------------------------------- JSON-RPC methods
+    def score(self, row: Any, output_margin: Any = False, pred_contribs: Any = False) -> Any:
+        """One row → the scorer's ``score`` list (probabilities, value, or contributions)."""
+        flags = dict(zip(_FLAG_NAMES, _flags(output_margin, pred_contribs)))
+        values = self._row_values(row)
+        # By name and only when set, as the pyfunc calls score_batch: a scorer whose signature
+        # orders its keyword arguments differently, or lacks one, still scores plain rows.
+        kwargs = {k: v for k, v in flags.items() if v}
+        with self._lock, self._workdir():
+            return self.scorer.score(values, **kwargs)
+
+    def score_batch(
+        self, rows: Any, output_margin: Any = False, pred_contribs: Any = False
+    ) -> List[List[Any]]:
+        """Rows → one list of outputs per row (``score_batch``'s frame as lists)."""
+        flags = dict(zip(_FLAG_NAMES, _flags(output_margin, pred_contribs)))
+        if not isinstance(rows, list):
+            raise RpcError(f"'rows' must be a list of row objects, got {_kind(rows)}")
+        if not rows:
+            return []
+        frame = self._prepare(self._rows_frame(rows))
+        with self._lock:
+            result = self._predict(frame, params=flags)
+        return result.values.tolist() if hasattr(result, "values") else list(result)
+
+    def get_column_names(self) -> List[str]:
+        """Input column names, in the order ``score`` takes a row list."""
+        return list(self.columns)
+
+    def get_transformed_column_names(self) -> List[str]:
+        """Names of the engineered features (contributions come in this order, then bias)."""
+        with self._lock:
+            return [str(c) for c in self.scorer.get_transformed_column_names()]
+
+    def get_target_labels(self) -> List[Any]:
+        """Class labels; ``[]`` for regression (DAI's server answers so for None)."""
+        with self._lock:
+            labels = self.scorer.get_target_labels()
+        if labels is None:
+            return []
+        return list(labels.tolist() if hasattr(labels, "tolist") else labels)
+
+    def get_hash(self) -> str:
+        """The experiment's hash (its UUID), as DAI's generated server returns it."""
+        return experiment_hash(self.module_name)
+
+    # ---------------------------------------------------------------- helpers
+    def _row_values(self, row: Any) -> List[Any]:
+        if isinstance(row, Mapping):
+            missing = [c for c in self.columns if c not in row]
+            if missing:
+                raise RpcError(f"row is missing {len(missing)} column(s): {_names(missing)}")
+            return [row[c] for c in self.columns]
+        if isinstance(row, list):
+            if len(row) != len(self.columns):
+                raise RpcError(
+                    f"row list has {len(row)} values, the model takes {len(self.columns)}: "
+                    f"{_names(self.columns)}"
+                )
+            return list(row)
+        raise RpcError(f"'row' must be an object keyed by column name, got {_kind(row)}")
+
+    def _rows_frame(self, rows: Sequence[Any]) -> Any:
+        import pandas as pd
+
+        records: List[Any] = []
+        columns = set(self.columns)
+        for i, row in enumerate(rows):
+            if isinstance(row, list) and len(row) == len(self.columns):
+                row = dict(zip(self.columns, row))
+            if not isinstance(row, Mapping):
+                raise RpcError(
+                    f"rows[{i}] must be an object keyed by column name, got {_kind(row)}"
+                )
+            if not columns.issubset(row.keys()):
+                missing = [c for c in self.columns if c not in row]
+                raise RpcError(f"rows[{i}] is missing {len(missing)} column(s): {_names(missing)}")
+            records.append(row)
+        # Object columns: values stay as sent until the model's own coercion reads them.
+        frame = pd.DataFrame.from_records(records, columns=self.columns)
+        return frame.astype(object)
+
+    def call(self, method: str, params: Mapping[str, Any]) -> Any:
+        """Run ``method`` with by-name ``params``; wrong names raise ``TypeError`` as in DAI."""
+        return getattr(self, method)(**params)
+
+
+def _flags(output_margin: Any, pred_contribs: Any) -> Tuple[bool, bool]:
+    out = []
+    for name, value in zip(_FLAG_NAMES, (output_margin, pred_contribs)):
+        if isinstance(value, str) and value.lower() in ("true", "false"):
+            value = value.lower() == "true"
+        if value is None:
+            value = False
+        if not isinstance(value, bool) and value not in (0, 1):
+            raise RpcError(f"param {name!r} must be true or false, got {value!r}")
+        out.append(bool(value))
+    if out[0] and out[1]:
+        raise RpcError("output_margin and pred_contribs cannot both be true (DAI rule)")
+    return out[0], out[1]
+
+
+def _names(columns: Sequence[str], limit: int = 20) -> str:
+    shown = ", ".join(repr(c) for c in columns[:limit])
+    return shown + (f", ... ({len(columns) - limit} more)" if len(columns) > limit else "")
+
+
+def _kind(value: Any) -> str:
+    return {dict: "an object", list: "a list", str: "a string"}.get(
+        type(value), type(value).__name__
+    )
+
+
+# ------------------------------------------------------------------------------ protocol
+def handle(service: Any, body: bytes) -> Tuple[int, Dict[str, Any]]:
+    """Answer one HTTP body: (HTTP status, JSON-RPC response object). Never raises."""
+    request_id = None
+    try:
+        request = decode_body(body)
+        if not isinstance(request, dict):
+            raise RpcError(f"Bad request: want a JSON-RPC request object, got {_kind(request)}.")
+        if "id" not in request:
+            raise RpcError("Bad request: want 'id' in RPC request.")
+        request_id = request["id"]
+        if "method" not in request:
+            raise RpcError("Bad request: want 'method' in RPC request.")
+        method = request["method"]
+        if method not in METHODS:
+            raise RpcError(f"Method not found: {method}")
+        if "params" not in request:
+            raise RpcError("Bad request: want 'params' in RPC request.")
+        params = request["params"]
+        if not isinstance(params, dict):
+            raise RpcError(f"Bad request: want 'params' by-name, got {json.dumps(params)}")
+        result = service.call(method, params)
+        return 200, {"jsonrpc": "2.0", "id": request_id, "result": to_jsonable(result)}
+    except RpcError as e:
+        return e.status, _error(request_id, str(e))
+    except Exception as e:  # any scoring failure is answered, and the server keeps serving
+        if getattr(e, "error_code", None) == "INVALID_PARAMETER_VALUE":  # bad input: one line
+            print(f"{NOTE} {one_line(e)}", file=sys.stderr, flush=True)
+        else:
+            traceback.print_exc(file=sys.stderr)
+        return 200, _error(request_id, one_line(e))
+
+
+def _error(request_id: Any, message: str) -> Dict[str, Any]:
+    return {
+        "jsonrpc": "2.0",
+        "id": to_jsonable(request_id),
+        "error": {"code": ERROR_CODE, "message": message},
+    }
+
+
+class _Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"  # keep-alive: clients reuse their connection
+    server_version = "dai-mlflow-rpc"
+    # Headers and body leave in two writes; with Nagle on, a keep-alive client's delayed ACK
+    # holds the body back ~40 ms per request.
+    disable_nagle_algorithm = True
+
+    def do_POST(self) -> None:  # noqa: N802 (http.server's naming)
+        length = int(self.headers.get("Content-Length") or 0)
+        if length > MAX_BODY_BYTES:
+            self._reply(413, _error(None, f"Bad request: body over {MAX_BODY_BYTES} bytes"))
+            self.close_connection = True
+            return
+        body = self.rfile.read(length) if length else b""
+        if self.path.split("?", 1)[0] != RPC_PATH:
+            self._reply(404, _error(None, f"Not found: {self.path}; POST to {RPC_PATH}"))
+            return
+        status, payload = handle(self.server.service, body)  # type: ignore[attr-defined]
+        self._reply(status, payload)
+
+    def do_GET(self) -> None:  # noqa: N802
+        if self.path.split("?", 1)[0] == PING_PATH:
+            self._send(200, b"\n", "text/plain")
+        else:
+            self._reply(405, _error(None, f"Method not allowed: GET; POST to {RPC_PATH}"))
+
+    def _reply(self, status: int, payload: Dict[str, Any]) -> None:
+        body = json.dumps(payload, allow_nan=False).encode("utf-8")
+        self._send(status, body, "application/json")
+
+    def _send(self, status: int, body: bytes, content_type: str) -> None:
+        self.send_response(status)
+        self.send_header("Content-Type", content_type)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002
+        if self.server.access_log:  # type: ignore[attr-defined]
+            sys.stderr.write(f"{self.address_string()} - {format % args}\n")
+
+
+class RpcServer(ThreadingHTTPServer):
+    """Threaded HTTP server holding the service (scoring itself is serialised)."""
+
+    daemon_threads = True
+
+    def __init__(self, address: Tuple[str, int], service: Any, access_log: bool = False) -> None:
+        super().__init__(address, _Handler)
+        self.service = service
+        self.access_log = access_log
+
+
+# ------------------------------------------------------------------------------ loading
+def load_service(model_uri: str) -> ScoringService:
+    """Load the logged model in this interpreter and build its scorer once.
+
+    Raises:
+        ModelLoadError: the URI does not resolve, the model is not a dai-mlflow model, no
+            license is found, or the scorer fails to start.
+    """
+    try:
+        import mlflow.artifacts
+        import mlflow.pyfunc
+        from mlflow.models import Model
+
+        local = Path(mlflow.artifacts.download_artifacts(artifact_uri=model_uri))
+        pyfunc = mlflow.pyfunc.load_model(str(local))
+    except Exception as e:
+        if _is_dai_mlflow_error(e):  # e.g. no license: its message already says what to do
+            raise ModelLoadError(" ".join(str(e).split())) from e
+        raise ModelLoadError(f"cannot load {model_uri}: {one_line(e)}") from e
+    conf = Model.load(str(local)).flavors.get("python_function", {})
+    config = conf.get("config") or {}
+    # Imported after load_model: MLflow put the model's own code/ (its dai_mlflow) on sys.path.
+    from dai_mlflow.model.pyfunc import (
+        CONFIG_INPUT_COLUMNS,
+        CONFIG_SCORER_MODULE,
+        PIPELINE_ARTIFACT,
+        get_scorer,
+        prepare_input,
+    )
+    from dai_mlflow.model.runtime import in_workdir, scorer_workdir
+
+    module = config.get(CONFIG_SCORER_MODULE)
+    artifact = (conf.get("artifacts") or {}).get(PIPELINE_ARTIFACT) or {}
+    if not module or not artifact.get("path"):
+        raise ModelLoadError(f"{model_uri} is not a dai-mlflow model (no DAI scorer in MLmodel)")
+    pipeline_dir = local / artifact["path"]
+    types = {str(n): str(t) for n, t in config.get(CONFIG_INPUT_COLUMNS) or []}
+    try:
+        scorer = get_scorer(str(module), pipeline_dir)
+    except Exception as e:  # LicenseNotFoundError, ScorerImportError: one line says which
+        raise ModelLoadError(str(e) or one_line(e)) from e
+    columns = [str(c) for c in scorer.get_column_names()]
+    return ScoringService(
+        scorer,
+        str(module),
+        predict=pyfunc.predict,
+        prepare=lambda frame: prepare_input(frame, columns, types),
+        run_in_workdir=lambda: in_workdir(scorer_workdir(pipeline_dir)),
+    )
+
+
+def _is_dai_mlflow_error(error: BaseException) -> bool:
+    # The model's own dai_mlflow raised it; that class is not importable before the load.
+    return any(c.__name__ == "DaiMlflowError" for c in type(error).__mro__)
+
+
+def serve(service: Any, host: str, port: int, access_log: bool = False) -> None:
+    """Serve ``service`` on ``host:port`` until SIGTERM/SIGINT."""
+    server = RpcServer((host, port), service, access_log)
+
+    def _stop(signum: int, _frame: Any) -> None:
+        raise SystemExit(128 + signum)
+
+    signal.signal(signal.SIGTERM, _stop)
+    bound = server.server_address[1]
+    # DAI's server prints this line; scripts that wait for it keep working.
+    print(f"HTTP scoring service listening on port {bound}...", flush=True)
+    print(f"{NOTE} POST http://{host}:{bound}{RPC_PATH}", file=sys.stderr, flush=True)
+    try:
+        server.serve_forever()
+    except (KeyboardInterrupt, SystemExit):
+        pass
+    finally:
+        server.server_close()
+
+
+def _serve_here(model_uri: str, host: str, port: int, access_log: bool) -> int:
+    try:
+        service = load_service(model_uri)
+    except ModelLoadError as e:
+        print(f"{ERROR} {e}", file=sys.stderr, flush=True)
+        return 1
+    version = ".".join(str(v) for v in sys.version_info[:3])
+    print(
+        f"{NOTE} serving {service.module_name} with Python {version} ({sys.executable})",
+        file=sys.stderr,
+        flush=True,
+    )
+    try:
+        serve(service, host, port, access_log)
+    except OSError as e:  # e.g. the port is taken
+        print(f"{ERROR} cannot listen on {host}:{port}: {e}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """Command line: ``python -m dai_mlflow.serve.rpc --model-uri URI [--host H] [--port P]``."""
+    import argparse
+
+    parser = argparse.ArgumentParser(
+        prog="python -m dai_mlflow.serve.rpc",
+        description=(
+            "Serve a logged DAI model with Driverless AI's JSON-RPC protocol (POST /rpc: "
+            "score, score_batch, get_column_names, get_transformed_column_names, "
+            "get_target_labels, get_hash), as DAI's http_server.py does."
+        ),
+    )
+    parser.add_argument("--model-uri", required=True, help="models:/NAME@ALIAS, runs:/..., path")
+    parser.add_argument("--host", default=DEFAULT_HOST, help=f"(default {DEFAULT_HOST})")
+    parser.add_argument(
+        "--port", type=int, default=DEFAULT_PORT, help=f"(default {DEFAULT_PORT}; 0: any free)"
+    )
+    parser.add_argument(
+        "--env-manager",
+        choices=ENV_MANAGERS,
+        default=DEFAULT_ENV_MANAGER,
+        help=(
+            "uv/virtualenv: restore the model's env as `mlflow models serve` does and run "
+            "there; local: this interpreter is the model's env (default uv)"
+        ),
+    )
+    parser.add_argument("--access-log", action="store_true", help="log each request to stderr")
+    args = parser.parse_args(argv)
+    if not 0 <= args.port <= 65535:
+        parser.error(f"--port must be 0..65535, got {args.port}")
+    if args.env_manager == "local":
+        return _serve_here(args.model_uri, args.host, args.port, args.access_log)
+    from dai_mlflow.errors import DaiMlflowError
+    from dai_mlflow.serve.server import run_rpc_in_model_env
+
+    extra = ["--access-log"] if args.access_log else []
+    try:
+        return run_rpc_in_model_env(
+            Path(__file__), args.model_uri, args.host, args.port, args.env_manager, extra
+        )
+    except DaiMlflowError as e:
+        print(f"{ERROR} {e}", file=sys.stderr, flush=True)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,353 @@
+"""Serving a logged DAI model from the model's own env: ``mlflow models serve`` and JSON-RPC.
+
+Why a wrapper: ``mlflow models serve --env-manager uv`` runs the serving command of the
+*calling* MLflow inside the restored env (MLflow 3: ``uvicorn mlflow.pyfunc.scoring_server.app``).
+A DAI 1.10 model env holds MLflow 2.17 on Python 3.8 (no uvicorn app there, and MLflow 3 cannot
+be installed on 3.8), while MLflow 2.17 has no ``uv`` env manager. So for DAI 1.10, serving with
+uv needs both: MLflow 3 restores the env, the env's own MLflow serves. This module does that:
+
+* ``python -m dai_mlflow.serve -m URI [-h HOST] [-p PORT] [--env-manager uv|virtualenv|local]``
+  (from ``venvs/launcher``): resolves the URI with this MLflow (3.x reads any store), restores
+  the model env with MLflow's own ``PyFuncBackend.prepare_env`` (the same env, under
+  ``MLFLOW_ENV_ROOT``, that ``mlflow models serve --env-manager uv`` builds), offline with the
+  local interpreter of the model's Python, and runs the env's ``mlflow models serve
+  --env-manager local`` there (gunicorn for MLflow 2.17, uvicorn for 3.x). For DAI 2 models
+  plain ``mlflow models serve --env-manager uv`` works as well.
+* :func:`run_rpc_in_model_env`: the same env restore for ``python -m dai_mlflow.serve.rpc``,
+  which is re-executed there as a private script copy with ``--env-manager local``.
+* :func:`free_port`, :func:`start_server`, :func:`wait_until_serving`, :func:`stop_server`:
+  start/stop a server process on loopback (tests and ``benchmarks/serve_load.py``).
+
+Signals reach the server; if the wrapper dies, the server gets SIGTERM. Launcher side (Python
+>= 3.10, mlflow 3.x); never imported inside a model env.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shlex
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Sequence
+
+import click
+
+from dai_mlflow.cli import run_click
+from dai_mlflow.envs.model_env import file_lock
+from dai_mlflow.envs.processes import FOREIGN_PYTHON_VARS, parent_death_signal
+from dai_mlflow.errors import DaiMlflowError
+
+PYTHON_ENV_FILE_NAME = "python_env.yaml"
+RPC_SCRIPT_NAME = "dai_mlflow_rpc.py"
+BUILDING_ENV_MANAGERS = ("uv", "virtualenv")
+ENV_MANAGERS = ("uv", "virtualenv", "local")
+
+
+class ServeError(DaiMlflowError):
+    """A server could not be prepared or did not come up."""
+
+
+def model_python_version(local_dir: Path) -> str:
+    """The ``python:`` of the model's ``python_env.yaml``.
+
+    Raises:
+        ServeError: the model folder has no readable python_env.yaml.
+    """
+    path = local_dir / PYTHON_ENV_FILE_NAME
+    try:
+        import yaml
+
+        version = (yaml.safe_load(path.read_text()) or {}).get("python")
+    except (OSError, ValueError) as e:
+        raise ServeError(f"cannot read {path}: {e}; is {local_dir} an MLflow model?") from e
+    if not version:
+        raise ServeError(f"{path} names no python version; re-log the model with dai-mlflow")
+    return str(version)
+
+
+def download_model(model_uri: str) -> Path:
+    """The model's local folder (``models:/``, ``runs:/``, or a path as is).
+
+    Raises:
+        ServeError: the URI does not resolve.
+    """
+    import mlflow.artifacts
+
+    try:
+        return Path(mlflow.artifacts.download_artifacts(artifact_uri=model_uri))
+    except Exception as e:
+        raise ServeError(f"cannot resolve {model_uri}: {' '.join(str(e).split())}") from e
+
+
+def offline_build_env(python_version: str, path: Optional[str] = None) -> Dict[str, str]:
+    """Variables under which MLflow restores a model env offline with a local interpreter.
+
+    The persistent tool dir of :func:`dai_mlflow.envs.offline.env_build_env` (``uv``, the
+    interpreter links, the offline ``pyenv`` wrapper) goes first on ``path`` (default: PATH),
+    and uv downloads are off.
+
+    Raises:
+        PythonNotFoundError: no local interpreter of that version.
+    """
+    from dai_mlflow.envs.offline import env_build_env, tool_dir
+
+    env = env_build_env(python_version)
+    if path is not None:
+        env["PATH"] = os.pathsep.join([str(tool_dir(python_version)), path])
+    return env
+
+
+def prepare_model_env(local_dir: Path, env_manager: str) -> Any:
+    """Restore (or reuse) the model's env with MLflow; an ``mlflow.utils.environment.Environment``.
+
+    Raises:
+        ServeError: the env cannot be built.
+    """
+    from mlflow.pyfunc.backend import PyFuncBackend
+
+    from dai_mlflow.envs.offline import patched_environ
+
+    if env_manager not in BUILDING_ENV_MANAGERS:
+        raise ServeError(f"env manager {env_manager!r} builds no env; use uv or virtualenv")
+    build_env = offline_build_env(model_python_version(local_dir))
+    backend = PyFuncBackend(config={}, env_manager=env_manager)
+    try:
+        # MLflow names envs by requirements (one env per DAI version) and treats a folder that
+        # exists as built: two restores at once would let the second use a half-built env.
+        with _restore_lock(), patched_environ(build_env):
+            return backend.prepare_env(str(local_dir))
+    except Exception as e:
+        raise ServeError(
+            f"restoring the env of {local_dir} ({env_manager}) failed: {' '.join(str(e).split())}"
+        ) from e
+
+
+def _restore_lock() -> Any:
+    """Serialise env restores of this machine's MLflow env root (an flock on a file in it)."""
+    from mlflow.environment_variables import MLFLOW_ENV_ROOT
+
+    return file_lock(Path(MLFLOW_ENV_ROOT.get()).expanduser() / ".dai-mlflow-restore.lock")
+
+
+def run_in_model_env(environment: Any, argv: Sequence[str]) -> int:
+    """Run ``argv`` in the restored env (``exec``, activated), forwarding signals; exit code.
+
+    The model is already a local folder, so the server needs no tracking store; it gets a
+    private scratch one instead of the caller's: loading a model toggles MLflow tracing, which
+    opens the store, and MLflow 2.17 (DAI 1.10 envs) cannot read an MLflow 3 sqlite store
+    ("Can't locate revision"). The scratch folder is removed when the server exits.
+    """
+    command = "exec " + " ".join(shlex.quote(a) for a in argv)
+    scratch = Path(tempfile.mkdtemp(prefix="dai-mlflow-serve-store-"))
+    env = {**os.environ, **dict.fromkeys(FOREIGN_PYTHON_VARS, "")}
+    env["MLFLOW_TRACKING_URI"] = (scratch / "mlruns").as_uri()
+    env["MLFLOW_ALLOW_FILE_STORE"] = "true"
+    try:
+        proc = environment.execute(command, env, preexec_fn=parent_death_signal, synchronous=False)
+        return _wait_forwarding_signals(proc)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+
+
+def serve_model(
+    model_uri: str,
+    host: str,
+    port: int,
+    env_manager: str,
+    workers: Optional[int] = None,
+    timeout: Optional[int] = None,
+) -> int:
+    """``mlflow models serve`` of ``model_uri`` by the MLflow of the model's own env.
+
+    Raises:
+        ServeError: the URI does not resolve or the env cannot be built.
+    """
+    local = download_model(model_uri)
+    options = ["-h", host, "-p", str(port)]
+    options += ["-w", str(workers)] if workers else []
+    options += ["-t", str(timeout)] if timeout else []
+    if env_manager == "local":
+        argv = [sys.executable, "-m", "mlflow", "models", "serve", "-m", str(local), *options]
+        return subprocess.call([*argv, "--env-manager", "local"])
+    environment = prepare_model_env(local, env_manager)
+    argv = ["mlflow", "models", "serve", "-m", str(local), *options, "--env-manager", "local"]
+    return run_in_model_env(environment, argv)
+
+
+def run_rpc_in_model_env(
+    rpc_script: Path,
+    model_uri: str,
+    host: str,
+    port: int,
+    env_manager: str,
+    extra_args: Sequence[str] = (),
+) -> int:
+    """Restore the model's env with MLflow, run ``rpc_script`` there, wait; its exit code.
+
+    Raises:
+        ServeError: the URI does not resolve or the env cannot be built.
+    """
+    local = download_model(model_uri)
+    environment = prepare_model_env(local, env_manager)
+    # A private copy run as a script: the server imports the model's own code/dai_mlflow,
+    # not this checkout's, and nothing of the launcher's env reaches the model's Python.
+    folder = Path(tempfile.mkdtemp(prefix="dai-mlflow-rpc-"))
+    try:
+        shutil.copy2(rpc_script, folder / RPC_SCRIPT_NAME)
+        argv = ["python", str(folder / RPC_SCRIPT_NAME), "--model-uri", str(local)]
+        argv += ["--host", host, "--port", str(port), "--env-manager", "local", *extra_args]
+        return run_in_model_env(environment, argv)
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def _wait_forwarding_signals(proc: subprocess.Popen) -> int:
+    def _forward(signum: int, _frame: object) -> None:
+        if proc.poll() is None:
+            proc.send_signal(signum)
+
+    previous = {s: signal.signal(s, _forward) for s in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        return proc.wait()
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+
+
+# ------------------------------------------------------------------------------ processes
+def free_port(host: str = "127.0.0.1") -> int:
+    """A TCP port free on ``host`` right now."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((host, 0))
+        return int(sock.getsockname()[1])
+
+
+def start_server(
+    cmd: Sequence[str], env: Dict[str, str], log_path: Path, cwd: Optional[Path] = None
+) -> subprocess.Popen:
+    """Start ``cmd`` in its own session (so :func:`stop_server` ends all its children); it
+    gets SIGTERM if the caller dies without stopping it."""
+    log = log_path.open("wb")
+    try:
+        return subprocess.Popen(
+            list(cmd),
+            env=env,
+            cwd=str(cwd) if cwd else None,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+            preexec_fn=parent_death_signal,
+        )
+    finally:
+        log.close()
+
+
+def wait_until_serving(
+    url: str, proc: subprocess.Popen, timeout: float, log_path: Optional[Path] = None
+) -> None:
+    """Poll ``url`` (GET) until it answers 200.
+
+    Raises:
+        ServeError: the process exited first, or ``timeout`` seconds passed (with the log's tail).
+    """
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise ServeError(f"server exited with {proc.returncode}: {_tail(log_path)}")
+        try:
+            with urllib.request.urlopen(url, timeout=2) as resp:
+                if resp.status == 200:
+                    return
+        except (urllib.error.URLError, ConnectionError, OSError):
+            pass
+        time.sleep(0.25)
+    raise ServeError(f"{url} did not answer within {timeout:.0f}s: {_tail(log_path)}")
+
+
+def stop_server(proc: subprocess.Popen, grace: float = 15.0) -> None:
+    """SIGTERM the server's process group, SIGKILL it after ``grace`` seconds."""
+    if proc.poll() is None:
+        _signal_group(proc, signal.SIGTERM)
+        try:
+            proc.wait(timeout=grace)
+        except subprocess.TimeoutExpired:
+            _signal_group(proc, signal.SIGKILL)
+            proc.wait(timeout=grace)
+    # Children (uvicorn/gunicorn workers) share the group: make sure none outlives the leader.
+    _signal_group(proc, signal.SIGKILL)
+
+
+def _signal_group(proc: subprocess.Popen, sig: int) -> None:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(proc.pid, sig)
+
+
+def _tail(log_path: Optional[Path], lines: int = 15) -> str:
+    if log_path is None or not log_path.is_file():
+        return "(no log)"
+    text = log_path.read_text(errors="replace").splitlines()
+    return "\n".join(text[-lines:])
+
+
+def serve_command(
+    mlflow_bin: str, model_uri: str, port: int, env_manager: str, host: str = "127.0.0.1"
+) -> List[str]:
+    """``mlflow models serve`` for a model on ``host:port``."""
+    return [
+        mlflow_bin,
+        "models",
+        "serve",
+        "-m",
+        model_uri,
+        "-h",
+        host,
+        "-p",
+        str(port),
+        "--env-manager",
+        env_manager,
+    ]
+
+
+@click.command(
+    name="python -m dai_mlflow.serve",
+    help=(
+        "mlflow models serve for a logged DAI model, served by the MLflow of the model's own env "
+        "(restored offline with uv or virtualenv): works for DAI 1.10 (MLflow 2.17, Python 3.8) "
+        "and DAI 2 models alike. Same endpoints as mlflow models serve."
+    ),
+)
+@click.option("-m", "--model-uri", required=True, help="models:/NAME@ALIAS, runs:/..., a path")
+@click.option("-h", "--host", default="127.0.0.1", show_default=True)
+@click.option("-p", "--port", type=int, default=5000, show_default=True)
+@click.option("-w", "--workers", type=int, default=None, help="server workers")
+@click.option("-t", "--timeout", type=int, default=None, help="request timeout (s)")
+@click.option("--env-manager", type=click.Choice(ENV_MANAGERS), default="uv", show_default=True)
+def cli(
+    model_uri: str,
+    host: str,
+    port: int,
+    workers: Optional[int],
+    timeout: Optional[int],
+    env_manager: str,
+) -> int:
+    """Serve until stopped; the server's exit code."""
+    return serve_model(model_uri, host, port, env_manager, workers, timeout)
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """``python -m dai_mlflow.serve -m URI [-h HOST] [-p PORT] [--env-manager M]``."""
+    return run_click(cli, argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,162 @@
+"""Reading and validating scoring pipelines: zip or folder, and one-line errors for bad ones."""
+
+from __future__ import annotations
+
+import shutil
+import stat
+import zipfile
+from pathlib import Path
+
+import pytest
+
+from dai_mlflow.errors import PipelineError
+from dai_mlflow.log.pipeline import copy_pipeline, open_pipeline
+
+
+@pytest.mark.parametrize("line", ["1.10", "2"])
+def test_reads_zip_and_folder(standin, tmp_path: Path, line: str) -> None:
+    build = standin(line, "binary")
+    from_zip = open_pipeline(build.zip_path, tmp_path / "x")
+    from_folder = open_pipeline(build.folder)
+    for p in (from_zip, from_folder):
+        assert p.module_name == build.module_name
+        assert p.python == build.python
+        assert p.dai_version == build.dai_version
+        assert p.dai_line == build.dai_line
+        assert p.experiment_wheel.file_name == build.experiment_wheel
+        assert p.requirements_file.name == "requirements.txt"
+        assert p.constraints_file is not None
+    assert from_zip.folder.is_relative_to(tmp_path)
+
+
+def test_any_folder_name_and_parent_folder(standin, tmp_path: Path) -> None:
+    build = standin("1.10", "regression")
+    renamed = tmp_path / "my export" / "whatever"
+    shutil.copytree(build.folder, renamed)
+    assert open_pipeline(renamed).folder == renamed
+    assert open_pipeline(renamed.parent).folder == renamed
+
+
+def _one_line(e: pytest.ExceptionInfo) -> str:
+    msg = str(e.value)
+    assert "\n" not in msg
+    return msg
+
+
+def test_corrupt_zip(standin, tmp_path: Path) -> None:
+    bad = tmp_path / "scorer.zip"
+    bad.write_bytes(standin("1.10", "binary").zip_path.read_bytes()[:300])
+    with pytest.raises(PipelineError) as e:
+        open_pipeline(bad, tmp_path / "x")
+    msg = _one_line(e)
+    assert str(bad) in msg
+    assert "re-download" in msg
+
+
+def _zip_with(tmp_path: Path, build, name: str, data: bytes = b"x", mode: int = 0) -> Path:
+    out = tmp_path / "evil.zip"
+    shutil.copy2(build.zip_path, out)
+    with zipfile.ZipFile(out, "a") as zf:
+        info = zipfile.ZipInfo(name)
+        if mode:
+            info.external_attr = mode << 16
+        zf.writestr(info, data)
+    return out
+
+
+@pytest.mark.parametrize(
+    "member", ["../escape.txt", "scoring-pipeline/../../escape.txt", "/abs.txt"]
+)
+def test_zip_slip_refused(standin, tmp_path: Path, member: str) -> None:
+    evil = _zip_with(tmp_path, standin("1.10", "binary"), member)
+    with pytest.raises(PipelineError) as e:
+        open_pipeline(evil, tmp_path / "x")
+    assert "outside" in _one_line(e)
+    assert str(evil) in str(e.value)
+    assert not (tmp_path / "escape.txt").exists()
+    assert not (tmp_path / "x").exists() or not any((tmp_path / "x").rglob("escape.txt"))
+
+
+def test_zip_symlink_refused(standin, tmp_path: Path) -> None:
+    evil = _zip_with(
+        tmp_path,
+        standin("1.10", "binary"),
+        "scoring-pipeline/link",
+        b"/etc/passwd",
+        stat.S_IFLNK | 0o777,
+    )
+    with pytest.raises(PipelineError) as e:
+        open_pipeline(evil, tmp_path / "x")
+    assert "symlink" in _one_line(e)
+
+
+def test_folder_symlink_refused(standin, tmp_path: Path) -> None:
+    folder = tmp_path / "sp"
+    shutil.copytree(standin("1.10", "binary").folder, folder)
+    (folder / "link").symlink_to("/etc/hostname")
+    with pytest.raises(PipelineError) as e:
+        open_pipeline(folder)
+    assert "symlink" in _one_line(e)
+
+
+def test_missing_experiment_wheel(standin, tmp_path: Path) -> None:
+    build = standin("2", "binary")
+    folder = tmp_path / "sp"
+    shutil.copytree(build.folder, folder)
+    (folder / build.experiment_wheel).unlink()
+    with pytest.raises(PipelineError) as e:
+        open_pipeline(folder)
+    assert "scoring_h2oai_experiment_" in _one_line(e)
+    assert str(folder) in str(e.value)
+
+
+def test_two_experiment_wheels(standin, tmp_path: Path) -> None:
+    folder = tmp_path / "sp"
+    shutil.copytree(standin("2", "binary").folder, folder)
+    other = standin("2", "regression")
+    shutil.copy2(other.folder / other.experiment_wheel, folder)
+    with pytest.raises(PipelineError) as e:
+        open_pipeline(folder)
+    msg = _one_line(e)
+    assert "exactly one" in msg
+    assert other.experiment_wheel in msg
+
+
+def test_missing_requirements(standin, tmp_path: Path) -> None:
+    folder = tmp_path / "sp"
+    shutil.copytree(standin("1.10", "multiclass").folder, folder)
+    (folder / "requirements.txt").unlink()
+    with pytest.raises(PipelineError) as e:
+        open_pipeline(folder)
+    msg = _one_line(e)
+    assert str(folder / "requirements.txt") in msg
+    assert "re-export" in msg
+
+
+def test_missing_path(tmp_path: Path) -> None:
+    with pytest.raises(PipelineError) as e:
+        open_pipeline(tmp_path / "nope.zip")
+    assert "does not exist" in _one_line(e)
+
+
+def test_version_from_experiment_wheel_when_no_core_wheel(standin, tmp_path: Path) -> None:
+    """Without the shared wheels, the experiment wheel's pin on h2oaicore gives the version."""
+    folder = tmp_path / "sp"
+    build = standin("1.10", "binary")
+    shutil.copytree(build.folder, folder)
+    for w in folder.glob("*.whl"):
+        if not w.name.startswith("scoring_h2oai_experiment_"):
+            w.unlink()
+    p = open_pipeline(folder)
+    assert p.dai_version == build.dai_version
+    assert p.python == "3.8"
+
+
+def test_copy_leaves_licenses_out(standin, tmp_path: Path) -> None:
+    folder = tmp_path / "sp"
+    build = standin("1.10", "binary")
+    shutil.copytree(build.folder, folder)
+    shutil.copy2(build.license_path, folder / "license.sig")
+    dest = copy_pipeline(open_pipeline(folder), tmp_path / "scoring-pipeline")
+    assert (dest / build.experiment_wheel).is_file()
+    assert not (dest / "license.sig").exists()
