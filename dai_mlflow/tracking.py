@@ -31,7 +31,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator, List, Optional
 
-from dai_mlflow.errors import DaiMlflowError, say
+from dai_mlflow.errors import DaiMlflowError, one_line, say
 
 SERVER_PYTHON_ENV = "DAI_MLFLOW_SERVER_PYTHON"
 DEFAULT_DB_NAME = "mlflow.db"
@@ -322,3 +322,34 @@ def tracking_store(wait: bool = True) -> Iterator[TrackingStore]:
                 os.environ.pop("MLFLOW_TRACKING_URI", None)
             else:
                 os.environ["MLFLOW_TRACKING_URI"] = previous
+
+
+class ModelNotFoundError(DaiMlflowError):
+    """A model URI does not resolve to a model folder."""
+
+
+def download_model(model_uri: str, dst: Optional[Path] = None) -> Path:
+    """The local folder of a model: a path as it is, else downloaded with MLflow.
+
+    ``models:/`` and ``runs:/`` URIs are resolved through :func:`tracking_store`, which bridges
+    an MLflow 2.x client (the Python 3.8 Spark venv) to a database store made by MLflow 3.x.
+
+    Raises:
+        ModelNotFoundError: the URI does not resolve (one line, MLflow's reason).
+    """
+    import mlflow.artifacts
+
+    if Path(model_uri).is_dir():
+        return Path(model_uri).resolve()
+    scheme = model_uri.split(":", 1)[0] if ":" in model_uri else ""
+    store = tracking_store() if scheme in ("models", "runs") else contextlib.nullcontext()
+    try:
+        with store:
+            path = mlflow.artifacts.download_artifacts(
+                artifact_uri=model_uri, dst_path=str(dst) if dst else None
+            )
+    except DaiMlflowError:
+        raise
+    except Exception as e:
+        raise ModelNotFoundError(f"cannot download model {model_uri}: {one_line(e)}") from e
+    return Path(path)

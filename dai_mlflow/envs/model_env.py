@@ -27,8 +27,6 @@ PyYAML through :mod:`dai_mlflow.envs.venvs`); Python 3.8-safe.
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
 import hashlib
 import json
 import os
@@ -37,8 +35,9 @@ import shutil
 import subprocess
 import tempfile
 from pathlib import Path
-from typing import Any, Callable, Dict, Iterator, Optional, Sequence
+from typing import Any, Callable, Dict, Optional, Sequence
 
+from dai_mlflow.envs.locks import file_lock
 from dai_mlflow.envs.processes import without_foreign_python
 from dai_mlflow.envs.pythons import find_python
 from dai_mlflow.envs.venvs import PYTHON_ENV_FILE_NAME, VenvSpec, ensure_venv, spec_key
@@ -49,8 +48,11 @@ from dai_mlflow.model.hooks.stdin_server import ERROR_MARKER
 
 ENV_ROOT_ENV = "DAI_MLFLOW_ENV_ROOT"
 REQUIREMENTS_FILE_NAME = "requirements.txt"
-# The env managers of dai-mlflow's own paths and the installer each one builds with.
+# The env managers of every dai-mlflow command: ``local`` (the caller's env is the model's) and
+# the two that build the model's env, with the installer each one builds with.
 INSTALLERS = {"uv": "uv", "virtualenv": "pip"}
+BUILDING_ENV_MANAGERS = tuple(INSTALLERS)
+ENV_MANAGERS = ("local", *BUILDING_ENV_MANAGERS)
 
 Progress = Callable[[str], None]
 
@@ -93,18 +95,6 @@ def env_root(explicit: Optional[str] = None) -> Path:
             f"no writable folder for model envs (tried {home}, {fallback}); set {ENV_ROOT_ENV}"
         )
     return fallback
-
-
-@contextlib.contextmanager
-def file_lock(path: Path) -> Iterator[None]:
-    """Hold an exclusive flock on ``path`` (created with its folder) for the block."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(str(path), "a") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def model_env_spec(model_dir: Path, installer: str = "uv") -> VenvSpec:

@@ -21,7 +21,6 @@ instead when it has pyspark.
 
 from __future__ import annotations
 
-import fcntl
 import os
 import shutil
 import subprocess
@@ -32,6 +31,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import List, Optional
 
+from dai_mlflow.envs.locks import file_lock
+from dai_mlflow.envs.model_env import ENV_MANAGERS
 from dai_mlflow.errors import ERROR_PREFIX, say
 from dai_mlflow.lifecycle import registry, scoring, tables
 from dai_mlflow.lifecycle.batch_job import JOB_RESULT_PREFIX
@@ -41,7 +42,6 @@ from dai_mlflow.lifecycle.errors import LifecycleError
 DEFAULT_SPARK_VENV = Path("venvs") / "spark_inference"
 # Where this dai_mlflow is imported from: the job's driver imports the same one.
 PACKAGE_PARENT = Path(__file__).resolve().parents[2]
-ENV_MANAGERS = ("local", "uv", "virtualenv")
 METADATA_COLUMNS = ("model_name", "model_version", "model_uri", "scored_at")
 JOB_ERROR_PREFIX = ERROR_PREFIX + " "
 
@@ -93,9 +93,7 @@ def spark_venv_python(model_dir: Path, dest: Path) -> Path:
     from dai_mlflow.envs.spark_venv import spec_for_model_dir
     from dai_mlflow.envs.venvs import ensure_venv
 
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    with open(str(dest) + ".lock", "a") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
+    with file_lock(dest.with_name(dest.name + ".lock")):
         spec = spec_for_model_dir(model_dir, site_paths=[str(PACKAGE_PARENT)])
         python, built = ensure_venv(spec, dest, quiet=True, progress=lambda _m: None)
     say(f"spark venv {'built' if built else 'reused'}: {dest}")

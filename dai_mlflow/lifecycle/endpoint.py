@@ -25,7 +25,6 @@ Linux only (``/proc``, process groups), like the DAI scorer. Python 3.8-safe.
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import json
 import os
 import re
@@ -41,8 +40,9 @@ import urllib.request
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, Iterator, List, Optional
+from typing import Any, ContextManager, Dict, List, Optional
 
+from dai_mlflow.envs.locks import file_lock
 from dai_mlflow.lifecycle import proxy
 from dai_mlflow.lifecycle.errors import LifecycleError
 
@@ -103,13 +103,9 @@ def state_dir(model_name: str, root: Optional[Path] = None) -> Path:
     return (root or endpoint_root()) / safe
 
 
-@contextlib.contextmanager
-def locked(folder: Path) -> Iterator[None]:
+def locked(folder: Path) -> ContextManager[None]:
     """Hold the endpoint's deploy lock (one deploy or undeploy at a time)."""
-    folder.mkdir(parents=True, exist_ok=True)
-    with open(folder / LOCK_FILE, "a") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        yield
+    return file_lock(folder / LOCK_FILE)
 
 
 def load_state(folder: Path) -> Optional[Dict[str, Any]]:

@@ -9,5 +9,5 @@ class LifecycleError(DaiMlflowError):
     """A lifecycle step cannot run as asked (bad input, missing alias, unreadable table)."""
 
 
-class ScoringError(LifecycleError):
+class ModelFailedError(LifecycleError):
     """A model failed to score in its own env; the message is the model's error."""

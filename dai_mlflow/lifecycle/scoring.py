@@ -18,7 +18,7 @@ from typing import Optional, Sequence
 import pandas as pd
 
 from dai_mlflow.envs.model_env import ModelProgramError, ensure_model_env, run_program
-from dai_mlflow.lifecycle.errors import LifecycleError, ScoringError
+from dai_mlflow.lifecycle.errors import LifecycleError, ModelFailedError
 
 
 def model_env_python(model_dir: Path) -> Path:
@@ -80,7 +80,7 @@ def score_file(
         label: how errors name the model (default: the folder).
 
     Raises:
-        ScoringError: the model failed (its own error, one line).
+        ModelFailedError: the model failed (its own error, one line).
     """
     fmt = data_format(data)
     python = python or model_env_python(model_dir)
@@ -91,5 +91,5 @@ def score_file(
         try:
             run_program(python, "score", [model_dir, data, fmt, out], base)
         except ModelProgramError as e:
-            raise ScoringError(f"{label or model_dir}: {e}") from e
+            raise ModelFailedError(f"{label or model_dir}: {e}") from e
         return pd.read_csv(out)

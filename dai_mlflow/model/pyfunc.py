@@ -232,7 +232,7 @@ def _to_pandas(result: Any) -> pd.DataFrame:
     return pd.DataFrame(result)
 
 
-def score(
+def score_frame(
     scorer: Any,
     model_input: Any,
     params: Optional[Mapping[str, Any]] = None,
@@ -285,4 +285,4 @@ class DaiScoringModel(mlflow.pyfunc.PythonModel):
             self.load_context(context)
         scorer = get_scorer(str(self._module), self._pipeline_dir)
         with in_workdir(scorer_workdir(self._pipeline_dir)):
-            return score(scorer, model_input, params, self._types)
+            return score_frame(scorer, model_input, params, self._types)

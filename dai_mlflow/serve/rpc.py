@@ -56,7 +56,10 @@ RPC_PATH = "/rpc"
 PING_PATH = "/ping"
 DEFAULT_PORT = 9090
 DEFAULT_HOST = "127.0.0.1"
-ENV_MANAGERS = ("uv", "virtualenv", "local")
+try:
+    from dai_mlflow.envs.model_env import ENV_MANAGERS
+except ImportError:  # the copy run inside a model env serves there: --env-manager local only
+    ENV_MANAGERS = ("local",)
 DEFAULT_ENV_MANAGER = "uv"
 METHODS = (
     "score",

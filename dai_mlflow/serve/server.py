@@ -42,14 +42,14 @@ from typing import Any, Dict, List, Optional, Sequence
 import click
 
 from dai_mlflow.cli import run_click
-from dai_mlflow.envs.model_env import file_lock
+from dai_mlflow.envs.locks import file_lock
+from dai_mlflow.envs.model_env import BUILDING_ENV_MANAGERS, ENV_MANAGERS
 from dai_mlflow.envs.processes import FOREIGN_PYTHON_VARS, parent_death_signal
 from dai_mlflow.errors import DaiMlflowError
+from dai_mlflow.tracking import download_model
 
 PYTHON_ENV_FILE_NAME = "python_env.yaml"
 RPC_SCRIPT_NAME = "dai_mlflow_rpc.py"
-BUILDING_ENV_MANAGERS = ("uv", "virtualenv")
-ENV_MANAGERS = ("uv", "virtualenv", "local")
 
 
 class ServeError(DaiMlflowError):
@@ -72,20 +72,6 @@ def model_python_version(local_dir: Path) -> str:
     if not version:
         raise ServeError(f"{path} names no python version; re-log the model with dai-mlflow")
     return str(version)
-
-
-def download_model(model_uri: str) -> Path:
-    """The model's local folder (``models:/``, ``runs:/``, or a path as is).
-
-    Raises:
-        ServeError: the URI does not resolve.
-    """
-    import mlflow.artifacts
-
-    try:
-        return Path(mlflow.artifacts.download_artifacts(artifact_uri=model_uri))
-    except Exception as e:
-        raise ServeError(f"cannot resolve {model_uri}: {' '.join(str(e).split())}") from e
 
 
 def offline_build_env(python_version: str, path: Optional[str] = None) -> Dict[str, str]:

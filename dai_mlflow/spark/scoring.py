@@ -33,7 +33,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Dict, Iterator, List, Optional, Sequence, Tuple
 
-from dai_mlflow.envs.model_env import INSTALLERS
+from dai_mlflow.envs.model_env import ENV_MANAGERS
 from dai_mlflow.errors import DaiMlflowError, one_line
 from dai_mlflow.spark import shipping, worker
 from dai_mlflow.spark.files import (
@@ -44,8 +44,8 @@ from dai_mlflow.spark.files import (
     sample_rows,
     write_atomically,
 )
+from dai_mlflow.tracking import download_model
 
-ENV_MANAGERS = ("local", *INSTALLERS)
 ERROR_MARKER = worker.ERROR_MARKER
 ARROW_BATCH_CONF = "spark.sql.execution.arrow.maxRecordsPerBatch"
 # Rows per Arrow batch sent to the model: large enough to amortise per-batch overhead, small
@@ -151,34 +151,6 @@ def _model_python(local_dir: Path, model: object) -> str:
     if not version:
         raise ModelSignatureError(f"{local_dir}: no python_env.yaml and no python_version")
     return str(version)
-
-
-def download_model(model_uri: str, dst: Optional[Path] = None) -> Path:
-    """Download (or locate) a model and return its local folder.
-
-    ``models:/`` and ``runs:/`` URIs are resolved through ``dai_mlflow.tracking``, which bridges
-    an MLflow 2.x driver (the Python 3.8 Spark venv) to a sqlite store made by MLflow 3.x.
-    """
-    import mlflow.artifacts
-
-    if Path(model_uri).is_dir():
-        return Path(model_uri).resolve()
-    scheme = model_uri.split(":", 1)[0] if ":" in model_uri else ""
-    store = contextlib.nullcontext()
-    if scheme in ("models", "runs"):
-        from dai_mlflow.tracking import tracking_store
-
-        store = tracking_store()
-    try:
-        with store:
-            path = mlflow.artifacts.download_artifacts(
-                artifact_uri=model_uri, dst_path=str(dst) if dst else None
-            )
-    except DaiMlflowError:
-        raise
-    except Exception as e:
-        raise SparkScoringError(f"cannot download model {model_uri}: {one_line(e)}") from e
-    return Path(path)
 
 
 def preflight_predict(

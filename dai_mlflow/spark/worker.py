@@ -44,11 +44,11 @@ from typing import Any, Callable, Deque, Dict, Iterator, Optional, Tuple
 
 import pandas as pd
 
+from dai_mlflow.envs.locks import file_lock
 from dai_mlflow.envs.model_env import (
     INSTALLERS,
     ensure_model_env,
     env_root,
-    file_lock,
     hooks_package,
 )
 from dai_mlflow.envs.processes import parent_death_signal, without_foreign_python

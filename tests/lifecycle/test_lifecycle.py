@@ -24,7 +24,7 @@ import pytest
 
 from dai_mlflow.errors import DaiMlflowError
 from dai_mlflow.lifecycle import drift, metrics, plots, scoring, tables
-from dai_mlflow.lifecycle.errors import LifecycleError, ScoringError
+from dai_mlflow.lifecycle.errors import LifecycleError, ModelFailedError
 from dai_mlflow.lifecycle.validate import FIRST, KEPT, PROMOTED, ValidateRequest, validate
 from dai_mlflow.standin import data as standin_data
 from tests.fixtures_model import last_stdout_line, mlflow_run, run_env
@@ -235,7 +235,7 @@ def test_a_failed_validation_moves_no_alias_and_ends_the_run_failed(
     # 2. the models cannot score (no license where they run): the model's own error, one line
     monkeypatch.delenv("DRIVERLESS_AI_LICENSE_FILE")
     monkeypatch.setenv("HOME", str(tmp_path))
-    with pytest.raises(ScoringError) as err:
+    with pytest.raises(ModelFailedError) as err:
         validate(ValidateRequest(NAME, _holdout()))
     assert "\n" not in str(err.value)
     assert "license" in str(err.value).lower()

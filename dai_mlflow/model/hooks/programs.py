@@ -50,7 +50,7 @@ def check(model_dir: str) -> Dict[str, Any]:
     }
 
 
-def score(model_dir: str, data_path: str, fmt: str, out_path: str) -> Dict[str, Any]:
+def score_file(model_dir: str, data_path: str, fmt: str, out_path: str) -> Dict[str, Any]:
     """Predict a csv/parquet file; write DAI's output columns to ``out_path`` (csv)."""
     import mlflow.pyfunc
     import pandas as pd
@@ -72,7 +72,7 @@ def score(model_dir: str, data_path: str, fmt: str, out_path: str) -> Dict[str, 
     return {"rows": len(out), "columns": [str(c) for c in out.columns]}
 
 
-PROGRAMS = {"check": check, "score": score}
+PROGRAMS = {"check": check, "score": score_file}
 
 
 def main(argv: Sequence[str]) -> int:
