@@ -12,13 +12,19 @@ Python 3.8-safe (the project env runs it).
 
 from __future__ import annotations
 
-from typing import Optional, Sequence
+from typing import Callable, Optional, Sequence
 
 import click
 
 from dai_mlflow.errors import DaiMlflowError, report_error
 
 HELP = {"help_option_names": ["-h", "--help"]}
+
+
+def echo_fields(**fields: object) -> None:
+    """Print one ``key=value`` line a field: the summary scripts and tests read back."""
+    for key, value in fields.items():
+        click.echo(f"{key}={value}")
 
 
 def run_click(command: click.Command, argv: Optional[Sequence[str]] = None) -> int:
@@ -35,3 +41,14 @@ def run_click(command: click.Command, argv: Optional[Sequence[str]] = None) -> i
     except click.exceptions.Abort:
         return 1
     return result if isinstance(result, int) else 0
+
+
+def entry_point(command: click.Command) -> Callable[..., int]:
+    """``main(argv=None) -> exit code`` running ``command``: what ``__main__`` and console
+    scripts call."""
+
+    def main(argv: Optional[Sequence[str]] = None) -> int:
+        return run_click(command, argv)
+
+    main.__doc__ = f"``{command.name}``: run it with ``argv``; return its exit code."
+    return main

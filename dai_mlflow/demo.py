@@ -1,6 +1,8 @@
 """`make demo`: the main job end to end on a sample DAI-shaped pipeline, with embedded defaults.
 
-Steps (each a real command a user would type, run as a subprocess from ``venvs/launcher``):
+Steps (each a real command a user would type, run as a subprocess from ``venvs/launcher``;
+the screen shows each step, its time and its result, the commands' own output goes to
+``data/output/demo.log``, and a failed step's output is printed whole):
 
 1. build the DAI-shaped stand-in pipeline (``python -m dai_mlflow.standin``) into
    ``data/generated/``, with the license it writes beside ``scorer.zip``;
@@ -20,99 +22,103 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, Optional, Sequence
 
 import click
 
-from dai_mlflow.cli import HELP, run_click
+from dai_mlflow.cli import HELP, entry_point
 
 ROOT = Path(__file__).resolve().parents[1]
 GENERATED = ROOT / "data" / "generated"
 OUTPUT = ROOT / "data" / "output"
+LOG = OUTPUT / "demo.log"
 MODEL_URI_PREFIX = "model_uri="
 
 
 class DemoError(Exception):
-    """A demo step failed; the message says which and how to look closer."""
+    """A demo step failed; the message says which and where its output is."""
 
 
-def _step(n: int, total: int, text: str) -> None:
-    print(f"\n==> [{n}/{total}] {text}", flush=True)
+class Steps:
+    """Runs the demo's commands: one line a step on the screen, all their output in ``log``."""
+
+    def __init__(self, total: int, log: Path) -> None:
+        self.total, self.done, self.log = total, 0, log
+        log.parent.mkdir(parents=True, exist_ok=True)
+        log.write_text("")
+
+    def run(self, text: str, cmd: Sequence[object], env: Optional[Dict[str, str]] = None) -> str:
+        """Run ``cmd`` as step ``text``; return its stdout. Failure prints its whole output."""
+        self.done += 1
+        print(f"[{self.done}/{self.total}] {text} ...", end=" ", flush=True)
+        argv = [str(c) for c in cmd]
+        started = time.monotonic()
+        with self.log.open("a") as log:
+            log.write(f"\n$ {' '.join(argv)}\n")
+            log.flush()
+            proc = subprocess.run(
+                argv, cwd=ROOT, env={**os.environ, **(env or {})},
+                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+            )  # fmt: skip
+            log.write(proc.stdout)
+        seconds = time.monotonic() - started
+        if proc.returncode != 0:
+            print(f"failed after {seconds:.1f}s; its output:\n", flush=True)
+            sys.stdout.write(proc.stdout)
+            raise DemoError(
+                f"step {self.done} (`{Path(argv[0]).name} ...`) failed with exit code "
+                f"{proc.returncode}; every step's output is in {self.log}"
+            )
+        print(f"done in {seconds:.1f}s", flush=True)
+        return proc.stdout
 
 
-def _run(cmd: Sequence[str], env: Optional[Dict[str, str]] = None) -> str:
-    """Run a command, streaming its output; return its stdout."""
-    print("$ " + " ".join(str(c) for c in cmd), flush=True)
-    started = time.monotonic()
-    proc = subprocess.Popen(
-        [str(c) for c in cmd],
-        cwd=ROOT,
-        env={**os.environ, **(env or {})},
-        stdout=subprocess.PIPE,
-        text=True,
-    )
-    lines: List[str] = []
-    assert proc.stdout is not None
-    for line in proc.stdout:
-        sys.stdout.write(line)
-        lines.append(line)
-    if proc.wait() != 0:
-        raise DemoError(f"`{Path(str(cmd[0])).name} …` failed (exit {proc.returncode}); see above")
-    print(f"   ({time.monotonic() - started:.1f}s)", flush=True)
-    return "".join(lines)
-
-
-def _last_model_uri(stdout: str) -> str:
-    lines = [ln.strip() for ln in stdout.splitlines() if ln.strip()]
-    if not lines or not lines[-1].startswith(MODEL_URI_PREFIX):
-        raise DemoError("`mlflow run` did not print model_uri=<uri> as its last line")
-    return lines[-1][len(MODEL_URI_PREFIX) :]
+def _field(stdout: str, prefix: str, step: str) -> str:
+    found = [ln.strip()[len(prefix) :] for ln in stdout.splitlines() if ln.startswith(prefix)]
+    if not found:
+        raise DemoError(f"{step} did not print {prefix}<value>; its output is in {LOG}")
+    return found[-1]
 
 
 def run_demo(dai_version: str, problem: str, env_manager: str) -> int:
-    """Run the demo steps that have landed; say plainly which are still to come."""
+    """Build a stand-in pipeline, log and register it with `mlflow run`, score it with Spark."""
     python = sys.executable
     bin_dir = Path(python).parent
     out_dir = GENERATED / f"dai-{dai_version}-{problem}"
-    total = 3
-
-    _step(1, total, f"build a DAI {dai_version} {problem} stand-in pipeline into {out_dir}")
-    if not (ROOT / "dai_mlflow" / "standin").is_dir():
-        print("   not yet available: the stand-in builder (issue 3). Nothing else to run.")
-        return 0
-    _run([python, "-m", "dai_mlflow.standin", "--out", out_dir, "--dai-version", dai_version,
-          "--problem", problem])  # fmt: skip
-    zip_path = out_dir / "scorer.zip"
     license_env = {"DRIVERLESS_AI_LICENSE_FILE": str(out_dir / "license.sig")}
+    output = OUTPUT / "predictions.parquet"
+    steps = Steps(3, LOG)
+    print(f"dai-mlflow demo: DAI {dai_version} {problem}; commands' output goes to {LOG}")
+    print("(a first run builds the envs it needs, which takes a few minutes)")
 
-    _step(2, total, "log and register it with `mlflow run .` (embedded tracking default)")
-    if not (ROOT / "MLproject").is_file():
-        print("   not yet available: the MLflow Project entry point (issue 4).")
-        return 0
-    stdout = _run(
-        [bin_dir / "mlflow", "run", ".", "-P", f"pipeline={zip_path}",
+    steps.run(
+        f"build a DAI {dai_version} {problem} stand-in pipeline",
+        [python, "-m", "dai_mlflow.standin", "--out", out_dir, "--dai-version", dai_version,
+         "--problem", problem],
+    )  # fmt: skip
+    print(f"      pipeline: {out_dir / 'scorer.zip'}")
+
+    stdout = steps.run(
+        "log and register it: mlflow run . -P pipeline=... -P model_name=dai_demo",
+        [bin_dir / "mlflow", "run", ".", "-P", f"pipeline={out_dir / 'scorer.zip'}",
          "-P", "model_name=dai_demo"],
         env=license_env,
     )  # fmt: skip
-    model_uri = _last_model_uri(stdout)
-    print(f"   logged: {model_uri}")
+    model_uri = _field(stdout, MODEL_URI_PREFIX, "mlflow run")
+    print(f"      model: {model_uri}")
 
-    _step(3, total, f"batch-score {out_dir / 'sample_input.csv'} with spark_udf ({env_manager})")
-    score_py = ROOT / "spark_inference" / "score.py"
-    if not score_py.is_file():
-        print("   not yet available: spark_inference/score.py (issue 5).")
-        return 0
-    OUTPUT.mkdir(parents=True, exist_ok=True)
-    output = OUTPUT / "predictions.parquet"
-    _run(
-        [python, score_py, "--model-uri", model_uri, "--input", out_dir / "sample_input.csv",
-         "--output", output, "--env-manager", env_manager],
+    steps.run(
+        f"batch-score sample_input.csv with spark_udf (env manager {env_manager})",
+        [python, ROOT / "spark_inference" / "score.py", "--model-uri", model_uri,
+         "--input", out_dir / "sample_input.csv", "--output", output,
+         "--env-manager", env_manager],
         env=license_env,
     )  # fmt: skip
     import pandas as pd
 
     frame = pd.read_parquet(output)
-    print(f"\n{len(frame)} rows scored -> {output}\n{frame.head().to_string()}")
+    print(f"      {len(frame)} rows scored -> {output}\n")
+    print(frame.head().to_string())
     print(
         f"\nDone. Browse the run: {bin_dir / 'mlflow'} ui --backend-store-uri sqlite:///mlflow.db"
     )
@@ -141,9 +147,7 @@ def cli(dai_version: str, problem: str, env_manager: str) -> int:
         raise click.ClickException(str(e)) from e
 
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
-    """CLI entry point of ``make demo``."""
-    return run_click(cli, argv)
+main = entry_point(cli)
 
 
 if __name__ == "__main__":

@@ -52,14 +52,13 @@ def _as_signature_types(frame, schema):  # noqa: ANN001, ANN202
     pandas reads an integer csv column as int64, which MLflow refuses to cast to a `double`
     input ("Can not safely convert int64 to float64"); Spark hands the model doubles.
     """
+    from dai_mlflow.model.hooks.stdin_server import cast_to_schema
+
     if schema is None:
         return frame
-    frame = frame.copy()
-    for col in schema.inputs:
-        kind = str(getattr(col.type, "name", col.type))
-        if col.name in frame and kind in ("double", "float"):
-            frame[col.name] = frame[col.name].astype("float64")
-    return frame
+    return cast_to_schema(
+        frame, [(c.name, str(getattr(c.type, "name", c.type))) for c in schema.inputs]
+    )
 
 
 def predict_in_driver(model_dir: Path, sample) -> tuple[object, List[int]]:  # noqa: ANN001

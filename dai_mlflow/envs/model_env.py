@@ -42,6 +42,7 @@ from dai_mlflow.envs.processes import without_foreign_python
 from dai_mlflow.envs.pythons import find_python
 from dai_mlflow.envs.venvs import PYTHON_ENV_FILE_NAME, VenvSpec, ensure_venv, spec_key
 from dai_mlflow.errors import DaiMlflowError, PythonNotFoundError, say
+from dai_mlflow.model.experiment import writable_dir
 from dai_mlflow.model.hooks import MODULES, PACKAGE
 from dai_mlflow.model.hooks.programs import RESULT_MARKER
 from dai_mlflow.model.hooks.stdin_server import ERROR_MARKER
@@ -65,14 +66,6 @@ def _quiet(_message: str) -> None:
     pass
 
 
-def _writable(folder: Path) -> bool:
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-    except OSError:
-        return False
-    return os.access(str(folder), os.W_OK | os.X_OK)
-
-
 def env_root(explicit: Optional[str] = None) -> Path:
     """Where model envs live (see the module docstring); created.
 
@@ -82,15 +75,15 @@ def env_root(explicit: Optional[str] = None) -> Path:
     chosen = explicit or os.environ.get(ENV_ROOT_ENV)
     if chosen:
         root = Path(chosen).expanduser()
-        if not _writable(root):
+        if not writable_dir(root):
             raise DaiMlflowError(f"the env root {root} cannot be written; pick another")
         return root
     home = Path(os.path.expanduser("~")) / ".cache" / "dai-mlflow" / "envs"
-    if _writable(home):
+    if writable_dir(home):
         return home
     uid = os.getuid() if hasattr(os, "getuid") else "user"
     fallback = Path(tempfile.gettempdir()) / f"dai-mlflow-{uid}" / "envs"
-    if not _writable(fallback):
+    if not writable_dir(fallback):
         raise DaiMlflowError(
             f"no writable folder for model envs (tried {home}, {fallback}); set {ENV_ROOT_ENV}"
         )

@@ -25,7 +25,7 @@ from typing import List, Optional, Sequence, Tuple
 
 import click
 
-from dai_mlflow.cli import HELP, run_click
+from dai_mlflow.cli import HELP, entry_point
 from dai_mlflow.envs.venvs import (
     VenvSpec,
     ensure_venv,
@@ -216,9 +216,7 @@ def cli(
     )
 
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
-    """``python -m dai_mlflow.envs.spark_venv``; its exit code."""
-    return run_click(cli, argv)
+main = entry_point(cli)
 
 
 if __name__ == "__main__":

@@ -36,6 +36,7 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 from dai_mlflow.envs.pythons import Interpreter, find_python
 from dai_mlflow.envs.wheelhouse import ensure_wheels
 from dai_mlflow.errors import DaiMlflowError, VenvBuildError, report_error, say
+from dai_mlflow.model.experiment import file_sha256
 
 STAMP_FILE_NAME = ".dai-mlflow-venv.json"
 PYTHON_ENV_FILE_NAME = "python_env.yaml"
@@ -144,14 +145,6 @@ def _local_files(lines: Sequence[str], base_dir: Path) -> List[Path]:
     return found
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def spec_key(spec: VenvSpec, interpreter: Interpreter) -> str:
     """Hash of everything that determines the venv's contents."""
     files = _local_files(spec.build_dependencies + spec.dependencies, spec.base_dir)
@@ -160,7 +153,7 @@ def spec_key(spec: VenvSpec, interpreter: Interpreter) -> str:
         "installer": spec.installer,
         "build_dependencies": list(spec.build_dependencies),
         "dependencies": list(spec.dependencies),
-        "files": sorted((p.name, _sha256(p)) for p in files),
+        "files": sorted((p.name, file_sha256(p)) for p in files),
         "site_paths": list(spec.site_paths),
     }
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]

@@ -27,7 +27,6 @@ import subprocess
 import sys
 import tempfile
 from dataclasses import dataclass
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import List, Optional
 
@@ -47,10 +46,19 @@ JOB_ERROR_PREFIX = ERROR_PREFIX + " "
 
 
 @dataclass(frozen=True)
-class BatchRequest:
+class BatchResult:
+    """The run, the version scored and the partition it wrote."""
+
+    run_id: str
+    model_uri: str
+    partition: Path
+    rows: int
+
+
+@dataclass(frozen=True)
+class BatchRequest(registry.ModelRequest):
     """Inputs of :func:`batch`."""
 
-    model_name: str
     input: Path
     table: str
     day: str = ""
@@ -61,31 +69,12 @@ class BatchRequest:
     python: str = ""
 
     def __post_init__(self) -> None:
-        if not self.model_name.strip():
-            raise LifecycleError("model_name is empty; pass the registered model's name")
+        super().__post_init__()
         if self.env_manager not in ENV_MANAGERS:
             raise LifecycleError(f"env_manager {self.env_manager!r}: use one of {ENV_MANAGERS}")
         scoring.data_format(self.input)
         tables.local_table(self.table)
-        if self.day:
-            tables.validate_date(self.day)
-
-    @property
-    def date(self) -> str:
-        """The partition: ``day``, or today (UTC)."""
-        return tables.validate_date(self.day) if self.day else _today()
-
-
-@dataclass(frozen=True)
-class BatchResult:
-    run_id: str
-    model_uri: str
-    partition: Path
-    rows: int
-
-
-def _today() -> str:
-    return datetime.now(timezone.utc).date().isoformat()
+        tables.partition_date(self.day)
 
 
 def spark_venv_python(model_dir: Path, dest: Path) -> Path:
@@ -113,8 +102,10 @@ def job_python(request: BatchRequest, model_dir: Path) -> Path:
     return spark_venv_python(model_dir, (request.spark_venv or DEFAULT_SPARK_VENV).resolve())
 
 
-def job_command(request: BatchRequest, python: Path, model_dir: Path, ref: object) -> List[str]:
-    """The ``python -m dai_mlflow.lifecycle.batch_job ...`` command line."""
+def job_command(
+    request: BatchRequest, day: str, python: Path, model_dir: Path, ref: object
+) -> List[str]:
+    """The ``python -m dai_mlflow.lifecycle.batch_job ...`` command line for partition ``day``."""
     return [
         str(python),
         "-m",
@@ -124,7 +115,7 @@ def job_command(request: BatchRequest, python: Path, model_dir: Path, ref: objec
         "--model-version", ref.version,
         "--input", str(request.input.resolve()),
         "--table", str(tables.local_table(request.table)),
-        "--date", request.date,
+        "--date", day,
         "--env-manager", request.env_manager,
         "--master", request.master,
         *(["--python", request.python] if request.python else []),
@@ -169,7 +160,7 @@ def batch(request: BatchRequest) -> BatchResult:
     import mlflow
 
     with mlflow.start_run() as run:
-        day = request.date
+        day = tables.partition_date(request.day)
         registry.log_params_once(
             {
                 "model_name": request.model_name,
@@ -188,7 +179,7 @@ def batch(request: BatchRequest) -> BatchResult:
             _check_input(model_dir, request.input)
             python = job_python(request, model_dir)
             say(f"scoring {request.input} with {ref.uri} into date={day} ({python})")
-            rows = run_job(job_command(request, python, model_dir, ref))
+            rows = run_job(job_command(request, day, python, model_dir, ref))
         finally:
             shutil.rmtree(work, ignore_errors=True)
         partition = tables.partition_dir(tables.local_table(request.table), day)

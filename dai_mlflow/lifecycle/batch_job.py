@@ -13,40 +13,45 @@ table as it was.
 from __future__ import annotations
 
 import sys
+from dataclasses import dataclass
 from pathlib import Path
-from typing import List, Optional
+from typing import Optional
 
 import click
 
-from dai_mlflow.cli import HELP, run_click
+from dai_mlflow.cli import HELP, entry_point
 from dai_mlflow.errors import DaiMlflowError, one_line
 
 JOB_RESULT_PREFIX = "batch_result="
 
 
-def score_partition(
-    spark: object,
-    model_dir: Path,
-    model_name: str,
-    model_version: str,
-    input_path: str,
-    table: str,
-    day: str,
-    env_manager: str,
-) -> int:
+@dataclass(frozen=True)
+class PartitionJob:
+    """One date partition to score: the downloaded model, what it is, the input and table."""
+
+    model_dir: Path
+    model_name: str
+    model_version: str
+    input_path: str
+    table: str
+    day: str
+    env_manager: str
+
+
+def score_partition(spark: object, job: PartitionJob) -> int:
     """Score the input and swap it in as the date's partition; return the row count."""
     from pyspark.sql import functions as F
 
     from dai_mlflow.lifecycle import tables
     from dai_mlflow.spark import read_input, score, translate_error
 
-    model_uri = f"models:/{model_name}/{model_version}"
-    df = read_input(spark, input_path)
-    scored = score(spark, str(model_dir), df, env_manager, source_uri=model_uri)
+    model_uri = f"models:/{job.model_name}/{job.model_version}"
+    df = read_input(spark, job.input_path)
+    scored = score(spark, str(job.model_dir), df, job.env_manager, source_uri=model_uri)
     scored = scored.select(
         "*",
-        F.lit(model_name).alias("model_name"),
-        F.lit(str(model_version)).alias("model_version"),
+        F.lit(job.model_name).alias("model_name"),
+        F.lit(str(job.model_version)).alias("model_version"),
         F.lit(model_uri).alias("model_uri"),
         F.current_timestamp().alias("scored_at"),
     )
@@ -57,7 +62,7 @@ def score_partition(
         except Exception as e:
             raise translate_error(e) from e
 
-    target = tables.replace_partition(Path(table), day, _write)
+    target = tables.replace_partition(Path(job.table), job.day, _write)
     return tables.row_count(target)
 
 
@@ -71,29 +76,18 @@ def score_partition(
 @click.option("--env-manager", default="local", show_default=True)
 @click.option("--master", default="local[*]", show_default=True)
 @click.option("--python", "executor_python", default=None, help="the executors' Python")
-def cli(
-    model_dir: Path,
-    model_name: str,
-    model_version: str,
-    input_path: str,
-    table: str,
-    day: str,
-    env_manager: str,
-    master: str,
-    executor_python: Optional[str],
-) -> None:
+def cli(master: str, executor_python: Optional[str], **fields: str) -> None:
     """Score the input into the date's partition; print ``batch_result=<rows>``."""
     from dai_mlflow.spark import precheck, preflight_predict
     from dai_mlflow.spark.session import build_session
 
-    spec = precheck(model_dir, input_path)
-    if env_manager == "local":
-        preflight_predict(spec, input_path)
+    job = PartitionJob(**fields)
+    spec = precheck(job.model_dir, job.input_path)
+    if job.env_manager == "local":
+        preflight_predict(spec, job.input_path)
     spark = build_session(master, "dai-mlflow-batch", python=executor_python)
     try:
-        rows = score_partition(
-            spark, model_dir, model_name, model_version, input_path, table, day, env_manager
-        )
+        rows = score_partition(spark, job)
     except DaiMlflowError:
         raise
     except Exception as e:  # an unexpected error still ends as one line
@@ -103,9 +97,7 @@ def cli(
     click.echo(f"{JOB_RESULT_PREFIX}{rows}")
 
 
-def main(argv: Optional[List[str]] = None) -> int:
-    """``python -m dai_mlflow.lifecycle.batch_job ...``; its exit code."""
-    return run_click(cli, argv)
+main = entry_point(cli)
 
 
 if __name__ == "__main__":

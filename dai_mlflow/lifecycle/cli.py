@@ -15,14 +15,22 @@ exit code 1 (the MLflow run then ends FAILED).
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional, Sequence
 
 import click
 
-from dai_mlflow.cli import run_click
+from dai_mlflow.cli import entry_point
 from dai_mlflow.errors import DaiMlflowError
 
 MODEL_NAME = click.option("--model-name", required=True, help="registered model name")
+
+
+def true_false(flag: str, default: str, help: str):  # noqa: A002, ANN201 - a click option
+    """A ``true``/``false`` option (MLproject passes parameters as strings)."""
+    return click.option(
+        flag, type=click.Choice(["true", "false"]), default=default, show_default=True, help=help
+    )
+
+
 DATE = click.option(
     "--date", "day", default="", help="partition date YYYY-MM-DD (empty: today, UTC)"
 )
@@ -146,13 +154,7 @@ def monitor(model_name: str, table: str, output: str, day: str, days: int) -> No
 )
 @click.option("--port", type=int, default=5050, show_default=True, help="local: stable port")
 @click.option("--host", default="127.0.0.1", show_default=True, help="local: address to bind")
-@click.option(
-    "--rpc",
-    type=click.Choice(["true", "false"]),
-    default="false",
-    show_default=True,
-    help="local: also serve DAI's JSON-RPC protocol on POST /rpc",
-)
+@true_false("--rpc", "false", "local: also serve DAI's JSON-RPC protocol on POST /rpc")
 @click.option("--endpoint-name", default="", help="databricks: endpoint (empty: the model name)")
 @click.option("--secret-scope", default="dai-mlflow", show_default=True, help="databricks")
 @click.option(
@@ -162,13 +164,7 @@ def monitor(model_name: str, table: str, output: str, day: str, days: int) -> No
     help="databricks: the secret holding the license (referenced, never read)",
 )
 @click.option("--workload-size", default="Small", show_default=True, help="databricks")
-@click.option(
-    "--scale-to-zero",
-    type=click.Choice(["true", "false"]),
-    default="true",
-    show_default=True,
-    help="databricks",
-)
+@true_false("--scale-to-zero", "true", "databricks")
 @click.option(
     "--wait-minutes", type=float, default=30.0, show_default=True, help="databricks: for READY"
 )
@@ -213,6 +209,4 @@ def undeploy(model_name: str) -> None:
     click.echo(f"undeployed={result.url} version={result.version}")
 
 
-def run(argv: Optional[Sequence[str]] = None) -> int:
-    """Run the CLI; return its exit code (one-line ``error: ...`` on expected failures)."""
-    return run_click(main, argv)
+run = entry_point(main)

@@ -28,7 +28,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Dict, Optional, Tuple
 
-from dai_mlflow.errors import say
+from dai_mlflow.errors import one_line, say
 from dai_mlflow.lifecycle import drift, endpoint, registry, scoring, smoke
 from dai_mlflow.lifecycle.endpoint import DeployError
 from dai_mlflow.lifecycle.errors import LifecycleError
@@ -42,10 +42,9 @@ _SECRET_NAME = re.compile(r"^[A-Za-z0-9_.-]{1,128}$")
 
 
 @dataclass(frozen=True)
-class DeployRequest:
+class DeployRequest(registry.ModelRequest):
     """Inputs of :func:`deploy` (the Databricks fields are ignored for ``local``)."""
 
-    model_name: str
     target: str = "local"
     port: int = endpoint.DEFAULT_PORT
     host: str = endpoint.DEFAULT_HOST
@@ -59,8 +58,7 @@ class DeployRequest:
     wait_minutes: float = 30.0
 
     def __post_init__(self) -> None:
-        if not self.model_name.strip():
-            raise LifecycleError("model_name is empty; pass the registered model's name")
+        super().__post_init__()
         if self.target not in TARGETS:
             raise LifecycleError(f"target {self.target!r}: use one of {', '.join(TARGETS)}")
         if not 1 <= self.port <= 65535:
@@ -287,6 +285,6 @@ def undeploy(model_name: str, state_root: Optional[Path] = None) -> UndeployResu
         except Exception as e:  # the endpoint is stopped either way; say what is left
             raise DeployError(
                 f"{state['url']} is stopped, but the tag {DEPLOYED_TAG}local of {ref.uri} could "
-                f"not be removed ({registry.first_line(e)}); is MLFLOW_TRACKING_URI its store?"
+                f"not be removed ({one_line(e)}); is MLFLOW_TRACKING_URI its store?"
             ) from e
     return UndeployResult(state["url"], version)

@@ -27,7 +27,6 @@ features drifted. Fewer than ``MIN_ROWS`` recent rows → no verdict (``should_r
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,8 +36,8 @@ import numpy as np
 import pandas as pd
 
 from dai_mlflow.lifecycle.errors import LifecycleError
+from dai_mlflow.log.pipeline import COLUMN_STATS_FILE_NAME
 
-COLUMN_STATS_FILE_NAME = "training_data_column_stats.json"
 NUMERIC_TYPES = ("int", "real", "float", "double", "numeric", "long", "uint")
 PSI_THRESHOLD = 0.2
 Z_MEAN_THRESHOLD = 0.3
@@ -101,23 +100,6 @@ def find_column_stats(model_dir: Path) -> Path:
             "re-export the pipeline from DAI (it carries the training baseline)"
         )
     return found[0]
-
-
-def load_column_stats(path: Path) -> Dict[str, Dict[str, Any]]:
-    """Parse DAI's column stats (a dict per column; a JSON string of JSON is unwrapped).
-
-    Raises:
-        LifecycleError: not JSON, or not a mapping of columns.
-    """
-    try:
-        data: Any = json.loads(path.read_text())
-        if isinstance(data, str):
-            data = json.loads(data)
-    except ValueError as e:
-        raise LifecycleError(f"{path} is not valid JSON: {e}") from e
-    if not isinstance(data, dict):
-        raise LifecycleError(f"{path}: expected an object of columns, got {type(data).__name__}")
-    return {str(k): v for k, v in data.items() if isinstance(v, dict)}
 
 
 def is_numeric(entry: Dict[str, Any]) -> bool:

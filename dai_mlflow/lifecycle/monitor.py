@@ -26,14 +26,15 @@ from dataclasses import asdict, dataclass
 from datetime import date as Date
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Tuple
 
 import pandas as pd
 
 from dai_mlflow.errors import say
 from dai_mlflow.lifecycle import drift, plots, registry, report, tables
 from dai_mlflow.lifecycle.errors import LifecycleError
-from dai_mlflow.lifecycle.validate import warn_plots_failed
+from dai_mlflow.lifecycle.validate import log_page
+from dai_mlflow.log.pipeline import read_column_stats
 
 MONITOR_COLUMNS = (
     "model_name", "model_version", "kind", "column", "metric", "value", "threshold", "drifted",
@@ -43,33 +44,25 @@ MONITOR_COLUMNS = (
 
 
 @dataclass(frozen=True)
-class MonitorRequest:
+class MonitorRequest(registry.ModelRequest):
     """Inputs of :func:`monitor`."""
 
-    model_name: str
     table: str
     output: str
     day: str = ""
     days: int = 1
 
     def __post_init__(self) -> None:
-        if not self.model_name.strip():
-            raise LifecycleError("model_name is empty; pass the registered model's name")
+        super().__post_init__()
         if self.days < 1:
             raise LifecycleError(f"days must be >= 1, got {self.days}")
         tables.local_table(self.table)
         tables.local_table(self.output)
-        if self.day:
-            tables.validate_date(self.day)
+        tables.partition_date(self.day)
 
-    @property
-    def date(self) -> str:
-        if self.day:
-            return tables.validate_date(self.day)
-        return datetime.now(timezone.utc).date().isoformat()
-
-    def window(self) -> List[str]:
-        end = Date.fromisoformat(self.date)
+    def window(self, day: str) -> List[str]:
+        """The dates the drift window reads, oldest first, ending at ``day``."""
+        end = Date.fromisoformat(day)
         return [(end - timedelta(days=k)).isoformat() for k in range(self.days - 1, -1, -1)]
 
 
@@ -84,7 +77,7 @@ class MonitorResult:
 def version_baselines(ref: registry.ModelVersionRef, work: Path) -> Dict[str, Any]:
     """Training stats, input and output columns, and the prediction baseline of a version."""
     model_dir = registry.download(ref, work / f"v{ref.version}")
-    stats = drift.load_column_stats(drift.find_column_stats(model_dir))
+    stats = read_column_stats(drift.find_column_stats(model_dir))
     baseline = None
     run_id = registry.version_tag(ref, registry.BASELINE_RUN_TAG)
     if run_id:
@@ -110,7 +103,8 @@ def monitor(request: MonitorRequest) -> MonitorResult:
     import mlflow
 
     with mlflow.start_run() as run:
-        window = request.window()
+        day = tables.partition_date(request.day)
+        window = request.window(day)
         source = tables.local_table(request.table)
         out_table = tables.local_table(request.output)
         registry.log_params_once(
@@ -118,7 +112,7 @@ def monitor(request: MonitorRequest) -> MonitorResult:
                 "model_name": request.model_name,
                 "table": str(source),
                 "output": str(out_table),
-                "date": request.date,
+                "date": day,
                 "days": request.days,
             }
         )
@@ -189,7 +183,7 @@ def monitor(request: MonitorRequest) -> MonitorResult:
                 registry.TAG_PREFIX + "should_retrain_reason": "; ".join(reasons)[:5000],
             }
         )
-        partition = tables.write_frame(out_table, request.date, frame)
+        partition = tables.write_frame(out_table, day, frame)
         log_report(request.model_name, window, run.info.run_id, computed_at, inputs)
         return MonitorResult(run.info.run_id, retrain, partition, frame)
 
@@ -230,24 +224,14 @@ def log_report(
 
     Best effort: anything raised becomes a warning (stderr, run tag ``dai_mlflow.plots_error``).
     """
-    import mlflow
 
-    try:
+    def make() -> Tuple[str, str, List[plots.Picture]]:
         versions = [version_pictures(item) for item in inputs]
         stamp = computed_at.strftime("%Y-%m-%d %H:%M UTC")
         page = report.drift_report(model_name, window, run_id, stamp, versions)
-        with tempfile.TemporaryDirectory(prefix="dai-mlflow-report-") as tmp:
-            folder = Path(tmp)
-            for p in report.all_pictures(versions):
-                path = folder / report.PLOTS_DIR / p.name
-                path.parent.mkdir(parents=True, exist_ok=True)
-                path.write_bytes(p.png)
-            (folder / report.DRIFT_REPORT_NAME).write_text(page, encoding="utf-8")
-            mlflow.log_artifacts(tmp)  # one call: the report and its plots, or neither
-    except Exception as e:  # a plot must never fail the monitor (issue: plots are best effort)
-        warn_plots_failed("drift report", e)
-        return False
-    return True
+        return report.DRIFT_REPORT_NAME, page, report.all_pictures(versions)
+
+    return log_page("drift report", make)
 
 
 def _version_key(version: str) -> Any:

@@ -57,6 +57,13 @@ def _render(fig: Any, name: str, title: str) -> Picture:
     return Picture(name, title, buf.getvalue())
 
 
+def _finish(ax: Any, heading: str, legend_at: str) -> None:
+    """The common end of a one-axes chart: its heading, legend and grid."""
+    ax.set_title(heading, fontsize=10)
+    ax.legend(loc=legend_at, fontsize=8)
+    ax.grid(alpha=0.3)
+
+
 def _pct(share: float) -> str:
     return "n/a" if share is None or math.isnan(share) else f"{100.0 * share:.1f}%"
 
@@ -121,9 +128,7 @@ def _roc(curves: Mapping[str, Tuple[np.ndarray, np.ndarray]], scores: Mapping, p
         ax.plot(fpr, tpr, color=color, lw=2, label=f"{label} (AUC {auc:.3f})")
     ax.plot([0, 1], [0, 1], color=BASELINE_COLOR, ls="--", lw=1, label="chance")
     ax.set(xlabel="false positive rate", ylabel="true positive rate", xlim=(0, 1), ylim=(0, 1.01))
-    ax.set_title(f"ROC: {_positive_name(problem)}", fontsize=10)
-    ax.legend(loc="lower right", fontsize=8)
-    ax.grid(alpha=0.3)
+    _finish(ax, f"ROC: {_positive_name(problem)}", "lower right")
     return _render(fig, "roc.png", "ROC curve")
 
 
@@ -140,9 +145,7 @@ def _precision_recall(curves: Mapping[str, Tuple[np.ndarray, np.ndarray]], probl
         rate = float(np.mean(pos))
     ax.axhline(rate, color=BASELINE_COLOR, ls="--", lw=1, label=f"positive rate {rate:.3f}")
     ax.set(xlabel="recall", ylabel="precision", xlim=(0, 1), ylim=(0, 1.01))
-    ax.set_title(f"Precision-recall: {_positive_name(problem)}", fontsize=10)
-    ax.legend(loc="lower left", fontsize=8)
-    ax.grid(alpha=0.3)
+    _finish(ax, f"Precision-recall: {_positive_name(problem)}", "lower left")
     return _render(fig, "precision_recall.png", "Precision-recall curve")
 
 
@@ -181,9 +184,7 @@ def _predicted_vs_actual(
         )
     ax.plot([lo, hi], [lo, hi], color=BASELINE_COLOR, ls="--", lw=1, label="predicted = actual")
     ax.set(xlabel=f"actual {problem.target}", ylabel=f"predicted {problem.target}")
-    ax.set_title("Predicted against actual (holdout)", fontsize=10)
-    ax.legend(loc="upper left", fontsize=8)
-    ax.grid(alpha=0.3)
+    _finish(ax, "Predicted against actual (holdout)", "upper left")
     return _render(fig, "predicted_vs_actual.png", "Predicted against actual")
 
 
@@ -204,9 +205,7 @@ def _residuals(pairs: Mapping[str, Tuple[np.ndarray, np.ndarray]], problem) -> P
         )
     ax.axvline(0.0, color=BASELINE_COLOR, ls="--", lw=1)
     ax.set(xlabel=f"residual: predicted - actual {problem.target}", ylabel="rows")
-    ax.set_title("Residuals (holdout)", fontsize=10)
-    ax.legend(loc="upper left", fontsize=8)
-    ax.grid(alpha=0.3)
+    _finish(ax, "Residuals (holdout)", "upper left")
     return _render(fig, "residuals.png", "Residual histogram")
 
 

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Dict, Optional
 
+from dai_mlflow.errors import one_line
 from dai_mlflow.lifecycle.errors import LifecycleError
 
 CHAMPION = "champion"
@@ -33,6 +34,17 @@ class ModelVersionRef:
     @property
     def uri(self) -> str:
         return f"models:/{self.name}/{self.version}"
+
+
+@dataclass(frozen=True)
+class ModelRequest:
+    """What every lifecycle request starts with: the registered model's name (not empty)."""
+
+    model_name: str
+
+    def __post_init__(self) -> None:
+        if not self.model_name.strip():
+            raise LifecycleError("model_name is empty; pass the registered model's name")
 
 
 def client() -> object:
@@ -62,13 +74,13 @@ def version_by_alias(name: str, alias: str) -> Optional[ModelVersionRef]:
                 f"no registered model {name!r}; log one with "
                 f"`mlflow run . -P pipeline=<scorer.zip> -P model_name={name}`"
             ) from e
-        raise LifecycleError(f"cannot read registered model {name!r}: {first_line(e)}") from e
+        raise LifecycleError(f"cannot read registered model {name!r}: {one_line(e)}") from e
     try:
         mv = c.get_model_version_by_alias(name, alias)
     except Exception as e:
         if _is_missing(e):
             return None
-        raise LifecycleError(f"cannot read {name}@{alias}: {first_line(e)}") from e
+        raise LifecycleError(f"cannot read {name}@{alias}: {one_line(e)}") from e
     return ModelVersionRef(name, str(mv.version), str(mv.run_id or ""))
 
 
@@ -92,7 +104,7 @@ def download(ref: ModelVersionRef, dst: Path) -> Path:
     try:
         return Path(mlflow.artifacts.download_artifacts(artifact_uri=ref.uri, dst_path=str(dst)))
     except Exception as e:
-        raise LifecycleError(f"cannot download {ref.uri}: {first_line(e)}") from e
+        raise LifecycleError(f"cannot download {ref.uri}: {one_line(e)}") from e
 
 
 def move_alias(name: str, alias: str, version: str, expected: Optional[str]) -> None:
@@ -111,7 +123,7 @@ def move_alias(name: str, alias: str, version: str, expected: Optional[str]) -> 
     try:
         client().set_registered_model_alias(name, alias, version)
     except Exception as e:
-        raise LifecycleError(f"setting {name}@{alias} failed: {first_line(e)}") from e
+        raise LifecycleError(f"setting {name}@{alias} failed: {one_line(e)}") from e
 
 
 def set_version_tag(ref: ModelVersionRef, key: str, value: str) -> None:
@@ -146,7 +158,7 @@ def download_run_file(run_id: str, path: str) -> Optional[Path]:
         shutil.rmtree(tmp, ignore_errors=True)
         if _is_missing(e) or "No such file" in str(e):
             return None
-        raise LifecycleError(f"cannot download {path} of run {run_id}: {first_line(e)}") from e
+        raise LifecycleError(f"cannot download {path} of run {run_id}: {one_line(e)}") from e
 
 
 def log_params_once(params: Dict[str, object]) -> None:
@@ -162,9 +174,3 @@ def log_params_once(params: Dict[str, object]) -> None:
     fresh = {k: str(v) for k, v in params.items() if k not in existing}
     if fresh:
         mlflow.log_params(fresh)
-
-
-def first_line(exc: BaseException) -> str:
-    """``Type: first line of the message`` of an exception."""
-    lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
-    return f"{type(exc).__name__}: {lines[0] if lines else ''}"

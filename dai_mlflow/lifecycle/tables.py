@@ -21,6 +21,7 @@ import re
 import shutil
 import uuid
 from datetime import date as Date
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Callable, List, Sequence
 
@@ -40,6 +41,11 @@ def validate_date(text: str) -> str:
         return Date.fromisoformat(text.strip()).isoformat()
     except ValueError as e:
         raise LifecycleError(f"date {text!r} is not YYYY-MM-DD") from e
+
+
+def partition_date(day: str) -> str:
+    """The partition a run writes or reads up to: ``day``, or today (UTC) when empty."""
+    return validate_date(day) if day else datetime.now(timezone.utc).date().isoformat()
 
 
 def local_table(path: str) -> Path:

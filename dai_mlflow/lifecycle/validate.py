@@ -28,7 +28,7 @@ import tempfile
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Dict, List, Optional
+from typing import Callable, Dict, List, Optional, Tuple
 
 import pandas as pd
 
@@ -44,16 +44,14 @@ ALREADY = "already_champion"
 
 
 @dataclass(frozen=True)
-class ValidateRequest:
+class ValidateRequest(registry.ModelRequest):
     """Inputs of :func:`validate`."""
 
-    model_name: str
     holdout: Path
     target: Optional[str] = None
 
     def __post_init__(self) -> None:
-        if not self.model_name.strip():
-            raise LifecycleError("model_name is empty; pass the registered model's name")
+        super().__post_init__()
         scoring.data_format(self.holdout)
 
 
@@ -227,20 +225,34 @@ def log_report(
     Best effort by design: anything raised while drawing or logging becomes a warning on stderr
     and the run tag ``dai_mlflow.plots_error``, so a picture can never change a promotion.
     """
+
+    def make() -> Tuple[str, str, List[plots.Picture]]:
+        pictures = plots.validation_pictures(problem, labels, predictions, summary.metrics)
+        return report.VALIDATION_REPORT_NAME, report.validation_report(summary, pictures), pictures
+
+    return log_page("validation report", make)
+
+
+def log_page(what: str, make: Callable[[], Tuple[str, str, List[plots.Picture]]]) -> bool:
+    """Log the page ``make()`` draws and its pictures (under ``plots/``) in one call; True if so.
+
+    ``make`` returns (page file name, HTML, pictures). Anything raised while drawing or logging
+    becomes :func:`warn_plots_failed` and False: a picture never changes a decision.
+    """
     import mlflow
 
     try:
-        pictures = plots.validation_pictures(problem, labels, predictions, summary.metrics)
-        page = report.validation_report(summary, pictures)
+        name, page, pictures = make()
         with tempfile.TemporaryDirectory(prefix="dai-mlflow-report-") as tmp:
             folder = Path(tmp)
-            (folder / report.PLOTS_DIR).mkdir()
             for p in pictures:
-                (folder / report.PLOTS_DIR / p.name).write_bytes(p.png)
-            (folder / report.VALIDATION_REPORT_NAME).write_text(page, encoding="utf-8")
+                path = folder / report.PLOTS_DIR / p.name
+                path.parent.mkdir(parents=True, exist_ok=True)
+                path.write_bytes(p.png)
+            (folder / name).write_text(page, encoding="utf-8")
             mlflow.log_artifacts(tmp)  # one call: the report and its plots, or neither
-    except Exception as e:  # a plot must never fail the gate (issue: plots are best effort)
-        warn_plots_failed("validation report", e)
+    except Exception as e:  # pictures are best effort
+        warn_plots_failed(what, e)
         return False
     return True
 

@@ -11,11 +11,10 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Optional, Sequence
 
 import click
 
-from dai_mlflow.cli import run_click
+from dai_mlflow.cli import entry_point
 from dai_mlflow.errors import DaiMlflowError
 from dai_mlflow.log.requirements import DEFAULT_EXCLUDE, RequirementsPolicy
 from dai_mlflow.log.run import DEFAULT_ALIAS, LogRequest, log_pipeline, preflight
@@ -78,6 +77,4 @@ def main(pipeline: Path, model_name: str, alias: str, exclude: str, index_option
     print(f"model_uri={result.model_uri}", flush=True)
 
 
-def run(argv: Optional[Sequence[str]] = None) -> int:
-    """Run the CLI and return its exit code (for scorer_entry.py and debuggers)."""
-    return run_click(main, argv)
+run = entry_point(main)  # the CLI with argv; its exit code (scorer_entry.py, debuggers)

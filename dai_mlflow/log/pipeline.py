@@ -12,6 +12,7 @@ Run ``python -m dai_mlflow.log.pipeline PATH`` to print what was found. Runs on 
 
 from __future__ import annotations
 
+import json
 import re
 import shutil
 import stat
@@ -20,19 +21,18 @@ import tempfile
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
-from typing import List, Optional, Tuple
+from typing import Any, Dict, List, Optional, Tuple
 
 import click
 
-from dai_mlflow.cli import HELP, run_click
-from dai_mlflow.errors import PipelineError
+from dai_mlflow.cli import HELP, echo_fields, entry_point
+from dai_mlflow.errors import PipelineError, one_line
 
 EXPERIMENT_WHEEL_PREFIX = "scoring_h2oai_experiment_"
 CORE_WHEEL_PROJECT = "h2oaicore"
 REQUIREMENTS_FILE_NAME = "requirements.txt"
 # 1.10 ships req_constraints_deps.txt, 1.9 full_constraints.txt; the first present wins.
 CONSTRAINTS_FILE_NAMES = ("req_constraints_deps.txt", "full_constraints.txt")
-SCORING_PIPELINE_DIR_NAME = "scoring-pipeline"
 # Python lines of DAI releases: 1.10 LTS -> 3.8, 1.11 and 2.x -> 3.11.
 _PYTHON_FOR_DAI = (((1, 10), "3.8"), ((1, 11), "3.11"), ((2, 0), "3.11"))
 _CP_TAG = re.compile(r"^cp(\d)(\d+)$")
@@ -373,6 +373,57 @@ def _is_license_file_name(name: str) -> bool:
     return low.endswith((".sig", ".lic")) or low in ("license.key", "license.txt.sig")
 
 
+COLUMN_STATS_FILE_NAME = "training_data_column_stats.json"
+_STATS_TYPE_KEYS = ("data_type", "type", "logical_type", "dtype")
+_STATS_SAMPLE_KEYS = ("data", "sample", "samples", "values")
+_STATS_NAME_KEYS = ("name", "column_name", "col_name")
+
+
+def read_column_stats(path: Path) -> Dict[str, Dict[str, Any]]:
+    """DAI's ``training_data_column_stats.json`` as ``column -> stats``.
+
+    Takes an object of columns or a list of column objects (named by ``name``, ``column_name``
+    or ``col_name``), either one under ``"columns"`` or JSON-encoded as a string. Each entry
+    keeps its keys, and gets ``data_type`` (the column's DAI type) and ``data`` (its sample
+    values) from whichever of the names DAI versions use is there.
+
+    Raises:
+        PipelineError: not JSON, or not columns' stats.
+    """
+    try:
+        data: Any = json.loads(path.read_text())
+        if isinstance(data, str):
+            data = json.loads(data)
+    except (OSError, ValueError) as e:
+        raise PipelineError(f"{path}: unreadable JSON ({one_line(e)}); re-export it") from e
+    if isinstance(data, dict) and isinstance(data.get("columns"), list):
+        data = data["columns"]
+    if isinstance(data, dict):
+        named = list(data.items())
+    elif isinstance(data, list):
+        named = [(_first(s, _STATS_NAME_KEYS, object), s) for s in data if isinstance(s, dict)]
+    else:
+        raise PipelineError(f"{path}: expected the columns' stats, got {type(data).__name__}")
+    out: Dict[str, Dict[str, Any]] = {}
+    for name, stats in named:
+        if name is None or not isinstance(stats, dict):
+            continue
+        entry = dict(stats)
+        kind = _first(stats, _STATS_TYPE_KEYS, str)
+        if kind is not None:
+            entry["data_type"] = kind
+        entry["data"] = list(_first(stats, _STATS_SAMPLE_KEYS, list) or [])
+        out[str(name)] = entry
+    return out
+
+
+def _first(stats: Dict[str, Any], keys: Tuple[str, ...], kind: type) -> Any:
+    for key in keys:
+        if stats.get(key) is not None and isinstance(stats[key], kind):
+            return stats[key]
+    return None
+
+
 @click.command(
     name="python -m dai_mlflow.log.pipeline",
     context_settings=HELP,
@@ -383,15 +434,15 @@ def cli(path: Path) -> None:
     """Open the pipeline and print its module, DAI version, Python and wheels."""
     with tempfile.TemporaryDirectory() as tmp:
         p = open_pipeline(path, Path(tmp))
-        click.echo(f"module={p.module_name}")
-        click.echo(f"dai_version={p.dai_version}")
-        click.echo(f"python={p.python}")
-        click.echo(f"wheels={','.join(w.file_name for w in p.wheels)}")
+        echo_fields(
+            module=p.module_name,
+            dai_version=p.dai_version,
+            python=p.python,
+            wheels=",".join(w.file_name for w in p.wheels),
+        )
 
 
-def main(argv: Optional[List[str]] = None) -> int:
-    """CLI: print what a pipeline holds, or a one-line error."""
-    return run_click(cli, argv)
+main = entry_point(cli)
 
 
 if __name__ == "__main__":

@@ -33,9 +33,10 @@ from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Set, Tuple
 
 from dai_mlflow.errors import DaiMlflowError
-from dai_mlflow.log.pipeline import SCORING_PIPELINE_DIR_NAME, ScoringPipeline, Wheel
+from dai_mlflow.log.pipeline import ScoringPipeline, Wheel
+from dai_mlflow.model.pyfunc import PIPELINE_ARTIFACT
 
-ARTIFACT_PREFIX = f"./artifacts/{SCORING_PIPELINE_DIR_NAME}"
+ARTIFACT_PREFIX = f"./artifacts/{PIPELINE_ARTIFACT}"
 # The newest mlflow release that supports each Python line (2.17.x is the last for 3.8).
 MLFLOW_FOR_PYTHON: Dict[str, str] = {
     "3.8": "2.17.2",

@@ -37,7 +37,6 @@ from dai_mlflow.envs.pythons import find_python
 from dai_mlflow.errors import DaiMlflowError, say
 from dai_mlflow.log.model_wheels import add_to_model
 from dai_mlflow.log.pipeline import (
-    SCORING_PIPELINE_DIR_NAME,
     ScoringPipeline,
     copy_pipeline,
     open_pipeline,
@@ -217,7 +216,7 @@ def stage_model(
 
     staging = work / "staging"
     staging.mkdir(parents=True)
-    artifacts_dir = copy_pipeline(pipeline, staging / SCORING_PIPELINE_DIR_NAME)
+    artifacts_dir = copy_pipeline(pipeline, staging / PIPELINE_ARTIFACT)
     code_dir = _stage_code(staging / "code")
     model_file = staging / MODEL_CODE_FILE_NAME
     model_file.write_text(_MODEL_CODE)
@@ -279,11 +278,11 @@ def _add_model_wheels(model_dir: Path, python_version: str) -> None:
 
 
 def _check_layout(model_dir: Path, reqs: SanitizedRequirements) -> None:
-    stored = model_dir / "artifacts" / SCORING_PIPELINE_DIR_NAME
+    stored = model_dir / "artifacts" / PIPELINE_ARTIFACT
     missing = [w for w in reqs.wheels if not (stored / w).is_file()]
     if missing:
         raise DaiMlflowError(
-            f"{model_dir}: wheels {missing} are not under artifacts/{SCORING_PIPELINE_DIR_NAME}; "
+            f"{model_dir}: wheels {missing} are not under artifacts/{PIPELINE_ARTIFACT}; "
             "this is a dai-mlflow bug, please report it"
         )
 

@@ -24,13 +24,12 @@ import re
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
 
 from dai_mlflow.errors import PipelineError
-from dai_mlflow.log.pipeline import ScoringPipeline
+from dai_mlflow.log.pipeline import COLUMN_STATS_FILE_NAME, ScoringPipeline, read_column_stats
 
 EXAMPLE_FILE_NAME = "example.py"
-COLUMN_STATS_FILE_NAME = "training_data_column_stats.json"
 SUMMARY_ZIP_GLOB = "h2oai_experiment_summary_*.zip"
 EXAMPLE_ROWS = 5
 PARAMS = (("pred_contribs", False), ("output_margin", False))
@@ -115,15 +114,20 @@ def _literal(node: ast.AST) -> Any:
         raise
 
 
+def _list_calls(tree: ast.AST, attr: str, keyword: str) -> Iterator[Tuple[ast.Call, Dict]]:
+    """``(call, keywords)`` of every ``<x>.<attr>([...], <keyword>=..., ...)`` call in ``tree``."""
+    for node in ast.walk(tree):
+        if not (isinstance(node, ast.Call) and getattr(node.func, "attr", "") == attr):
+            continue
+        kw = {k.arg: k.value for k in node.keywords if k.arg}
+        if keyword in kw and node.args and isinstance(node.args[0], ast.List):
+            yield node, kw
+
+
 def _series_values(tree: ast.AST) -> Dict[str, Tuple[str, List[Any]]]:
     """``name -> (dtype, values)`` of every ``pd.Series([...], name=..., dtype=...)`` call."""
     found: Dict[str, Tuple[str, List[Any]]] = {}
-    for node in ast.walk(tree):
-        if not (isinstance(node, ast.Call) and getattr(node.func, "attr", "") == "Series"):
-            continue
-        kw = {k.arg: k.value for k in node.keywords if k.arg}
-        if "name" not in kw or not node.args or not isinstance(node.args[0], ast.List):
-            continue
+    for node, kw in _list_calls(tree, "Series", "name"):
         try:
             name = _literal(kw["name"])
             dtype = _literal(kw["dtype"]) if "dtype" in kw else "object"
@@ -148,12 +152,7 @@ def _frame_rows(tree: ast.AST) -> Tuple[List[str], List[List[Any]]]:
                         lists[target.id] = _literal(node.value)
                     except (ValueError, SyntaxError):
                         continue
-    for node in ast.walk(tree):
-        if not (isinstance(node, ast.Call) and getattr(node.func, "attr", "") == "DataFrame"):
-            continue
-        kw = {k.arg: k.value for k in node.keywords if k.arg}
-        if "columns" not in kw or not node.args or not isinstance(node.args[0], ast.List):
-            continue
+    for node, kw in _list_calls(tree, "DataFrame", "columns"):
         cols_node = kw["columns"]
         try:
             if isinstance(cols_node, ast.Name):
@@ -166,41 +165,6 @@ def _frame_rows(tree: ast.AST) -> Tuple[List[str], List[List[Any]]]:
         if isinstance(columns, list) and all(isinstance(r, (list, tuple)) for r in rows):
             return [str(c) for c in columns], [list(r) for r in rows]
     return [], []
-
-
-def _load_stats(path: Path) -> Dict[str, Dict[str, Any]]:
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, ValueError) as e:
-        raise PipelineError(f"{path}: unreadable JSON ({e}); re-export the pipeline") from e
-    if isinstance(data, dict) and isinstance(data.get("columns"), list):
-        data = data["columns"]
-    out: Dict[str, Dict[str, Any]] = {}
-    if isinstance(data, dict):
-        for name, stats in data.items():
-            if isinstance(stats, dict):
-                out[str(name)] = stats
-    elif isinstance(data, list):
-        for stats in data:
-            if isinstance(stats, dict):
-                name = stats.get("name") or stats.get("column_name") or stats.get("col_name")
-                if name is not None:
-                    out[str(name)] = stats
-    return out
-
-
-def _stats_type(stats: Dict[str, Any]) -> Optional[str]:
-    for key in ("data_type", "type", "logical_type", "dtype"):
-        if isinstance(stats.get(key), str):
-            return str(stats[key])
-    return None
-
-
-def _stats_values(stats: Dict[str, Any]) -> List[Any]:
-    for key in ("data", "sample", "samples", "values"):
-        if isinstance(stats.get(key), list):
-            return list(stats[key])
-    return []
 
 
 def _summary_target(folder: Path) -> Optional[str]:
@@ -260,7 +224,7 @@ def read_input_spec(pipeline: ScoringPipeline, rows: int = EXAMPLE_ROWS) -> Inpu
                 if name not in series:
                     values = [r[k] if k < len(r) else None for r in frame_rows]
                     series[name] = ("object", values)
-    stats = _load_stats(stats_file) if stats_file.is_file() else {}
+    stats = read_column_stats(stats_file) if stats_file.is_file() else {}
 
     if table:
         names = [n for n, _ in table]
@@ -279,11 +243,11 @@ def read_input_spec(pipeline: ScoringPipeline, rows: int = EXAMPLE_ROWS) -> Inpu
         )
     columns = []
     for name in names:
-        dai_type = types.get(name) or _stats_type(stats.get(name, {})) or "str"
+        dai_type = types.get(name) or stats.get(name, {}).get("data_type") or "str"
         columns.append((name, mlflow_type(dai_type)))
     samples = {}
     for name, kind in columns:
-        values = series[name][1] if name in series else _stats_values(stats.get(name, {}))
+        values = series[name][1] if name in series else stats.get(name, {}).get("data", [])
         samples[name] = [_convert(v, kind) for v in values]
     n = min([len(v) for v in samples.values() if v] or [0])
     n = min(max(n, 1), rows)

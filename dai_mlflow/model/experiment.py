@@ -78,7 +78,7 @@ def find_experiment_wheel(pipeline_dir: Path, module_name: str) -> Optional[Path
     return found[-1] if found else None
 
 
-def wheel_sha256(path: Path) -> str:
+def file_sha256(path: Path) -> str:
     """sha256 hex digest of a file's bytes."""
     digest = hashlib.sha256()
     with path.open("rb") as f:
@@ -87,7 +87,8 @@ def wheel_sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def _is_writable_dir(folder: Path) -> bool:
+def writable_dir(folder: Path) -> bool:
+    """Whether ``folder`` exists (made if need be) and can be written to."""
     try:
         folder.mkdir(parents=True, exist_ok=True)
     except OSError:
@@ -117,7 +118,7 @@ def cache_root() -> Path:
     """
     candidates = cache_candidates()
     for folder in candidates:
-        if _is_writable_dir(folder):
+        if writable_dir(folder):
             return folder
     raise ExperimentWheelError(
         f"no writable folder to extract the experiment wheel into (tried "
@@ -212,7 +213,7 @@ def activate_experiment(pipeline_dir: Path, module_name: str) -> Optional[Experi
     if wheel is None:
         return None
     try:
-        sha256 = wheel_sha256(wheel)
+        sha256 = file_sha256(wheel)
     except OSError as e:
         raise ExperimentWheelError(f"cannot read {wheel}: {e}") from e
     folder = extract_wheel(wheel, sha256, cache_root())

@@ -32,7 +32,7 @@ import pandas as pd
 from mlflow.exceptions import MlflowException
 from mlflow.protos.databricks_pb2 import INTERNAL_ERROR, INVALID_PARAMETER_VALUE
 
-from dai_mlflow.errors import DaiMlflowError
+from dai_mlflow.errors import DaiMlflowError, one_line
 from dai_mlflow.model.experiment import ExperimentWheelError, activate_experiment
 from dai_mlflow.model.license import export_license_location, find_license
 from dai_mlflow.model.runtime import (
@@ -43,7 +43,7 @@ from dai_mlflow.model.runtime import (
     scorer_workdir,
 )
 
-PIPELINE_ARTIFACT = "scoring-pipeline"
+PIPELINE_ARTIFACT = "scoring-pipeline"  # the artifact key and its folder under artifacts/
 CONFIG_SCORER_MODULE = "scorer_module"
 CONFIG_INPUT_COLUMNS = "input_columns"
 PARAM_DEFAULTS: Dict[str, bool] = {"pred_contribs": False, "output_margin": False}
@@ -141,23 +141,21 @@ def _build_scorer(module_name: str) -> Any:
     except ScorerExitError as e:
         raise ScorerImportError(str(e)) from e
     except Exception as e:
-        raise ScorerImportError(f"importing {module_name} failed: {_one_line(e)}") from e
+        raise ScorerImportError(f"importing {module_name} failed: {one_line(e)}") from e
     try:
         with scorer_guard("building the scorer (Scorer())"):
             return module.Scorer()
     except ScorerExitError as e:
         raise ScorerImportError(str(e)) from e
     except Exception as e:
-        raise ScorerImportError(f"{module_name}.Scorer() failed: {_one_line(e)}") from e
-
-
-def _one_line(exc: BaseException) -> str:
-    lines = [ln.strip() for ln in str(exc).strip().splitlines() if ln.strip()]
-    return f"{type(exc).__name__}: {lines[0] if lines else ''}".rstrip(": ")
+        raise ScorerImportError(f"{module_name}.Scorer() failed: {one_line(e)}") from e
 
 
 def parse_params(params: Optional[Mapping[str, Any]]) -> Dict[str, bool]:
     """Validate ``pred_contribs``/``output_margin`` and fill defaults.
+
+    A flag is a bool, ``"true"``/``"false"`` (any case), 0 or 1; None means its default. The
+    pyfunc's ``predict`` params and DAI's JSON-RPC ``score`` arguments both come through here.
 
     Raises:
         ScoringError: unknown name, non-boolean value, or both flags set.
@@ -168,8 +166,12 @@ def parse_params(params: Optional[Mapping[str, Any]]) -> Dict[str, bool]:
             raise ScoringError(
                 f"unknown param {name!r}; supported: {', '.join(sorted(PARAM_DEFAULTS))}"
             )
+        if value is None:
+            continue
         if isinstance(value, str) and value.lower() in ("true", "false"):
             value = value.lower() == "true"
+        elif type(value) is int and value in (0, 1):
+            value = bool(value)
         if not isinstance(value, bool):
             raise ScoringError(f"param {name!r} must be true or false, got {value!r}")
         out[name] = value

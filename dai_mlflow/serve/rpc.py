@@ -73,7 +73,6 @@ ERROR_CODE = 1  # DAI's http_server.py answers every error with code 1
 MAX_BODY_BYTES = 256 * 1024 * 1024
 _MODULE_PREFIX = "scoring_h2oai_experiment_"
 _UUID_KEY = re.compile(r"^[0-9a-f]{8}(_[0-9a-f]{4}){3}_[0-9a-f]{12}$")
-_FLAG_NAMES = ("output_margin", "pred_contribs")
 _MAX = sys.float_info.max
 
 
@@ -179,6 +178,7 @@ class ScoringService:
         predict: the pyfunc's ``predict(frame, params=...)`` (the ``/invocations`` path).
         prepare: reorders/coerces a frame to the model's columns and types.
         run_in_workdir: a context manager factory: the scorer's working folder as cwd.
+        parse_flags: checks and fills ``output_margin``/``pred_contribs`` (the pyfunc's rules).
     """
 
     def __init__(
@@ -188,19 +188,24 @@ class ScoringService:
         predict: Callable[..., Any],
         prepare: Callable[[Any], Any],
         run_in_workdir: Callable[[], Any],
+        parse_flags: Callable[[Mapping[str, Any]], Dict[str, bool]],
     ) -> None:
         self.scorer = scorer
         self.module_name = module_name
         self._predict = predict
         self._prepare = prepare
         self._workdir = run_in_workdir
+        self._parse_flags = parse_flags
         self._lock = threading.Lock()
         self.columns: List[str] = [str(c) for c in scorer.get_column_names()]
+
+    def _flags(self, output_margin: Any, pred_contribs: Any) -> Dict[str, bool]:
+        return self._parse_flags({"output_margin": output_margin, "pred_contribs": pred_contribs})
 
     # ---------------------------------------------------------------- JSON-RPC methods
     def score(self, row: Any, output_margin: Any = False, pred_contribs: Any = False) -> Any:
         """One row → the scorer's ``score`` list (probabilities, value, or contributions)."""
-        flags = dict(zip(_FLAG_NAMES, _flags(output_margin, pred_contribs)))
+        flags = self._flags(output_margin, pred_contribs)
         values = self._row_values(row)
         # By name and only when set, as the pyfunc calls score_batch: a scorer whose signature
         # orders its keyword arguments differently, or lacks one, still scores plain rows.
@@ -212,7 +217,7 @@ class ScoringService:
         self, rows: Any, output_margin: Any = False, pred_contribs: Any = False
     ) -> List[List[Any]]:
         """Rows → one list of outputs per row (``score_batch``'s frame as lists)."""
-        flags = dict(zip(_FLAG_NAMES, _flags(output_margin, pred_contribs)))
+        flags = self._flags(output_margin, pred_contribs)
         if not isinstance(rows, list):
             raise RpcError(f"'rows' must be a list of row objects, got {_kind(rows)}")
         if not rows:
@@ -282,21 +287,6 @@ class ScoringService:
     def call(self, method: str, params: Mapping[str, Any]) -> Any:
         """Run ``method`` with by-name ``params``; wrong names raise ``TypeError`` as in DAI."""
         return getattr(self, method)(**params)
-
-
-def _flags(output_margin: Any, pred_contribs: Any) -> Tuple[bool, bool]:
-    out = []
-    for name, value in zip(_FLAG_NAMES, (output_margin, pred_contribs)):
-        if isinstance(value, str) and value.lower() in ("true", "false"):
-            value = value.lower() == "true"
-        if value is None:
-            value = False
-        if not isinstance(value, bool) and value not in (0, 1):
-            raise RpcError(f"param {name!r} must be true or false, got {value!r}")
-        out.append(bool(value))
-    if out[0] and out[1]:
-        raise RpcError("output_margin and pred_contribs cannot both be true (DAI rule)")
-    return out[0], out[1]
 
 
 def _names(columns: Sequence[str], limit: int = 20) -> str:
@@ -431,6 +421,7 @@ def load_service(model_uri: str) -> ScoringService:
         CONFIG_SCORER_MODULE,
         PIPELINE_ARTIFACT,
         get_scorer,
+        parse_params,
         prepare_input,
     )
     from dai_mlflow.model.runtime import in_workdir, scorer_workdir
@@ -452,6 +443,7 @@ def load_service(model_uri: str) -> ScoringService:
         predict=pyfunc.predict,
         prepare=lambda frame: prepare_input(frame, columns, types),
         run_in_workdir=lambda: in_workdir(scorer_workdir(pipeline_dir)),
+        parse_flags=parse_params,
     )
 
 

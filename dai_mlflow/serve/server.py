@@ -41,7 +41,7 @@ from typing import Any, Dict, List, Optional, Sequence
 
 import click
 
-from dai_mlflow.cli import run_click
+from dai_mlflow.cli import entry_point
 from dai_mlflow.envs.locks import file_lock
 from dai_mlflow.envs.model_env import BUILDING_ENV_MANAGERS, ENV_MANAGERS
 from dai_mlflow.envs.processes import FOREIGN_PYTHON_VARS, parent_death_signal
@@ -330,9 +330,7 @@ def cli(
     return serve_model(model_uri, host, port, env_manager, workers, timeout)
 
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
-    """``python -m dai_mlflow.serve -m URI [-h HOST] [-p PORT] [--env-manager M]``."""
-    return run_click(cli, argv)
+main = entry_point(cli)
 
 
 if __name__ == "__main__":

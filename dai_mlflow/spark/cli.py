@@ -20,11 +20,11 @@ from __future__ import annotations
 import sys
 import tempfile
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Optional
 
 import click
 
-from dai_mlflow.cli import HELP, run_click
+from dai_mlflow.cli import HELP, entry_point
 from dai_mlflow.spark.files import INPUT_FORMATS
 from dai_mlflow.spark.scoring import (
     DEFAULT_BATCH_SIZE,
@@ -126,9 +126,7 @@ def cli(
     click.echo(f"scored {input_path} -> {output_path} (env manager {env_manager})")
 
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
-    """``dai-mlflow-score``; its exit code."""
-    return run_click(cli, argv)
+main = entry_point(cli)
 
 
 if __name__ == "__main__":

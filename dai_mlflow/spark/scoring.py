@@ -31,10 +31,11 @@ import re
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, Iterator, List, Optional, Sequence, Tuple
+from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
 
 from dai_mlflow.envs.model_env import ENV_MANAGERS
 from dai_mlflow.errors import DaiMlflowError, one_line
+from dai_mlflow.model.hooks.stdin_server import cast_to_schema
 from dai_mlflow.spark import shipping, worker
 from dai_mlflow.spark.files import (
     INPUT_FORMATS,
@@ -52,7 +53,6 @@ ARROW_BATCH_CONF = "spark.sql.execution.arrow.maxRecordsPerBatch"
 # enough to keep a batch's memory modest (benchmarks/spark_throughput.py).
 DEFAULT_BATCH_SIZE = 20000
 PRED_COLUMN = "__dai_mlflow_prediction"
-_PANDAS_TYPES = {"double": "float64", "float": "float32", "long": "int64", "int": "int32"}
 
 
 class InputColumnsError(DaiMlflowError):
@@ -171,13 +171,9 @@ def preflight_predict(
     if sample is None or sample.empty:
         return
     names = [name for name, _ in spec.inputs if name in sample.columns]
-    frame = sample[names].copy()
-    for name, typ in spec.inputs:
-        if name in frame.columns and typ in _PANDAS_TYPES and frame[name].notna().all():
-            frame[name] = frame[name].astype(_PANDAS_TYPES[typ])
-        elif name in frame.columns and typ in ("double", "float"):
-            frame[name] = frame[name].astype("float64")
     try:
+        # As Spark hands the model its columns: in the signature's types.
+        frame = cast_to_schema(sample[names], spec.inputs)
         mlflow.pyfunc.load_model(str(spec.local_dir)).predict(frame)
     except Exception as e:
         raise SparkScoringError(f"scoring failed in the model: {one_line(e)}") from e
@@ -386,14 +382,13 @@ def score_to_path(
     env_manager: str = "local",
     *,
     input_format: Optional[str] = None,
-    partitions: Optional[int] = None,
     batch_size: Optional[int] = DEFAULT_BATCH_SIZE,
-    add_metadata: bool = False,
-    env: Optional[Dict[str, str]] = None,
-    env_root: Optional[str] = None,
-    source_uri: Optional[str] = None,
+    **options: Any,
 ) -> None:
     """Read ``input_path``, score it with :func:`score`, write parquet to ``output_path``.
+
+    ``options`` are :func:`score`'s (``partitions``, ``add_metadata``, ``env``, ``env_root``,
+    ``source_uri``); ``input_format`` is ``csv`` or ``parquet`` (default: from the extension).
 
     The output appears at ``output_path`` only when the whole job succeeded; whatever was there
     before is replaced then, and left untouched by any failure.
@@ -411,18 +406,7 @@ def score_to_path(
         raise SparkScoringError(f"cannot read {input_path}: {one_line(e)}") from e
     previous = spark.conf.get(ARROW_BATCH_CONF, None)
     try:
-        scored = score(
-            spark,
-            model_uri,
-            df,
-            env_manager,
-            partitions=partitions,
-            batch_size=batch_size,
-            add_metadata=add_metadata,
-            env=env,
-            env_root=env_root,
-            source_uri=source_uri,
-        )
+        scored = score(spark, model_uri, df, env_manager, batch_size=batch_size, **options)
         write_atomically(spark, scored, output_path, translate_error)
     finally:
         if previous is not None:

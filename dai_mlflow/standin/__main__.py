@@ -9,11 +9,10 @@ from __future__ import annotations
 import sys
 import time
 from pathlib import Path
-from typing import List, Optional
 
 import click
 
-from dai_mlflow.cli import HELP, run_click
+from dai_mlflow.cli import HELP, echo_fields, entry_point
 from dai_mlflow.standin.builder import build_pipeline
 from dai_mlflow.standin.lines import DAI_LINES, PROBLEMS
 
@@ -40,15 +39,15 @@ def cli(out: Path, dai_version: str, problem: str, seed: int) -> None:
         f"built DAI {build.dai_version} {build.problem} stand-in pipeline "
         f"(Python {build.python}, target {build.target!r}) in {time.monotonic() - started:.1f}s"
     )
-    click.echo(f"scorer_zip={build.zip_path}")
-    click.echo(f"license={build.license_path}")
-    click.echo(f"sample_input={build.sample_input_csv}")
-    click.echo(f"holdout={build.holdout_csv}")
+    echo_fields(
+        scorer_zip=build.zip_path,
+        license=build.license_path,
+        sample_input=build.sample_input_csv,
+        holdout=build.holdout_csv,
+    )
 
 
-def main(argv: Optional[List[str]] = None) -> int:
-    """Parse options, build; a one-line error and exit 1 on failure."""
-    return run_click(cli, argv)
+main = entry_point(cli)
 
 
 if __name__ == "__main__":

@@ -27,7 +27,7 @@ import pytest
 from dai_mlflow.envs.model_env import ensure_model_env, model_env_dir
 from dai_mlflow.log.pipeline import open_pipeline
 from dai_mlflow.log.requirements import sanitize, shared_requirements
-from dai_mlflow.model.experiment import extract_wheel, wheel_sha256
+from dai_mlflow.model.experiment import extract_wheel, file_sha256
 from dai_mlflow.spark import score_to_path
 from tests.fixtures_model import MODEL_ENV_ROOT, LoggedDaiModel, model_python, run_env
 
@@ -81,7 +81,7 @@ def test_the_experiment_wheel_is_not_a_model_requirement(standin, tmp_path: Path
 def test_concurrent_extraction_is_atomic_and_keyed_by_content(standin, tmp_path: Path) -> None:
     build = standin("1.10", "binary")
     wheel = build.folder / build.experiment_wheel
-    digest = wheel_sha256(wheel)
+    digest = file_sha256(wheel)
     root = tmp_path / "cache"
     root.mkdir()
     with ProcessPoolExecutor(max_workers=4) as pool:
@@ -195,7 +195,7 @@ def test_same_wheel_name_other_contents_score_their_own_model(
         m.local_dir / "artifacts" / "scoring-pipeline" / m.build.experiment_wheel
         for m in (original, variant)
     ]
-    digests = [wheel_sha256(w) for w in wheels]
+    digests = [file_sha256(w) for w in wheels]
     assert digests[0] != digests[1]
     csv = original.build.sample_input_csv
     expected = [expected_scores(m, csv) for m in (original, variant)]

@@ -17,7 +17,11 @@ def test_finds_the_running_interpreter_by_exact_version():
     me = pythons.current()
     found = pythons.find_python(me.version)
     assert found.version == me.version
-    assert os.path.realpath(found.executable)
+    ran = subprocess.run(
+        [str(found.executable), "-c", "import platform; print(platform.python_version())"],
+        capture_output=True, text=True, check=True,
+    ).stdout.strip()  # fmt: skip
+    assert ran == me.version  # the path found runs that very version
 
 
 def test_major_minor_request_matches_any_micro():

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from dai_mlflow.errors import PipelineError
-from dai_mlflow.log.pipeline import copy_pipeline, open_pipeline
+from dai_mlflow.log.pipeline import copy_pipeline, open_pipeline, read_column_stats
 
 
 @pytest.mark.parametrize("line", ["1.10", "2"])
@@ -160,3 +160,33 @@ def test_copy_leaves_licenses_out(standin, tmp_path: Path) -> None:
     dest = copy_pipeline(open_pipeline(folder), tmp_path / "scoring-pipeline")
     assert (dest / build.experiment_wheel).is_file()
     assert not (dest / "license.sig").exists()
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        '{"age": {"data_type": "int", "data": [1, 2]}, "note": "not a column"}',
+        '[{"name": "age", "type": "int", "sample": [1, 2]}]',
+        '{"columns": [{"column_name": "age", "logical_type": "int", "values": [1, 2]}]}',
+        '"{\\"age\\": {\\"dtype\\": \\"int\\", \\"samples\\": [1, 2]}}"',
+    ],
+    ids=["object", "list", "under-columns", "json-in-a-string"],
+)
+def test_column_stats_shapes_read_alike(tmp_path: Path, text: str) -> None:
+    path = tmp_path / "training_data_column_stats.json"
+    path.write_text(text)
+    stats = read_column_stats(path)
+    assert list(stats) == ["age"]
+    assert (stats["age"]["data_type"], stats["age"]["data"]) == ("int", [1, 2])
+
+
+@pytest.mark.parametrize("text", ["{not json", "[1, 2]", "42"])
+def test_column_stats_that_are_not_stats_fail_in_one_line(tmp_path: Path, text: str) -> None:
+    path = tmp_path / "training_data_column_stats.json"
+    path.write_text(text)
+    if text == "[1, 2]":  # a list of no column objects: no columns, not an error
+        assert read_column_stats(path) == {}
+        return
+    with pytest.raises(PipelineError, match="training_data_column_stats.json") as info:
+        read_column_stats(path)
+    assert "\n" not in str(info.value)

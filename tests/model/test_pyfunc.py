@@ -56,12 +56,19 @@ def test_prepare_input_bad_number() -> None:
 def test_params() -> None:
     assert parse_params(None) == {"pred_contribs": False, "output_margin": False}
     assert parse_params({"pred_contribs": "true"})["pred_contribs"] is True
+    # DAI's JSON-RPC clients send null for "default" and 0/1 for flags
+    assert parse_params({"pred_contribs": None, "output_margin": 1}) == {
+        "pred_contribs": False,
+        "output_margin": True,
+    }
     with pytest.raises(ScoringError):
         parse_params({"pred_contribs": True, "output_margin": True})
     with pytest.raises(ScoringError):
         parse_params({"fast": True})
     with pytest.raises(ScoringError):
         parse_params({"pred_contribs": 3})
+    with pytest.raises(ScoringError):
+        parse_params({"pred_contribs": 1.0})
 
 
 def test_license_order(tmp_path: Path) -> None:
@@ -81,9 +88,10 @@ def test_license_order(tmp_path: Path) -> None:
     (home / ".driverlessai" / "license.sig").write_text("x")
     assert find_license({}, home).where.endswith("license.sig")
     assert license_bytes(LicenseSource("file", str(lic))) == b"LICENSE-BYTES"
-    assert "k" not in LicenseSource("key", "DRIVERLESS_AI_LICENSE_KEY").describe().lower().replace(
-        "key", ""
-    )
+    secret = "DAI-LICENSE-KEY-VALUE-0123456789"  # a key's source says where, never what
+    source = find_license({"DRIVERLESS_AI_LICENSE_KEY": secret}, home)
+    assert source.describe() == "$DRIVERLESS_AI_LICENSE_KEY"
+    assert secret not in repr(source)
 
 
 def test_license_missing_is_clear(tmp_path: Path) -> None:
