@@ -8,6 +8,8 @@ LAUNCHER   := $(VENVS)/launcher/bin/python
 MLPROJECT  := $(VENVS)/mlproject/bin/python
 MODEL_URI  ?=
 PYTEST_ARGS ?=
+# Two workers, each taking whole test files (their fixtures are file-locked caches); 0 = serial.
+PYTEST_WORKERS ?= 2
 LINE       ?=
 
 .PHONY: help
@@ -41,7 +43,7 @@ demo: venvs ## run the main job end to end on the sample DAI-shaped pipeline
 
 .PHONY: test
 test: venvs ## run every test (unit, venv, mlflow run, spark, serve); fails if none ran
-	@$(LAUNCHER) -m pytest $(PYTEST_ARGS)
+	@$(LAUNCHER) -m pytest -n $(PYTEST_WORKERS) --dist loadfile $(PYTEST_ARGS)
 
 .PHONY: test-fast
 test-fast: launcher-venv ## run only the tests that build no venv and start no Spark or server

@@ -17,6 +17,11 @@ CACHE_DIR = REPO_ROOT / "tests" / ".cache"
 # Model envs built by this process and the Spark workers it starts (which keep the environment
 # they started with) go to the test cache, never to the developer's ~/.cache.
 os.environ.setdefault("DAI_MLFLOW_ENV_ROOT", str(CACHE_DIR / "model-envs"))
+# MLflow's env restores in this process (and what inherits its environment) use this worker's
+# own root, as run_env gives the subprocesses (see tests/fixtures_model.py).
+os.environ["MLFLOW_ENV_ROOT"] = str(
+    CACHE_DIR / "mlflow-envs" / os.environ.get("PYTEST_XDIST_WORKER", "main")
+)
 
 pytest_plugins = [
     "tests.fixtures_standin",

@@ -44,7 +44,9 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 CACHE = REPO_ROOT / "tests" / ".cache"
 LAUNCHER_BIN = REPO_ROOT / "venvs" / "launcher" / "bin"
 PYTHONS_DIR = REPO_ROOT / "venvs" / "pythons"
-MLFLOW_ENV_ROOT = CACHE / "mlflow-envs"
+# MLflow's own env restores (mlflow models serve, spark_udf, predict) take a folder that exists
+# as built, so two test workers restoring one env at once would race: one root per worker.
+MLFLOW_ENV_ROOT = CACHE / "mlflow-envs" / os.environ.get("PYTEST_XDIST_WORKER", "main")
 MODEL_ENV_ROOT = CACHE / "model-envs"
 # What `mlflow run` logs is made from these and from every file of the package (so a new module
 # can never leave the cache stale); the stand-in builder has its own fingerprint.

@@ -1,4 +1,4 @@
-"""Spark fixtures (loaded by tests/conftest.py when present).
+"""Spark fixtures and checks (a plugin of tests/conftest.py).
 
 - ``spark``: one local Spark session for the whole test run (``local[1]``, no UI, workers run
   this interpreter; dai_mlflow reaches them the way it reaches any executor, shipped by the
@@ -8,6 +8,8 @@
   behind a file lock and reused while the model's env spec is unchanged.
 - ``expected_scores(model, input_csv) -> DataFrame``: the scorer's own ``score_batch`` on the
   csv, computed in the model's own env (``row_id`` = csv row number, then DAI's columns).
+- ``input_with_ids`` and ``assert_matches_score_batch``: a sample input with a ``row_id`` the
+  model does not know, and the check that a Spark output equals ``score_batch`` row for row.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from tests.fixtures_model import LoggedDaiModel, model_python, run_env
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 CACHE = REPO_ROOT / "tests" / ".cache"
+TOLERANCE = 1e-9
 
 # The model env holds only the shared requirements: the experiment wheel (in the model's
 # artifacts) is unzipped here on its own, independently of dai_mlflow.model.experiment.
@@ -127,3 +130,30 @@ def get_expected_scores(model: LoggedDaiModel, input_csv: Path) -> pd.DataFrame:
 def expected_scores() -> Callable[[LoggedDaiModel, Path], pd.DataFrame]:
     """Factory: ``expected_scores(model, csv)`` → row_id + DAI's output columns."""
     return get_expected_scores
+
+
+def input_with_ids(model: LoggedDaiModel, folder: Path) -> Path:
+    """The model's sample input plus a ``row_id`` column the model does not know."""
+    frame = pd.read_csv(model.build.sample_input_csv)
+    frame.insert(0, "row_id", range(len(frame)))
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / "input.csv"
+    frame.to_csv(path, index=False)
+    return path
+
+
+def assert_matches_score_batch(
+    output: Path, model: LoggedDaiModel, input_csv: Path, expected: pd.DataFrame
+) -> None:
+    got = pd.read_parquet(output).sort_values("row_id").reset_index(drop=True)
+    source = pd.read_csv(input_csv)
+    dai_columns = [c for c in expected.columns if c != "row_id"]
+    assert list(got.columns) == list(source.columns) + dai_columns
+    assert len(got) == len(source) == len(expected) > 0
+    if model.build.labels:
+        assert dai_columns == [f"{model.build.target}.{label}" for label in model.build.labels]
+    else:
+        assert dai_columns == [model.build.target]
+    assert got["row_id"].tolist() == expected["row_id"].tolist()
+    diff = (got[dai_columns].to_numpy(float) - expected[dai_columns].to_numpy(float)).__abs__()
+    assert float(diff.max()) <= TOLERANCE

@@ -1,7 +1,8 @@
 """A user's driver with plain MLflow and PySpark: no dai_mlflow anywhere on this side.
 
-Run by ``tests/test_plain_mlflow.py`` with the interpreter of a driver env (``venvs/launcher``:
-Python 3.11 / MLflow 3 / PySpark 4, or a Python 3.8 / MLflow 2.17 / PySpark 3.5 Spark venv),
+Run by ``tests/model/test_plain_mlflow.py`` with the interpreter of a driver env
+(``venvs/launcher``: Python 3.11 / MLflow 3 / PySpark 4, or a Python 3.8 / MLflow 2.17 /
+PySpark 3.5 Spark venv),
 the way a data scientist calls MLflow in a notebook::
 
     python tests/plain_mlflow_driver.py --model-uri URI --input rows.parquet --out-dir DIR \

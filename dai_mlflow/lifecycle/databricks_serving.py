@@ -16,7 +16,7 @@ envs) with its default authentication (``DATABRICKS_HOST`` + ``DATABRICKS_TOKEN`
    (``UPDATE_FAILED``), which is reported as a one-line error.
 
 Never run against a workspace in this repository's tests: they replace the workspace with a
-local HTTP server that answers as the REST API does (``tests/test_deploy.py``).
+local HTTP server that answers as the REST API does (``tests/lifecycle/test_deploy.py``).
 Python 3.8-safe.
 """
 

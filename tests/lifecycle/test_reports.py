@@ -4,7 +4,7 @@ The checks that matter to a reader: every chart is a real PNG of a sensible size
 embeds its charts as ``data:`` URIs and references nothing remote, a drift report of 120
 features stays one readable page (top features as charts, every feature in the table and in the
 score chart), and headless Chromium renders ``drift_report.html`` to a screenshot that is not
-blank. The same code paths run on real models in ``tests/test_lifecycle.py``.
+blank. The same code paths run on real models in ``tests/lifecycle/test_lifecycle.py``.
 """
 
 from __future__ import annotations

@@ -14,7 +14,7 @@ Each driver's environment is what ``source <venv>/bin/activate`` gives (``venvs/
 on PATH: local interpreters for uv, the offline ``pyenv`` for virtualenv), with the license in
 its variables. Predictions must equal the scorer's own ``score_batch``. The three drivers run at
 once (they spend most of their time in MLflow's env builds). ``mlflow models serve --env-manager
-uv`` of both lines is in ``tests/test_serve.py``.
+uv`` of both lines is in ``tests/serve/test_server.py``.
 """
 
 from __future__ import annotations

@@ -3,7 +3,7 @@
 Pure tests: the command MLflow 3's own ``get_cmd`` builds maps onto MLflow 2.x's gunicorn
 command, other uvicorn forms map or are ignored with a note, and a database tracking store is
 swapped for a file store. The end-to-end ``mlflow models serve --env-manager uv`` of both DAI
-lines is in ``tests/test_plain_mlflow.py``.
+lines is in ``tests/model/test_plain_mlflow.py``.
 """
 
 from __future__ import annotations

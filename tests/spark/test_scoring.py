@@ -13,7 +13,7 @@ Acceptance, on the stand-in models logged by the real ``mlflow run``:
   intact.
 
 Plus quick checks of the offline pyenv wrapper, error translation and the atomic writer. Cluster
-scoring (executors on other "machines") is in ``tests/test_spark_cluster.py``.
+scoring (executors on other "machines") is in ``tests/spark/test_cluster.py``.
 """
 
 from __future__ import annotations
@@ -39,42 +39,15 @@ from dai_mlflow.spark import (
     write_atomically,
 )
 from tests.fixtures_model import LoggedDaiModel, run_env
+from tests.fixtures_spark import assert_matches_score_batch, input_with_ids
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 SCORE_PY = REPO_ROOT / "spark_inference" / "score.py"
 LAUNCHER_PYTHON = REPO_ROOT / "venvs" / "launcher" / "bin" / "python"
-TOLERANCE = 1e-9
 NO_LICENSE = {"DRIVERLESS_AI_LICENSE_FILE": "", "DRIVERLESS_AI_LICENSE_KEY": ""}
 
 
 # ------------------------------------------------------------------------------- helpers
-
-
-def _input_with_ids(model: LoggedDaiModel, folder: Path) -> Path:
-    """The model's sample input plus a ``row_id`` column the model does not know."""
-    frame = pd.read_csv(model.build.sample_input_csv)
-    frame.insert(0, "row_id", range(len(frame)))
-    folder.mkdir(parents=True, exist_ok=True)
-    path = folder / "input.csv"
-    frame.to_csv(path, index=False)
-    return path
-
-
-def _assert_matches_score_batch(
-    output: Path, model: LoggedDaiModel, input_csv: Path, expected: pd.DataFrame
-) -> None:
-    got = pd.read_parquet(output).sort_values("row_id").reset_index(drop=True)
-    source = pd.read_csv(input_csv)
-    dai_columns = [c for c in expected.columns if c != "row_id"]
-    assert list(got.columns) == list(source.columns) + dai_columns
-    assert len(got) == len(source) == len(expected) > 0
-    if model.build.labels:
-        assert dai_columns == [f"{model.build.target}.{label}" for label in model.build.labels]
-    else:
-        assert dai_columns == [model.build.target]
-    assert got["row_id"].tolist() == expected["row_id"].tolist()
-    diff = (got[dai_columns].to_numpy(float) - expected[dai_columns].to_numpy(float)).__abs__()
-    assert float(diff.max()) <= TOLERANCE
 
 
 def _previous_output(path: Path) -> Path:
@@ -232,7 +205,7 @@ def test_executors_build_the_env_and_score_like_score_batch(
     # A plain shell: the executors must find Python and tools without an activated venv.
     monkeypatch.setenv("PATH", "/usr/local/bin:/usr/bin:/bin")
     monkeypatch.delenv("UV_PYTHON_DOWNLOADS", raising=False)
-    input_csv = _input_with_ids(model, tmp_path)
+    input_csv = input_with_ids(model, tmp_path)
     out = tmp_path / "scored"
     score_to_path(
         spark,
@@ -243,7 +216,7 @@ def test_executors_build_the_env_and_score_like_score_batch(
         env=model.license_env,
         env_root=str(root),
     )
-    _assert_matches_score_batch(out, model, input_csv, expected_scores(model, input_csv))
+    assert_matches_score_batch(out, model, input_csv, expected_scores(model, input_csv))
     # The executors built (or found) the model's env with the env manager's installer, and ran
     # a model server in it (its code folder); the fresh root proves a build here.
     installer = {"uv": "uv", "virtualenv": "pip"}[env_manager]
@@ -343,7 +316,7 @@ def test_cli_local_from_the_spark_venv_scores_like_score_batch(
         timeout=120,
     )
     assert probe.stdout.strip() == {"1.10": "(3, 8) 3.5.8", "2": "(3, 11) 4.3.0"}[line]
-    input_csv = _input_with_ids(model, tmp_path)
+    input_csv = input_with_ids(model, tmp_path)
     out = _previous_output(tmp_path / "out")  # a successful run replaces it
     proc, _ = _score_cli(
         python,
@@ -353,7 +326,7 @@ def test_cli_local_from_the_spark_venv_scores_like_score_batch(
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert not (out / "part-previous.parquet").exists()
-    _assert_matches_score_batch(out, model, input_csv, expected_scores(model, input_csv))
+    assert_matches_score_batch(out, model, input_csv, expected_scores(model, input_csv))
 
 
 @pytest.mark.spark
