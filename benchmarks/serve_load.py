@@ -177,7 +177,7 @@ def run_phase(
 def _start_servers(
     model_uri: str, env: Dict[str, str], env_manager: str, folder: Path
 ) -> Tuple[str, str, List[Any]]:
-    from dai_mlflow.serve.server import free_port, start_server, wait_until_serving
+    from dai_mlflow.envs.processes import free_port, last_log_line, start_logged, wait_answering
 
     procs = []
     serve_port, rpc_port = free_port(), free_port()
@@ -187,9 +187,12 @@ def _start_servers(
     rpc_cmd += ["--port", str(rpc_port), "--env-manager", env_manager]
     urls = (f"http://127.0.0.1:{serve_port}", f"http://127.0.0.1:{rpc_port}")
     for cmd, name in ((serve_cmd, "serve"), (rpc_cmd, "rpc")):
-        procs.append(start_server(cmd, env, folder / f"{name}.log", cwd=folder))
+        procs.append(start_logged(cmd, env, folder / f"{name}.log", cwd=folder))
     for url, proc, name in zip(urls, procs, ("serve", "rpc")):
-        wait_until_serving(f"{url}/ping", proc, START_TIMEOUT, folder / f"{name}.log")
+        why = wait_answering(f"{url}/ping", lambda p=proc: p.poll() is None, START_TIMEOUT)
+        if why:
+            tail = last_log_line(folder / f"{name}.log")
+            raise SystemExit(f"Error: the {name} server {why}: {tail}")
     return urls[0], urls[1], procs
 
 
@@ -199,7 +202,8 @@ def _model(args: argparse.Namespace) -> Tuple[str, Path, Dict[str, str]]:
         env = dict(os.environ)
         env["PYTHONPATH"] = str(REPO_ROOT)
         return args.model_uri, Path(args.sample), env
-    from dai_mlflow.serve.server import model_python_version, offline_build_env
+    from dai_mlflow.envs.model_env import model_python_version
+    from dai_mlflow.serve.server import offline_build_env
     from tests.fixtures_model import get_logged_model, run_env
 
     model = get_logged_model(args.dai_version, args.problem)
@@ -294,10 +298,10 @@ def main(argv: Optional[List[str]] = None) -> int:
         print(json.dumps({"model": model_uri, "dai_version": args.dai_version}))
         return _report(phases, args.clients)
     finally:
-        from dai_mlflow.serve.server import stop_server
+        from dai_mlflow.envs.processes import stop_session
 
         for proc in procs:
-            stop_server(proc)
+            stop_session(proc)
 
 
 if __name__ == "__main__":

@@ -20,20 +20,28 @@ from __future__ import annotations
 
 import contextlib
 import os
-import socket
 import sqlite3
 import subprocess
 import tempfile
-import time
-import urllib.error
-import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator, List, Optional
 
+from dai_mlflow.envs.processes import (
+    free_port,
+    last_log_line,
+    start_logged,
+    stop_session,
+    wait_answering,
+    without_foreign_python,
+)
 from dai_mlflow.errors import DaiMlflowError, one_line, say
 
 SERVER_PYTHON_ENV = "DAI_MLFLOW_SERVER_PYTHON"
+# What dai-mlflow writes to a store: its run and version tags, and the aliases it moves.
+TAG_PREFIX = "dai_mlflow."
+CHAMPION = "champion"
+CHALLENGER = "challenger"
 DEFAULT_DB_NAME = "mlflow.db"
 _READY_TIMEOUT_S = 90.0
 
@@ -95,7 +103,7 @@ def _mlflow_major(python: str) -> int:
             capture_output=True,
             text=True,
             timeout=60,
-            env=_clean_env(),
+            env=without_foreign_python(os.environ, drop=("MLFLOW_RUN_ID",)),
         )
     except (OSError, subprocess.TimeoutExpired):
         return 0
@@ -171,36 +179,14 @@ def server_python() -> str:
     )
 
 
-def _clean_env() -> dict:
-    env = dict(os.environ)
-    for var in ("PYTHONPATH", "PYTHONHOME", "VIRTUAL_ENV", "MLFLOW_RUN_ID"):
-        env.pop(var, None)
-    return env
-
-
-def _free_port() -> int:
-    with contextlib.closing(socket.socket(socket.AF_INET, socket.SOCK_STREAM)) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def _wait_ready(url: str, proc: subprocess.Popen, log: Path) -> None:
-    deadline = time.monotonic() + _READY_TIMEOUT_S
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            tail = [ln for ln in log.read_text(errors="replace").splitlines() if ln.strip()]
-            raise TrackingError(
-                f"the bridge tracking server exited ({proc.returncode}): "
-                f"{tail[-1] if tail else 'no output'}"
-            )
-        try:
-            with urllib.request.urlopen(f"{url}/health", timeout=2) as resp:
-                if resp.status == 200:
-                    return
-        except (urllib.error.URLError, OSError):
-            pass
-        time.sleep(0.3)
-    raise TrackingError(f"the bridge tracking server did not answer on {url} within 90 s")
+    why = wait_answering(f"{url}/health", lambda: proc.poll() is None, _READY_TIMEOUT_S)
+    if why == "exited":
+        raise TrackingError(
+            f"the bridge tracking server exited ({proc.returncode}): {last_log_line(log)}"
+        )
+    if why:
+        raise TrackingError(f"the bridge tracking server did not answer on {url} within 90 s")
 
 
 @dataclass(frozen=True)
@@ -224,7 +210,7 @@ def bridge_server(uri: str, python: Optional[str] = None) -> Iterator[TrackingSt
     ready. It is stopped when the block exits, whatever happens inside.
     """
     python = python or server_python()
-    port = _free_port()
+    port = free_port()
     db = sqlite_path(uri)
     workdir = db.parent if db else Path(tempfile.gettempdir())
     url = f"http://127.0.0.1:{port}"
@@ -249,18 +235,10 @@ def bridge_server(uri: str, python: Optional[str] = None) -> Iterator[TrackingSt
         str(workdir / "mlruns"),
         "--no-serve-artifacts",
     ]
-    env = _clean_env()
+    env = without_foreign_python(os.environ, drop=("MLFLOW_RUN_ID",))
     # The bridge serves one run's REST calls: no background job runner (saves a process).
     env["MLFLOW_SERVER_ENABLE_JOB_EXECUTION"] = "false"
-    with log.open("wb") as out:
-        proc = subprocess.Popen(
-            cmd,
-            cwd=str(workdir),
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            env=env,
-            start_new_session=True,
-        )
+    proc = start_logged(cmd, env, log, cwd=workdir)
     ready = []
 
     def _wait() -> None:
@@ -272,22 +250,9 @@ def bridge_server(uri: str, python: Optional[str] = None) -> Iterator[TrackingSt
     try:
         yield TrackingStore(url, _wait)
     finally:
-        _stop(proc)
+        stop_session(proc)
         with contextlib.suppress(OSError):
             log.unlink()
-
-
-def _stop(proc: subprocess.Popen) -> None:
-    if proc.poll() is not None:
-        return
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(proc.pid, 15)
-    try:
-        proc.wait(timeout=15)
-    except subprocess.TimeoutExpired:
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(proc.pid, 9)
-        proc.wait(timeout=15)
 
 
 @contextlib.contextmanager

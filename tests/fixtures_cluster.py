@@ -29,9 +29,9 @@ from typing import Dict, Iterator
 import pytest
 from filelock import FileLock
 
+from dai_mlflow.envs.processes import free_port
 from dai_mlflow.envs.pythons import find_python
 from dai_mlflow.envs.venvs import VenvSpec, ensure_venv, find_uv
-from dai_mlflow.serve.server import free_port
 from tests.fixtures_model import CACHE, LAUNCHER_BIN, PYTHONS_DIR, REPO_ROOT
 
 CLUSTER_CACHE = CACHE / "cluster"

@@ -41,15 +41,9 @@ from typing import Any, Callable, Dict, Iterator, List, Sequence
 import pytest
 from filelock import FileLock
 
-from dai_mlflow.serve.server import (
-    free_port,
-    model_python_version,
-    offline_build_env,
-    serve_command,
-    start_server,
-    stop_server,
-    wait_until_serving,
-)
+from dai_mlflow.envs.model_env import model_python_version
+from dai_mlflow.envs.processes import free_port, start_logged, stop_session, wait_answering
+from dai_mlflow.serve.server import offline_build_env, serve_command
 from tests.fixtures_model import (
     LAUNCHER_BIN,
     LoggedDaiModel,
@@ -155,7 +149,7 @@ class ServerPool:
         port = free_port()
         cmd, env = _command(spec, model, port, workdir)
         log = workdir / "server.log"
-        proc = start_server(cmd, env, log, cwd=workdir)
+        proc = start_logged(cmd, env, log, cwd=workdir)
         server = LiveServer(spec, model, f"http://127.0.0.1:{port}", proc, log)
         self.servers[spec] = server
         return server
@@ -202,17 +196,20 @@ class ServerPool:
 
     @staticmethod
     def _wait(server: LiveServer) -> None:
-        wait_until_serving(f"{server.url}/ping", server.proc, START_TIMEOUT, server.log)
+        running = lambda: server.proc.poll() is None  # noqa: E731
+        why = wait_answering(f"{server.url}/ping", running, START_TIMEOUT)
+        log = server.log.read_text(errors="replace")
+        assert not why, f"{server.spec.name} {why}: {log[-3000:]}"
 
     def stop(self, spec: ServerSpec) -> None:
         """Stop one server (no-op when it is not running)."""
         server = self.servers.pop(spec, None)
         if server is not None:
-            stop_server(server.proc)
+            stop_session(server.proc)
 
     def close(self) -> None:
         for server in self.servers.values():
-            stop_server(server.proc)
+            stop_session(server.proc)
         self.servers.clear()
 
 

@@ -40,7 +40,14 @@ from typing import Any, Callable, Dict, Optional, Sequence
 from dai_mlflow.envs.locks import file_lock
 from dai_mlflow.envs.processes import without_foreign_python
 from dai_mlflow.envs.pythons import find_python
-from dai_mlflow.envs.venvs import PYTHON_ENV_FILE_NAME, VenvSpec, ensure_venv, spec_key
+from dai_mlflow.envs.venvs import (
+    PYTHON_ENV_FILE_NAME,
+    REQUIREMENTS_FILE_NAME,
+    VenvSpec,
+    ensure_venv,
+    load_python_env,
+    spec_key,
+)
 from dai_mlflow.errors import DaiMlflowError, PythonNotFoundError, say
 from dai_mlflow.model.experiment import writable_dir
 from dai_mlflow.model.hooks import MODULES, PACKAGE
@@ -48,7 +55,6 @@ from dai_mlflow.model.hooks.programs import RESULT_MARKER
 from dai_mlflow.model.hooks.stdin_server import ERROR_MARKER
 
 ENV_ROOT_ENV = "DAI_MLFLOW_ENV_ROOT"
-REQUIREMENTS_FILE_NAME = "requirements.txt"
 # The env managers of every dai-mlflow command: ``local`` (the caller's env is the model's) and
 # the two that build the model's env, with the installer each one builds with.
 INSTALLERS = {"uv": "uv", "virtualenv": "pip"}
@@ -64,6 +70,17 @@ class ModelProgramError(DaiMlflowError):
 
 def _quiet(_message: str) -> None:
     pass
+
+
+def model_python_version(model_dir: Path) -> str:
+    """The ``python:`` of a model folder's ``python_env.yaml`` (what MLflow writes for pyfunc).
+
+    Raises:
+        DaiMlflowError: the folder has none, or it is not valid.
+    """
+    if not (model_dir / PYTHON_ENV_FILE_NAME).is_file():
+        raise DaiMlflowError(f"{model_dir} has no {PYTHON_ENV_FILE_NAME}; is it an MLflow model?")
+    return str(load_python_env(model_dir / PYTHON_ENV_FILE_NAME)["python"])
 
 
 def env_root(explicit: Optional[str] = None) -> Path:

@@ -27,6 +27,8 @@ import click
 
 from dai_mlflow.cli import HELP, entry_point
 from dai_mlflow.envs.venvs import (
+    PYTHON_ENV_FILE_NAME,
+    REQUIREMENTS_FILE_NAME,
     VenvSpec,
     ensure_venv,
     load_python_env,
@@ -36,8 +38,6 @@ from dai_mlflow.envs.venvs import (
 from dai_mlflow.errors import DaiMlflowError
 from dai_mlflow.log.requirements import canonical_name
 
-REQUIREMENTS_FILE_NAME = "requirements.txt"
-PYTHON_ENV_FILE_NAME = "python_env.yaml"
 # pyarrow for pandas UDFs (Arrow batches); the last release with Python 3.8 wheels is 17.
 PYARROW_FOR_PYTHON = {"3.8": "pyarrow==17.0.0"}
 PYARROW_DEFAULT = "pyarrow==25.0.1"

@@ -40,6 +40,7 @@ from dai_mlflow.model.experiment import file_sha256
 
 STAMP_FILE_NAME = ".dai-mlflow-venv.json"
 PYTHON_ENV_FILE_NAME = "python_env.yaml"
+REQUIREMENTS_FILE_NAME = "requirements.txt"  # beside it in a model folder
 INSTALLERS = ("pip", "uv")
 # pyspark releases that support a given Python minor (4.x dropped Python 3.8).
 PYSPARK_FOR_PYTHON = {"3.8": "pyspark==3.5.8", "3.9": "pyspark==3.5.8"}

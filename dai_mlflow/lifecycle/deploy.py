@@ -28,8 +28,9 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Dict, Optional, Tuple
 
+from dai_mlflow.envs.model_env import ensure_model_env
 from dai_mlflow.errors import one_line, say
-from dai_mlflow.lifecycle import drift, endpoint, registry, scoring, smoke
+from dai_mlflow.lifecycle import drift, endpoint, registry, smoke
 from dai_mlflow.lifecycle.endpoint import DeployError
 from dai_mlflow.lifecycle.errors import LifecycleError
 
@@ -159,7 +160,7 @@ def load_sample(ref: registry.ModelVersionRef, model_dir: Path) -> smoke.Sample:
                 shutil.rmtree(path.parent, ignore_errors=True)
     say(f"{ref.uri} has no validation sample (validated before deploy existed, or never): "
          "smoke-testing it on its input example, without expected answers")  # fmt: skip
-    return smoke.example_sample(model_dir, drift.output_columns(model_dir))
+    return smoke.example_sample(model_dir, drift.signature_names(model_dir, outputs=True))
 
 
 def deploy_local(
@@ -206,7 +207,7 @@ def deploy_local(
         try:
             model_dir = registry.download(ref, vfolder / "download")
             sample = load_sample(ref, model_dir)
-            python = scoring.model_env_python(model_dir)
+            python = ensure_model_env(model_dir)
             say(f"starting {ref.uri} beside {('v' + previous) if previous else 'nothing'}")
             clock = time.monotonic()
             servers = endpoint.start_servers(

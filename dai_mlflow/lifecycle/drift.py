@@ -46,7 +46,6 @@ FEATURE_SHARE_THRESHOLD = 0.3
 MIN_ROWS = 100
 PREDICTION_BINS = 10
 _PSI_FLOOR = 1e-4
-OTHER_LEVEL = "__other__"
 
 
 @dataclass(frozen=True)
@@ -65,26 +64,21 @@ class DriftRow:
     note: str = ""
 
 
-def output_columns(model_dir: Path) -> List[str]:
-    """The DAI output columns of a model folder (its signature's outputs).
+def signature_names(model_dir: Path, outputs: bool = False) -> List[str]:
+    """The input names of a model folder's signature, or its outputs (DAI's columns).
 
     Raises:
-        LifecycleError: the model has no named output signature.
+        LifecycleError: outputs were asked for and the model has no named output signature.
     """
     from mlflow.models import Model
 
-    schema = Model.load(str(model_dir / "MLmodel")).get_output_schema()
+    model = Model.load(str(model_dir / "MLmodel"))
+    schema = model.get_output_schema() if outputs else model.get_input_schema()
     if schema is None or not schema.has_input_names():
-        raise LifecycleError(f"{model_dir}: the model has no named output signature")
+        if outputs:
+            raise LifecycleError(f"{model_dir}: the model has no named output signature")
+        return []
     return [s.name for s in schema.inputs]
-
-
-def input_columns(model_dir: Path) -> List[str]:
-    """The input columns of a model folder's signature."""
-    from mlflow.models import Model
-
-    schema = Model.load(str(model_dir / "MLmodel")).get_input_schema()
-    return [s.name for s in schema.inputs] if schema is not None else []
 
 
 def find_column_stats(model_dir: Path) -> Path:

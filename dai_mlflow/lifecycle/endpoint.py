@@ -11,9 +11,9 @@ Layout of a model's endpoint folder (``$DAI_MLFLOW_ENDPOINT_ROOT/<model>`` or
   ``./tmp`` where it runs);
 - ``proxy.json``, ``proxy.log``: written by the proxy (:mod:`.proxy`).
 
-Servers are the version's own ``mlflow models serve --env-manager local`` and, when asked, the
-JSON-RPC server (:mod:`dai_mlflow.serve.rpc`, a private copy run as a script), both started with the
-model's own env (:func:`.scoring.model_env_python`: the env validate scores in, so usually no
+Servers are the version's own ``mlflow models serve --env-manager local`` and, when asked,
+the JSON-RPC server (:mod:`dai_mlflow.serve.rpc`, a private copy run as a script), both started
+with the model's own env (``ensure_model_env``: the env validate scores in, so usually no
 install) on free loopback ports, in their own sessions so they outlive the deploy command.
 :func:`start_servers` / :func:`stop_servers` start and stop them; :func:`start_proxy`,
 :func:`switch_route`, :func:`wait_drained` and :func:`stop_proxy` drive the proxy. The
@@ -31,8 +31,6 @@ import re
 import secrets
 import shutil
 import signal
-import socket
-import subprocess
 import sys
 import time
 import urllib.error
@@ -43,18 +41,18 @@ from pathlib import Path
 from typing import Any, ContextManager, Dict, List, Optional
 
 from dai_mlflow.envs.locks import file_lock
+from dai_mlflow.envs.processes import free_port, last_log_line, start_logged, wait_answering
 from dai_mlflow.lifecycle import proxy
 from dai_mlflow.lifecycle.errors import LifecycleError
+from dai_mlflow.serve.rpc import DEFAULT_HOST, RPC_SCRIPT_NAME
 
 ENDPOINT_ROOT_ENV = "DAI_MLFLOW_ENDPOINT_ROOT"
 STATE_FILE = "endpoint.json"
 LOCK_FILE = "deploy.lock"
 DEFAULT_PORT = 5050
-DEFAULT_HOST = "127.0.0.1"
 START_TIMEOUT = float(os.environ.get("DAI_MLFLOW_DEPLOY_START_TIMEOUT", "600"))
 DRAIN_TIMEOUT = 300.0
 STOP_GRACE = 30.0
-RPC_SCRIPT_NAME = "dai_mlflow_rpc.py"
 FOLDER_ENV = "DAI_MLFLOW_ENDPOINT_FOLDER"
 # Variables of the deploy process that must not reach a server: its MLflow run and store (the
 # store may be a private bridge that stops when deploy exits) and its Python paths.
@@ -144,13 +142,6 @@ def new_token() -> str:
 
 
 # ------------------------------------------------------------------------------ processes
-def free_port(host: str = DEFAULT_HOST) -> int:
-    """A TCP port free on ``host`` right now."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((host, 0))
-        return int(sock.getsockname()[1])
-
-
 def is_alive(pid: int) -> bool:
     """True while ``pid`` runs (a zombie counts as gone; our own zombies are reaped)."""
     with contextlib.suppress(ChildProcessError, OSError):
@@ -166,12 +157,7 @@ def is_alive(pid: int) -> bool:
 def _spawn(cmd: List[str], cwd: Path, env: Dict[str, str], log: Path) -> int:
     """Start a detached process (own session, outlives us); its pid (= its process group)."""
     cwd.mkdir(parents=True, exist_ok=True)
-    with open(log, "ab") as out:
-        proc = subprocess.Popen(
-            cmd, cwd=str(cwd), env=env, stdout=out, stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL, start_new_session=True, close_fds=True,
-        )  # fmt: skip
-    return proc.pid
+    return start_logged(cmd, env, log, cwd, detached=True).pid
 
 
 def _mentions(pid: int, marker: str) -> bool:
@@ -229,15 +215,6 @@ def stop_group(pid: int, marker: str, grace: float = STOP_GRACE) -> None:
                 os.kill(p, signal.SIGKILL)
 
 
-def _tail(path: Path, lines: int = 40) -> str:
-    """The last meaningful line of a server log (errors first)."""
-    if not path.is_file():
-        return "(no log)"
-    text = [ln.strip() for ln in path.read_text(errors="replace").splitlines() if ln.strip()]
-    errors = [ln for ln in text[-lines:] if "Error" in ln or "error" in ln or "Exception" in ln]
-    return ((errors or text or ["(empty log)"])[-1])[:300]
-
-
 def _get(url: str, timeout: float = 5.0, headers: Optional[Dict[str, str]] = None) -> Any:
     req = urllib.request.Request(url, headers=headers or {})
     with urllib.request.urlopen(req, timeout=timeout) as resp:
@@ -259,15 +236,11 @@ def wait_serving(url: str, pid: int, log: Path, timeout: float = START_TIMEOUT) 
     Raises:
         DeployError: the process died or the time ran out (with the log's last error).
     """
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if not is_alive(pid):
-            raise DeployError(f"it exited before serving: {_tail(log)}")
-        with contextlib.suppress(urllib.error.URLError, OSError):
-            if _get(url, timeout=2)[0] == 200:
-                return
-        time.sleep(0.25)
-    raise DeployError(f"{url} did not answer within {timeout:.0f}s: {_tail(log)}")
+    why = wait_answering(url, lambda: is_alive(pid), timeout)
+    if why == "exited":
+        raise DeployError(f"it exited before serving: {last_log_line(log)}")
+    if why:
+        raise DeployError(f"{url} did not answer within {timeout:.0f}s: {last_log_line(log)}")
 
 
 def server_env(python: Path, folder: Path) -> Dict[str, str]:
@@ -373,14 +346,18 @@ def start_proxy(folder: Path, host: str, port: int, route: Dict[str, Any], token
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
         if not is_alive(pid):
-            raise DeployError(f"the front proxy did not start on {host}:{port}: {_tail(log)}")
+            raise DeployError(
+                f"the front proxy did not start on {host}:{port}: {last_log_line(log)}"
+            )
         if info_file.is_file():
             info = json.loads(info_file.read_text())
             if info.get("pid") == pid:
                 return info
         time.sleep(0.1)
     stop_group(pid, str(folder))
-    raise DeployError(f"the front proxy did not start on {host}:{port} within 60s: {_tail(log)}")
+    raise DeployError(
+        f"the front proxy did not start on {host}:{port} within 60s: {last_log_line(log)}"
+    )
 
 
 def _admin(state: Dict[str, Any], path: str, body: Optional[Dict[str, Any]] = None) -> Any:

@@ -87,8 +87,8 @@ def version_baselines(ref: registry.ModelVersionRef, work: Path) -> Dict[str, An
             shutil.rmtree(path.parent, ignore_errors=True)
     return {
         "stats": stats,
-        "features": drift.input_columns(model_dir),
-        "outputs": drift.output_columns(model_dir),
+        "features": drift.signature_names(model_dir),
+        "outputs": drift.signature_names(model_dir, outputs=True),
         "prediction_baseline": baseline,
     }
 

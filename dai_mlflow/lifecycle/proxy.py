@@ -39,15 +39,15 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any, Dict, Optional, Sequence, Tuple
 
+from dai_mlflow.serve.rpc import MAX_BODY_BYTES, RPC_PATH
+
 PROXY_FILE = "proxy.json"
 TOKEN_ENV = "DAI_MLFLOW_PROXY_TOKEN"
 TOKEN_HEADER = "X-Dai-Mlflow-Token"
 VERSION_HEADER = "X-Dai-Mlflow-Model-Version"
 URI_HEADER = "X-Dai-Mlflow-Model-Uri"
 DEPLOYMENT_PATH = "/deployment"
-RPC_PATH = "/rpc"
 BACKEND_TIMEOUT = 300.0
-MAX_BODY_BYTES = 256 * 1024 * 1024
 # Hop-by-hop headers are the proxy's own business on each side (RFC 9110 7.6.1); so are the
 # ones http.server writes itself (Server, Date) and the framing it recomputes.
 _HOP = frozenset(

@@ -15,10 +15,8 @@ from typing import Dict, Optional
 
 from dai_mlflow.errors import one_line
 from dai_mlflow.lifecycle.errors import LifecycleError
+from dai_mlflow.tracking import CHAMPION, TAG_PREFIX
 
-CHAMPION = "champion"
-CHALLENGER = "challenger"
-TAG_PREFIX = "dai_mlflow."
 BASELINE_RUN_TAG = TAG_PREFIX + "prediction_baseline_run"
 PREDICTION_BASELINE_FILE = "prediction_baseline.json"
 

@@ -1,9 +1,9 @@
 """Score a downloaded model on a csv/parquet file in the model's own env (a subprocess).
 
 The entry points run on Python 3.8 / mlflow 2.17 or on the launcher's Python 3.11 / mlflow 3;
-the model needs its own Python and the DAI wheels. :func:`model_env_python` builds (or reuses)
-that env with the one builder logging uses (:func:`dai_mlflow.envs.model_env.ensure_model_env`),
-so a model checked at log time is scored here without any install. :func:`score_file` runs the
+the model needs its own Python and the DAI wheels. The env is built (or reused) by the one
+builder logging uses (:func:`dai_mlflow.envs.model_env.ensure_model_env`), so a model checked
+at log time is scored here without any install. :func:`score_file` runs the
 ``score`` program of :mod:`dai_mlflow.model.hooks.programs` there: read the file with the
 signature's types (csv text columns stay text), predict, write DAI's output columns as csv.
 """
@@ -13,21 +13,14 @@ from __future__ import annotations
 import os
 import tempfile
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Optional
 
 import pandas as pd
 
 from dai_mlflow.envs.model_env import ModelProgramError, ensure_model_env, run_program
+from dai_mlflow.errors import one_line
 from dai_mlflow.lifecycle.errors import LifecycleError, ModelFailedError
-
-
-def model_env_python(model_dir: Path) -> Path:
-    """Build or reuse the model's own env, the same one logging checked the model in.
-
-    Raises:
-        DaiMlflowError: no local interpreter of the model's Python, or the build failed.
-    """
-    return ensure_model_env(model_dir)
+from dai_mlflow.spark.files import format_of
 
 
 def data_format(path: Path) -> str:
@@ -38,15 +31,13 @@ def data_format(path: Path) -> str:
     """
     if not path.exists():
         raise LifecycleError(f"{path} does not exist")
-    name = path.name.lower()
-    if name.endswith((".csv", ".csv.gz")):
-        return "csv"
-    if name.endswith((".parquet", ".pq")) or (path.is_dir() and any(path.rglob("*.parquet"))):
-        return "parquet"
-    raise LifecycleError(f"cannot tell the format of {path}; name it *.csv or *.parquet")
+    found = format_of(str(path))
+    if found is None:
+        raise LifecycleError(f"cannot tell the format of {path}; name it *.csv or *.parquet")
+    return found
 
 
-def read_frame(path: Path, columns: Optional[Sequence[str]] = None) -> pd.DataFrame:
+def read_frame(path: Path) -> pd.DataFrame:
     """Read a csv/parquet file (csv: every column as text; callers convert)."""
     fmt = data_format(path)
     try:
@@ -55,11 +46,7 @@ def read_frame(path: Path, columns: Optional[Sequence[str]] = None) -> pd.DataFr
         else:
             frame = pd.read_parquet(path)
     except Exception as e:
-        raise LifecycleError(f"cannot read {path}: {type(e).__name__}: {e}") from e
-    if columns is not None:
-        missing = [c for c in columns if c not in frame.columns]
-        if missing:
-            raise LifecycleError(f"{path} lacks column(s) {missing}")
+        raise LifecycleError(f"cannot read {path}: {one_line(e)}") from e
     return frame
 
 
@@ -83,7 +70,7 @@ def score_file(
         ModelFailedError: the model failed (its own error, one line).
     """
     fmt = data_format(data)
-    python = python or model_env_python(model_dir)
+    python = python or ensure_model_env(model_dir)
     base = dict(os.environ if env is None else env)
     base.pop("MLFLOW_RUN_ID", None)
     with tempfile.TemporaryDirectory(prefix="dai-mlflow-score-") as scratch:

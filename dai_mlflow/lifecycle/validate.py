@@ -103,7 +103,7 @@ def _validate(request: ValidateRequest, run_id: str) -> ValidateResult:
     work = Path(tempfile.mkdtemp(prefix="dai-mlflow-validate-"))
     try:
         new_dir = registry.download(challenger, work / "challenger")
-        outputs = drift.output_columns(new_dir)
+        outputs = drift.signature_names(new_dir, outputs=True)
         problem = metrics.detect_problem(outputs, list(holdout.columns), request.target)
         labels = list(holdout[problem.target])
         new_pred = scoring.score_file(new_dir, request.holdout, label=challenger.uri)
@@ -112,7 +112,7 @@ def _validate(request: ValidateRequest, run_id: str) -> ValidateResult:
         old_pred: Optional[pd.DataFrame] = None
         if champion is not None and champion.version != challenger.version:
             old_dir = registry.download(champion, work / "champion")
-            old_outputs = drift.output_columns(old_dir)
+            old_outputs = drift.signature_names(old_dir, outputs=True)
             if tuple(old_outputs) != tuple(outputs):
                 raise LifecycleError(
                     f"champion v{champion.version} outputs {old_outputs} but challenger "

@@ -57,6 +57,7 @@ from dai_mlflow.log.signature import (
 from dai_mlflow.model.hooks import MODULES
 from dai_mlflow.model.license import LicenseSource, find_license, license_bytes
 from dai_mlflow.model.pyfunc import CONFIG_INPUT_COLUMNS, CONFIG_SCORER_MODULE, PIPELINE_ARTIFACT
+from dai_mlflow.tracking import CHALLENGER, TAG_PREFIX
 
 MODEL_ARTIFACT_PATH = "model"
 MODEL_CODE_FILE_NAME = "dai_scoring_model.py"
@@ -71,13 +72,12 @@ MODEL_SIDE_MODULES = (
     "model/license.py",
     *(f"model/hooks/{name}" for name in MODULES),
 )
-DEFAULT_ALIAS = "challenger"
+DEFAULT_ALIAS = CHALLENGER
 # Build dependencies of the model env per Python line (pip/setuptools releases that support it).
 BUILD_DEPENDENCIES: Dict[str, Tuple[str, ...]] = {
     "3.8": ("pip==24.3.1", "setuptools==75.3.0", "wheel==0.45.1"),
 }
 BUILD_DEPENDENCIES_DEFAULT = ("pip==25.3", "setuptools==80.9.0", "wheel==0.45.1")
-TAG_PREFIX = "dai_mlflow."
 _MODEL_CODE = '''\
 """MLflow models-from-code file of a DAI scoring pipeline (code/dai_mlflow/model/pyfunc.py)."""
 import mlflow

@@ -56,6 +56,8 @@ RPC_PATH = "/rpc"
 PING_PATH = "/ping"
 DEFAULT_PORT = 9090
 DEFAULT_HOST = "127.0.0.1"
+# The name of this file copied beside a model: run there as a script by the model env's Python.
+RPC_SCRIPT_NAME = "dai_mlflow_rpc.py"
 try:
     from dai_mlflow.envs.model_env import ENV_MANAGERS
 except ImportError:  # the copy run inside a model env serves there: --env-manager local only

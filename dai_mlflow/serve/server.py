@@ -15,8 +15,8 @@ uv needs both: MLflow 3 restores the env, the env's own MLflow serves. This modu
   plain ``mlflow models serve --env-manager uv`` works as well.
 * :func:`run_rpc_in_model_env`: the same env restore for ``python -m dai_mlflow.serve.rpc``,
   which is re-executed there as a private script copy with ``--env-manager local``.
-* :func:`free_port`, :func:`start_server`, :func:`wait_until_serving`, :func:`stop_server`:
-  start/stop a server process on loopback (tests and ``benchmarks/serve_load.py``).
+* :func:`serve_command`: ``mlflow models serve`` for a model on loopback (tests, benchmarks;
+  :mod:`dai_mlflow.envs.processes` starts, waits for and stops such servers).
 
 Signals reach the server; if the wrapper dies, the server gets SIGTERM. Launcher side (Python
 >= 3.10, mlflow 3.x); never imported inside a model env.
@@ -24,18 +24,13 @@ Signals reach the server; if the wrapper dies, the server gets SIGTERM. Launcher
 
 from __future__ import annotations
 
-import contextlib
 import os
 import shlex
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
-import time
-import urllib.error
-import urllib.request
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence
 
@@ -43,35 +38,19 @@ import click
 
 from dai_mlflow.cli import entry_point
 from dai_mlflow.envs.locks import file_lock
-from dai_mlflow.envs.model_env import BUILDING_ENV_MANAGERS, ENV_MANAGERS
+from dai_mlflow.envs.model_env import (
+    BUILDING_ENV_MANAGERS,
+    ENV_MANAGERS,
+    model_python_version,
+)
 from dai_mlflow.envs.processes import FOREIGN_PYTHON_VARS, parent_death_signal
 from dai_mlflow.errors import DaiMlflowError
+from dai_mlflow.serve.rpc import RPC_SCRIPT_NAME
 from dai_mlflow.tracking import download_model
-
-PYTHON_ENV_FILE_NAME = "python_env.yaml"
-RPC_SCRIPT_NAME = "dai_mlflow_rpc.py"
 
 
 class ServeError(DaiMlflowError):
     """A server could not be prepared or did not come up."""
-
-
-def model_python_version(local_dir: Path) -> str:
-    """The ``python:`` of the model's ``python_env.yaml``.
-
-    Raises:
-        ServeError: the model folder has no readable python_env.yaml.
-    """
-    path = local_dir / PYTHON_ENV_FILE_NAME
-    try:
-        import yaml
-
-        version = (yaml.safe_load(path.read_text()) or {}).get("python")
-    except (OSError, ValueError) as e:
-        raise ServeError(f"cannot read {path}: {e}; is {local_dir} an MLflow model?") from e
-    if not version:
-        raise ServeError(f"{path} names no python version; re-log the model with dai-mlflow")
-    return str(version)
 
 
 def offline_build_env(python_version: str, path: Optional[str] = None) -> Dict[str, str]:
@@ -207,82 +186,6 @@ def _wait_forwarding_signals(proc: subprocess.Popen) -> int:
     finally:
         for s, handler in previous.items():
             signal.signal(s, handler)
-
-
-# ------------------------------------------------------------------------------ processes
-def free_port(host: str = "127.0.0.1") -> int:
-    """A TCP port free on ``host`` right now."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((host, 0))
-        return int(sock.getsockname()[1])
-
-
-def start_server(
-    cmd: Sequence[str], env: Dict[str, str], log_path: Path, cwd: Optional[Path] = None
-) -> subprocess.Popen:
-    """Start ``cmd`` in its own session (so :func:`stop_server` ends all its children); it
-    gets SIGTERM if the caller dies without stopping it."""
-    log = log_path.open("wb")
-    try:
-        return subprocess.Popen(
-            list(cmd),
-            env=env,
-            cwd=str(cwd) if cwd else None,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-            start_new_session=True,
-            preexec_fn=parent_death_signal,
-        )
-    finally:
-        log.close()
-
-
-def wait_until_serving(
-    url: str, proc: subprocess.Popen, timeout: float, log_path: Optional[Path] = None
-) -> None:
-    """Poll ``url`` (GET) until it answers 200.
-
-    Raises:
-        ServeError: the process exited first, or ``timeout`` seconds passed (with the log's tail).
-    """
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise ServeError(f"server exited with {proc.returncode}: {_tail(log_path)}")
-        try:
-            with urllib.request.urlopen(url, timeout=2) as resp:
-                if resp.status == 200:
-                    return
-        except (urllib.error.URLError, ConnectionError, OSError):
-            pass
-        time.sleep(0.25)
-    raise ServeError(f"{url} did not answer within {timeout:.0f}s: {_tail(log_path)}")
-
-
-def stop_server(proc: subprocess.Popen, grace: float = 15.0) -> None:
-    """SIGTERM the server's process group, SIGKILL it after ``grace`` seconds."""
-    if proc.poll() is None:
-        _signal_group(proc, signal.SIGTERM)
-        try:
-            proc.wait(timeout=grace)
-        except subprocess.TimeoutExpired:
-            _signal_group(proc, signal.SIGKILL)
-            proc.wait(timeout=grace)
-    # Children (uvicorn/gunicorn workers) share the group: make sure none outlives the leader.
-    _signal_group(proc, signal.SIGKILL)
-
-
-def _signal_group(proc: subprocess.Popen, sig: int) -> None:
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(proc.pid, sig)
-
-
-def _tail(log_path: Optional[Path], lines: int = 15) -> str:
-    if log_path is None or not log_path.is_file():
-        return "(no log)"
-    text = log_path.read_text(errors="replace").splitlines()
-    return "\n".join(text[-lines:])
 
 
 def serve_command(

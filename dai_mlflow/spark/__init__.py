@@ -6,6 +6,7 @@ The public API, importable from here: :func:`score`, :func:`score_to_path`, :fun
 what the driver sends them; :mod:`.files` reads inputs and writes outputs all or nothing.
 """
 
+# Re-exported as the package's public API (ruff: F401 is off for this file).
 from dai_mlflow.spark.files import (
     INPUT_FORMATS,
     OutputPathError,
@@ -15,9 +16,7 @@ from dai_mlflow.spark.files import (
     write_atomically,
 )
 from dai_mlflow.spark.scoring import (
-    ARROW_BATCH_CONF,
     DEFAULT_BATCH_SIZE,
-    ENV_MANAGERS,
     ERROR_MARKER,
     InputColumnsError,
     ModelSignatureError,
@@ -27,31 +26,5 @@ from dai_mlflow.spark.scoring import (
     preflight_predict,
     score,
     score_to_path,
-    thread_env,
     translate_error,
-    validate_input,
 )
-
-__all__ = [
-    "ARROW_BATCH_CONF",
-    "DEFAULT_BATCH_SIZE",
-    "ENV_MANAGERS",
-    "ERROR_MARKER",
-    "INPUT_FORMATS",
-    "InputColumnsError",
-    "ModelSignatureError",
-    "ModelSpec",
-    "OutputPathError",
-    "SparkScoringError",
-    "download_model",
-    "input_columns",
-    "precheck",
-    "preflight_predict",
-    "read_input",
-    "score",
-    "score_to_path",
-    "thread_env",
-    "translate_error",
-    "validate_input",
-    "write_atomically",
-]

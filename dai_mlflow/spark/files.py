@@ -85,22 +85,26 @@ def read_input(spark: object, path: str, input_format: Optional[str] = None) -> 
     return spark.read.parquet(path)
 
 
-def _format_of(path: str) -> str:
-    name = path.rstrip("/").lower()
-    if name.endswith(".csv") or name.endswith(".csv.gz"):
-        return "csv"
-    if name.endswith(".parquet") or name.endswith(".pq"):
-        return "parquet"
+def format_of(path: str) -> Optional[str]:
+    """``csv`` or ``parquet`` from the name, or from the files of a local folder; None when
+    neither tells."""
+    kinds = {".csv": "csv", ".csv.gz": "csv", ".parquet": "parquet", ".pq": "parquet"}
     local = Path(path)
-    if local.is_dir():
-        names = [p.name.lower() for p in local.iterdir()]
-        if any(n.endswith(".csv") or n.endswith(".csv.gz") for n in names):
-            return "csv"
-        if any(n.endswith(".parquet") for n in names):
-            return "parquet"
-    raise SparkScoringError(
-        f"cannot tell the format of {path}; name it *.csv or *.parquet or pass --input-format"
-    )
+    names = [path.rstrip("/")] + ([f.name for f in _local_files(path)] if local.is_dir() else [])
+    for name in names:
+        for suffix, kind in kinds.items():
+            if name.lower().endswith(suffix):
+                return kind
+    return None
+
+
+def _format_of(path: str) -> str:
+    found = format_of(path)
+    if found is None:
+        raise SparkScoringError(
+            f"cannot tell the format of {path}; name it *.csv or *.parquet or pass --input-format"
+        )
+    return found
 
 
 class _HadoopFs:

@@ -33,7 +33,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
 
-from dai_mlflow.envs.model_env import ENV_MANAGERS
+from dai_mlflow.envs.model_env import ENV_MANAGERS, model_python_version
 from dai_mlflow.errors import DaiMlflowError, one_line
 from dai_mlflow.model.hooks.stdin_server import cast_to_schema
 from dai_mlflow.spark import shipping, worker
@@ -112,7 +112,7 @@ class ModelSpec:
             )
         return cls(
             local_dir=local_dir,
-            python_version=_model_python(local_dir, model),
+            python_version=model_python_version(local_dir),
             inputs=tuple((s.name, _spark_type(s)) for s in in_schema.inputs),
             required_inputs=tuple(in_schema.required_input_names()),
             outputs=tuple((s.name, _spark_type(s)) for s in out_schema.inputs),
@@ -136,21 +136,6 @@ def _spark_type(spec: object) -> str:
             f"spark scoring supports {sorted(_SPARK_TYPES)}"
         )
     return _SPARK_TYPES[type_name]
-
-
-def _model_python(local_dir: Path, model: object) -> str:
-    import yaml
-
-    env_file = local_dir / "python_env.yaml"
-    if env_file.is_file():
-        data = yaml.safe_load(env_file.read_text()) or {}
-        if data.get("python"):
-            return str(data["python"])
-    flavor = getattr(model, "flavors", {}).get("python_function", {})
-    version = flavor.get("python_version")
-    if not version:
-        raise ModelSignatureError(f"{local_dir}: no python_env.yaml and no python_version")
-    return str(version)
 
 
 def preflight_predict(

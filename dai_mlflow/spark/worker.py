@@ -54,11 +54,10 @@ from dai_mlflow.envs.model_env import (
 from dai_mlflow.envs.processes import parent_death_signal, without_foreign_python
 from dai_mlflow.errors import say
 from dai_mlflow.model.hooks import PACKAGE
+from dai_mlflow.model.hooks.stdin_server import ERROR_MARKER
+from dai_mlflow.model.license import LICENSE_FILE_ENV, LICENSE_KEY_ENV
 
-ERROR_MARKER = "[dai-mlflow model error]"
 WARM_SERVERS_ENV = "DAI_MLFLOW_WARM_SERVERS"
-LICENSE_KEY_ENV = "DRIVERLESS_AI_LICENSE_KEY"
-LICENSE_FILE_ENV = "DRIVERLESS_AI_LICENSE_FILE"
 THREAD_VARS = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "NUMEXPR_NUM_THREADS")
 _TAIL_LINES = 50
 
