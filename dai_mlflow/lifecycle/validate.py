@@ -36,6 +36,7 @@ from dai_mlflow.errors import say
 from dai_mlflow.lifecycle import drift, metrics, plots, registry, report, scoring, smoke
 from dai_mlflow.lifecycle.errors import LifecycleError
 from dai_mlflow.lifecycle.report import ValidationSummary
+from dai_mlflow.tracking import CHALLENGER, CHAMPION
 
 PROMOTED = "promoted"
 KEPT = "kept"
@@ -87,8 +88,8 @@ def _validate(request: ValidateRequest, run_id: str) -> ValidateResult:
 
     name = request.model_name
     registry.log_params_once({"model_name": name, "holdout": str(request.holdout)})
-    challenger = registry.require_alias(name, registry.CHALLENGER)
-    champion = registry.version_by_alias(name, registry.CHAMPION)
+    challenger = registry.require_alias(name, CHALLENGER)
+    champion = registry.version_by_alias(name, CHAMPION)
     registry.log_params_once(
         {
             "challenger_version": challenger.version,
@@ -160,7 +161,7 @@ def _validate(request: ValidateRequest, run_id: str) -> ValidateResult:
         # Last step: everything above succeeded, and the alias is moved only if unchanged.
         registry.move_alias(
             name,
-            registry.CHAMPION,
+            CHAMPION,
             challenger.version,
             expected=champion.version if champion else None,
         )

@@ -2,52 +2,59 @@
 
 Writes ``DIR/scorer.zip`` (and ``DIR/scoring-pipeline/``, ``DIR/license.sig``,
 ``DIR/sample_input.csv``, ``DIR/holdout.csv``) and prints where they are.
+
+argparse, not click: the builder must also run in a pipeline's own bare interpreter (DAI's pins,
+nothing else), which is how the stand-in proves it writes the same bytes on Python 3.8 and 3.11.
 """
 
 from __future__ import annotations
 
+import argparse
 import sys
 import time
 from pathlib import Path
+from typing import Optional, Sequence
 
-import click
-
-from dai_mlflow.cli import HELP, echo_fields, entry_point
+from dai_mlflow.errors import report_error
 from dai_mlflow.standin.builder import build_pipeline
 from dai_mlflow.standin.lines import DAI_LINES, PROBLEMS
 
 
-@click.command(
-    name="python -m dai_mlflow.standin",
-    context_settings=HELP,
-    help="Build a DAI-shaped stand-in Python scoring pipeline (scorer.zip).",
-)
-@click.option("--out", type=click.Path(path_type=Path), required=True, help="output folder")
-@click.option(
-    "--dai-version", type=click.Choice(sorted(DAI_LINES)), default="1.10", show_default=True
-)
-@click.option("--problem", type=click.Choice(PROBLEMS), default="binary", show_default=True)
-@click.option("--seed", type=int, default=0, show_default=True)
-def cli(out: Path, dai_version: str, problem: str, seed: int) -> None:
-    """Build, print a summary."""
+def parser() -> argparse.ArgumentParser:
+    """The command line of ``python -m dai_mlflow.standin``."""
+    p = argparse.ArgumentParser(
+        prog="python -m dai_mlflow.standin",
+        description="Build a DAI-shaped stand-in Python scoring pipeline (scorer.zip).",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    p.add_argument("--out", type=Path, required=True, help="output folder")
+    p.add_argument("--dai-version", choices=sorted(DAI_LINES), default="1.10", help="DAI line")
+    p.add_argument("--problem", choices=PROBLEMS, default="binary", help="problem type")
+    p.add_argument("--seed", type=int, default=0, help="seed of the data and the model")
+    return p
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """Build, print a summary (one ``key=value`` line a file); return the exit code."""
+    args = parser().parse_args(argv)
     started = time.monotonic()
     try:
-        build = build_pipeline(out, dai_version, problem, seed)
+        build = build_pipeline(args.out, args.dai_version, args.problem, args.seed)
     except OSError as e:
-        raise click.ClickException(str(e)) from e
-    click.echo(
+        return report_error(e)
+    print(
         f"built DAI {build.dai_version} {build.problem} stand-in pipeline "
         f"(Python {build.python}, target {build.target!r}) in {time.monotonic() - started:.1f}s"
     )
-    echo_fields(
-        scorer_zip=build.zip_path,
-        license=build.license_path,
-        sample_input=build.sample_input_csv,
-        holdout=build.holdout_csv,
-    )
-
-
-main = entry_point(cli)
+    fields = {
+        "scorer_zip": build.zip_path,
+        "license": build.license_path,
+        "sample_input": build.sample_input_csv,
+        "holdout": build.holdout_csv,
+    }
+    for key, value in fields.items():
+        print(f"{key}={value}")
+    return 0
 
 
 if __name__ == "__main__":

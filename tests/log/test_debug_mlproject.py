@@ -129,7 +129,9 @@ def _model_files(model_dir: Path) -> dict:
     """Relative path -> bytes; MLmodel without the keys that name the run, model id or time.
 
     MLflow also records the (random) temporary staging folder the model was saved from as the
-    artifact source and code path; that folder name is normalised, nothing else.
+    artifact source and code path; that folder name is normalised. ``registered_model_meta`` is
+    left out: MLflow writes it into a local store's model folder whenever anyone downloads a
+    ``models:/`` URI of it (other tests do, on the shared fixture model), so it is not ours.
     """
     import re
 
@@ -139,6 +141,8 @@ def _model_files(model_dir: Path) -> dict:
     files = {}
     for path in sorted(p for p in model_dir.rglob("*") if p.is_file()):
         rel = str(path.relative_to(model_dir))
+        if rel == "registered_model_meta":
+            continue
         if rel == "MLmodel":
             data = {k: v for k, v in yaml.safe_load(path.read_text()).items() if k not in volatile}
             text = yaml.safe_dump(data, sort_keys=True)

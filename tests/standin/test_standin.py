@@ -230,7 +230,7 @@ def test_cli_builds_and_reports(tmp_path):
         capture_output=True, text=True, cwd=REPO, check=False,
     )  # fmt: skip
     assert bad.returncode != 0
-    assert "Invalid value for '--dai-version'" in bad.stderr
+    assert "--dai-version: invalid choice: '3'" in bad.stderr
 
 
 # --- license (in-process; the runtime's own code) ---------------------------------------------
