@@ -133,32 +133,32 @@ def monitor(request: MonitorRequest) -> MonitorResult:
                 ref = registry.ModelVersionRef(request.model_name, version, "")
                 base = version_baselines(ref, work)
                 part = recent[recent["model_version"].astype(str) == version]
-                report = drift.drift_report(
+                verdict = drift.drift_report(
                     base["stats"], base["features"], base["outputs"], part,
                     base["prediction_baseline"],
                 )  # fmt: skip
-                verdicts.append(report)
-                inputs.append({"version": version, "report": report, "rows": part, **base})
-                for r in report.rows:
+                verdicts.append(verdict)
+                inputs.append({"version": version, "report": verdict, "rows": part, **base})
+                for r in verdict.rows:
                     rows.append(
                         {
                             "model_name": request.model_name,
                             "model_version": version,
                             **asdict(r),
-                            "n_rows": report.n_rows,
+                            "n_rows": verdict.n_rows,
                             "window_start": window[0],
                             "window_end": window[-1],
-                            "status": report.status,
-                            "should_retrain": report.should_retrain,
+                            "status": verdict.status,
+                            "should_retrain": verdict.should_retrain,
                             "run_id": run.info.run_id,
                             "computed_at": computed_at,
                         }
                     )
                 say(
-                    f"v{version}: {report.n_rows} rows, drifted features "
-                    f"{report.drifted_features or 'none'}, drifted predictions "
-                    f"{report.drifted_predictions or 'none'}, should_retrain="
-                    f"{str(report.should_retrain).lower()} ({report.status})"
+                    f"v{version}: {verdict.n_rows} rows, drifted features "
+                    f"{verdict.drifted_features or 'none'}, drifted predictions "
+                    f"{verdict.drifted_predictions or 'none'}, should_retrain="
+                    f"{str(verdict.should_retrain).lower()} ({verdict.status})"
                 )
         finally:
             shutil.rmtree(work, ignore_errors=True)
