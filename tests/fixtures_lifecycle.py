@@ -18,7 +18,6 @@
 from __future__ import annotations
 
 import json
-import subprocess
 import textwrap
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,7 +27,7 @@ import pytest
 from filelock import FileLock
 
 from dai_mlflow.standin import build_pipeline, builder_fingerprint, load_build
-from tests.fixtures_model import MODEL_ENV_ROOT, run_env, sources_key
+from tests.fixtures_model import MODEL_ENV_ROOT, run_child_json, run_env, sources_key
 from tests.fixtures_standin import get_standin
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -83,18 +82,8 @@ def get_worse_model_dir() -> Path:
                     "PYTHONPATH": str(REPO_ROOT),
                 }
             )
-            proc = subprocess.run(
-                [str(LAUNCHER_PYTHON), "-c", _LOG, str(build.zip_path)],
-                cwd=str(store),
-                env=env,
-                capture_output=True,
-                text=True,
-                timeout=900,
-            )
-            logged = [ln for ln in proc.stdout.splitlines() if ln.startswith("LOGGED=")]
-            assert proc.returncode == 0, proc.stderr[-3000:]
-            assert logged, proc.stdout[-3000:]
-            local = json.loads(logged[-1].split("=", 1)[1])["local_dir"]
+            cmd = [LAUNCHER_PYTHON, "-c", _LOG, build.zip_path]
+            local = run_child_json(cmd, store, env, "LOGGED", timeout=900)["local_dir"]
             result.write_text(local.replace("file://", ""))
     return Path(result.read_text().strip())
 

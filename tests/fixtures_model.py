@@ -32,7 +32,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Dict, Optional
+from typing import Any, Callable, Dict, List, Optional
 
 import pytest
 from filelock import FileLock
@@ -155,6 +155,25 @@ def mlflow_run(
         (out_dir / "stdout.txt").read_text(),
         (out_dir / "stderr.txt").read_text(),
     )
+
+
+def run_child_json(
+    cmd: List[str], cwd: Path, env: Dict[str, str], marker: str, timeout: int = 600
+) -> Any:
+    """Run a child Python that prints ``MARKER=<json>``; assert it succeeded and return the
+    JSON of its last such line."""
+    proc = subprocess.run(
+        [str(c) for c in cmd],
+        cwd=str(cwd),
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith(f"{marker}=")]
+    assert lines, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return json.loads(lines[-1].split("=", 1)[1])
 
 
 def last_stdout_line(text: str) -> str:

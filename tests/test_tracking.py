@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import json
 import os
-import subprocess
 from pathlib import Path
 
 import pytest
 
 from dai_mlflow.tracking import default_tracking_uri, needs_bridge, sqlite_path, store_revision
+from tests.fixtures_model import run_child_json
 
 REPO = Path(__file__).resolve().parents[1]
 MLPROJECT_PYTHON = REPO / "venvs" / "mlproject" / "bin" / "python"
@@ -70,17 +69,7 @@ def test_mlflow217_bridges_to_a_3x_store_and_stops_the_server(tmp_path: Path) ->
         PYTHONPATH=str(REPO),
         DAI_MLFLOW_SERVER_PYTHON=str(REPO / "venvs" / "launcher" / "bin" / "python"),
     )
-    proc = subprocess.run(
-        [str(MLPROJECT_PYTHON), "-c", _CHILD],
-        cwd=str(tmp_path),
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT=")]
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    out = json.loads(lines[-1][len("RESULT=") :])
+    out = run_child_json([MLPROJECT_PYTHON, "-c", _CHILD], tmp_path, env, "RESULT", timeout=300)
     assert out["mlflow"].startswith("2.17")
     assert out["needs_bridge"] is True
     assert out["url"].startswith("http://127.0.0.1:")

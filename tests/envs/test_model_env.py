@@ -14,7 +14,6 @@ On stand-in models logged by the real ``mlflow run``:
 
 from __future__ import annotations
 
-import json
 import subprocess
 import zipfile
 from concurrent.futures import ProcessPoolExecutor
@@ -29,7 +28,13 @@ from dai_mlflow.log.pipeline import open_pipeline
 from dai_mlflow.log.requirements import sanitize, shared_requirements
 from dai_mlflow.model.experiment import extract_wheel, file_sha256
 from dai_mlflow.spark import score_to_path
-from tests.fixtures_model import MODEL_ENV_ROOT, LoggedDaiModel, model_python, run_env
+from tests.fixtures_model import (
+    MODEL_ENV_ROOT,
+    LoggedDaiModel,
+    model_python,
+    run_child_json,
+    run_env,
+)
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 CACHE = REPO_ROOT / "tests" / ".cache"
@@ -206,25 +211,8 @@ def test_same_wheel_name_other_contents_score_their_own_model(
     assert python == model_python(variant)
     cache = tmp_path / "experiments"
     env = run_env({**original.license_env, "DAI_MLFLOW_EXPERIMENT_CACHE": str(cache)})
-    proc = subprocess.run(
-        [
-            str(python),
-            "-c",
-            _PREDICT_BOTH,
-            str(csv),
-            str(original.local_dir),
-            str(variant.local_dir),
-        ],
-        env=env,
-        cwd=str(tmp_path),
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    marker = [ln for ln in proc.stdout.splitlines() if ln.startswith("PREDICTIONS=")]
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    assert marker, proc.stdout[-3000:]
-    got = json.loads(marker[0].split("=", 1)[1])
+    cmd = [python, "-c", _PREDICT_BOTH, csv, original.local_dir, variant.local_dir]
+    got = run_child_json(cmd, tmp_path, env, "PREDICTIONS")
     for model, want in zip((original, variant), expected):
         _assert_scores(pd.DataFrame(got[str(model.local_dir)]), want)
     assert sorted(p.name for p in cache.iterdir()) == sorted(digests)

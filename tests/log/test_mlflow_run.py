@@ -27,6 +27,7 @@ from tests.fixtures_model import (
     mlflow_run,
     model_python,
     prefetch_logged_models,
+    run_child_json,
     run_env,
     sources_key,
 )
@@ -127,25 +128,8 @@ def test_model_layout_and_env_fit_the_line(case: LoggedDaiModel) -> None:
 def test_predictions_equal_score_batch(case: LoggedDaiModel, tmp_path: Path) -> None:
     python = model_python(case)
     env = {**run_env(case.license_env), "WORKDIR": str(tmp_path)}
-    proc = subprocess.run(
-        [
-            str(python),
-            "-c",
-            _COMPARE,
-            str(case.local_dir),
-            str(case.build.holdout_csv),
-            case.build.module_name,
-        ],
-        cwd=str(tmp_path),
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT=")]
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    assert lines, proc.stderr[-3000:]
-    result = json.loads(lines[-1][len("RESULT=") :])
+    cmd = [python, "-c", _COMPARE, case.local_dir, case.build.holdout_csv, case.build.module_name]
+    result = run_child_json(cmd, tmp_path, env, "RESULT")
     for kind in ("default", "contribs", "margin"):
         r = result[kind]
         assert r["columns"][0] == r["columns"][1], kind

@@ -4,7 +4,6 @@ one-line errors for bad inputs."""
 from __future__ import annotations
 
 import base64
-import json
 import os
 import shutil
 import subprocess
@@ -14,6 +13,7 @@ import pytest
 import yaml
 
 from dai_mlflow.log.run import MODEL_SIDE_MODULES, find_license_leaks, stage_model
+from tests.fixtures_model import run_child_json
 
 REPO = Path(__file__).resolve().parents[2]
 MLPROJECT_PYTHON = REPO / "venvs" / "mlproject" / "bin" / "python"
@@ -74,16 +74,8 @@ def test_stage_dai_2_from_the_mlflow217_project_env(standin, tmp_path: Path) -> 
     build = standin("2", "binary")
     env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
     env["PYTHONPATH"] = str(REPO)
-    proc = subprocess.run(
-        [str(MLPROJECT_PYTHON), "-c", _STAGE, str(build.zip_path), str(tmp_path / "w")],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-        cwd=str(tmp_path),
-    )
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    out = json.loads([ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT=")][-1][7:])
+    cmd = [MLPROJECT_PYTHON, "-c", _STAGE, build.zip_path, tmp_path / "w"]
+    out = run_child_json(cmd, tmp_path, env, "RESULT", timeout=300)
     assert out["python"].startswith("3.11.")
     _check_staged(Path(out["path"]), build, "3.11", "mlflow==3.17.2")
 

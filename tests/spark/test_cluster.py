@@ -20,7 +20,7 @@ from __future__ import annotations
 import os
 import subprocess
 from pathlib import Path
-from typing import Dict
+from typing import List, Optional
 
 import pandas as pd
 import pytest
@@ -50,10 +50,33 @@ finally:
 """
 
 
-def _driver_env(model: LoggedDaiModel, home: Path, licensed: bool = True) -> Dict[str, str]:
+def _run_driver(
+    args: List[str],
+    model: LoggedDaiModel,
+    home: Path,
+    licensed: bool = True,
+    installed: Optional[Path] = None,
+) -> subprocess.CompletedProcess:
+    """Run ``python args`` as a driver whose HOME is ``home``: the launcher's Python, or
+    ``installed`` (a venv's python holding the pip-installed package, run isolated with no
+    checkout on any path)."""
     env = run_env(model.license_env if licensed else {})
     env["HOME"] = str(home)  # the driver's license is only what is given here
-    return env
+    python = [str(LAUNCHER_BIN / "python")]
+    if installed is not None:
+        python = [str(installed), "-I"]
+        env["PATH"] = os.pathsep.join([str(installed.parent), "/usr/local/bin:/usr/bin:/bin"])
+        env["VIRTUAL_ENV"] = str(installed.parents[1])
+        for name in ("PYTHONPATH", "PYSPARK_PYTHON"):
+            env.pop(name, None)
+    return subprocess.run(
+        [*python, *args],
+        cwd=str(home),
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=1500,
+    )
 
 
 def _with_ids(model: LoggedDaiModel, folder: Path) -> Path:
@@ -84,17 +107,9 @@ def test_score_py_on_the_cluster_scores_like_score_batch(
     model = logged_model(line, problem)
     data = _with_ids(model, tmp_path)
     out = tmp_path / "scored"
-    cmd = [str(LAUNCHER_BIN / "python"), str(SCORE_PY), "--model-uri", str(model.local_dir)]
-    cmd += ["--input", str(data), "--output", str(out), "--env-manager", "uv"]
-    cmd += ["--master", cluster.master_url]
-    proc = subprocess.run(
-        cmd,
-        cwd=str(tmp_path),
-        env=_driver_env(model, tmp_path),
-        capture_output=True,
-        text=True,
-        timeout=1500,
-    )
+    args = [str(SCORE_PY), "--model-uri", str(model.local_dir), "--input", str(data)]
+    args += ["--output", str(out), "--env-manager", "uv", "--master", cluster.master_url]
+    proc = _run_driver(args, model, tmp_path)
     assert proc.returncode == 0, proc.stderr[-4000:]
     _assert_like_score_batch(out, model, expected_scores(model, model.build.sample_input_csv))
     python = "3.8" if line == "1.10" else "3.11"
@@ -106,14 +121,7 @@ def test_the_api_on_the_cluster(cluster: Cluster, logged_model, expected_scores,
     model = logged_model("2", "multiclass")
     out = tmp_path / "scored.parquet"
     args = [cluster.master_url, str(model.local_dir), str(_with_ids(model, tmp_path)), str(out)]
-    proc = subprocess.run(
-        [str(LAUNCHER_BIN / "python"), "-c", API_DRIVER, *args, "uv"],
-        cwd=str(tmp_path),
-        env=_driver_env(model, tmp_path),
-        capture_output=True,
-        text=True,
-        timeout=1500,
-    )
+    proc = _run_driver(["-c", API_DRIVER, *args, "uv"], model, tmp_path)
     assert proc.returncode == 0, proc.stderr[-4000:]
     _assert_like_score_batch(out, model, expected_scores(model, model.build.sample_input_csv))
 
@@ -123,17 +131,10 @@ def test_without_a_license_the_cluster_says_so_in_one_line(
 ) -> None:
     model = logged_model("1.10", "binary")
     out = tmp_path / "scored"
-    cmd = [str(LAUNCHER_BIN / "python"), str(SCORE_PY), "--model-uri", str(model.local_dir)]
-    cmd += ["--input", str(model.build.sample_input_csv), "--output", str(out)]
-    cmd += ["--env-manager", "uv", "--master", cluster.master_url]
-    proc = subprocess.run(
-        cmd,
-        cwd=str(tmp_path),
-        env=_driver_env(model, tmp_path, licensed=False),
-        capture_output=True,
-        text=True,
-        timeout=1500,
-    )
+    args = [str(SCORE_PY), "--model-uri", str(model.local_dir)]
+    args += ["--input", str(model.build.sample_input_csv), "--output", str(out)]
+    args += ["--env-manager", "uv", "--master", cluster.master_url]
+    proc = _run_driver(args, model, tmp_path, licensed=False)
     assert proc.returncode == 1
     last = _last_line(proc.stderr)
     assert last.startswith("Error: scoring failed in the model: "), proc.stderr[-3000:]
@@ -173,20 +174,8 @@ def test_the_pip_installed_package_scores_on_local_2(
     """No checkout on any path: dai_mlflow comes from the venv's site-packages."""
     model = logged_model("2", "multiclass")
     out = tmp_path / "scored.parquet"
-    env = _driver_env(model, tmp_path)
-    env["PATH"] = os.pathsep.join([str(installed_venv.parent), "/usr/local/bin:/usr/bin:/bin"])
-    env["VIRTUAL_ENV"] = str(installed_venv.parents[1])
-    for name in ("PYTHONPATH", "PYSPARK_PYTHON"):
-        env.pop(name, None)
     args = ["local[2]", str(model.local_dir), str(_with_ids(model, tmp_path)), str(out), "uv"]
-    proc = subprocess.run(
-        [str(installed_venv), "-I", "-c", API_DRIVER, *args],
-        cwd=str(tmp_path),
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=1500,
-    )
+    proc = _run_driver(["-c", API_DRIVER, *args], model, tmp_path, installed=installed_venv)
     assert proc.returncode == 0, proc.stderr[-4000:]
     origin = proc.stdout.splitlines()[0]
     assert origin.startswith("dai_mlflow from " + str(installed_venv.parents[1])), origin
