@@ -1,4 +1,4 @@
-"""Fixtures for switching models of one DAI line (issue 7; loaded by tests/conftest.py).
+"""Fixtures for switching models of one DAI line (loaded by tests/conftest.py).
 
 - ``variant_model(dai_version, problem) -> LoggedDaiModel``: the stand-in pipeline of that line
   and problem with its model *retrained* (the fitted model inside the experiment wheel changed)

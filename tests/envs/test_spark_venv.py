@@ -1,4 +1,4 @@
-"""`make spark-venv` mechanism from a python_env.yaml + requirements.txt pair (issue 2): the
+"""`make spark-venv` mechanism from a python_env.yaml + requirements.txt pair: the
 model's Python and requirements plus pyspark and pyarrow for that Python."""
 
 from __future__ import annotations
