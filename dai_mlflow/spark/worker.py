@@ -12,10 +12,10 @@ Spark's own ``addFile``/``addPyFile``). In each Python worker, on the first batc
    (:func:`dai_mlflow.envs.model_env.ensure_model_env`, file-locked, offline interpreter discovery),
    and one model server per worker runs in it (:mod:`dai_mlflow.model.hooks.arrow_server`):
    batches go to it as Arrow IPC over a pipe and come back the same way. The server keeps the
-   model loaded for the next job of the same model; after it starts, a *spare* server of the
-   same env is started too (its imports done, no model yet), so a new model of the same DAI
-   version skips the interpreter start. ``DAI_MLFLOW_WARM_SERVERS=0`` on the executors turns
-   spares off.
+   model loaded for the next job of the same model. As it starts, a *spare* server of the same
+   env is started too: it does its imports while the first loads the model, then waits with no
+   model, so a new model of the same DAI version skips the interpreter start.
+   ``DAI_MLFLOW_WARM_SERVERS=0`` on the executors turns spares off.
 
 A model error comes back at once with the model's own message, marked with
 :data:`ERROR_MARKER` so that the driver can turn Spark's long traceback into one line; a server
@@ -292,17 +292,17 @@ def server_for(plan: ScoringPlan) -> ModelServer:
         server = _spares.pop(env_key, None)
         if server is None or not server.alive():
             server = _start(python, environ, root)
+        if spares_enabled():  # started now, it imports while this one loads the model
+            for other in list(_spares):
+                _spares.pop(other).stop()
+            with contextlib.suppress(OSError):
+                _spares[env_key] = _start(python, environ, root)
         try:
             server.load(folder)
         except ModelError:
             server.stop()
             raise
         _loaded[key] = server
-        if spares_enabled():
-            for other in list(_spares):
-                _spares.pop(other).stop()
-            with contextlib.suppress(OSError):
-                _spares[env_key] = _start(python, environ, root)
     return server
 
 
@@ -313,7 +313,7 @@ def _local_model(plan: ScoringPlan) -> Any:
 
         folder = model_dir(plan)
         os.environ.update({k: v for k, v in model_environ(plan).items() if k not in THREAD_VARS})
-        model = mlflow.pyfunc.load_model(str(folder))
+        model = mlflow.pyfunc.load_model(str(folder), suppress_warnings=True)  # its own env
         _local_models[plan.model_key] = model
     return _local_models[plan.model_key]
 

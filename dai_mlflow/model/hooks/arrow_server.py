@@ -57,7 +57,10 @@ class _Server:
         from mlflow.models import Model
 
         started = time.monotonic()
-        self.model = mlflow.pyfunc.load_model(model_dir)
+        # The env was built from this model's requirements: MLflow's check of them against the
+        # env (0.4 s a load, and a warning about pip/setuptools pins in every executor log) is
+        # skipped.
+        self.model = mlflow.pyfunc.load_model(model_dir, suppress_warnings=True)
         self.columns = schema_columns(self.model)
         self.takes_params = "params" in inspect.signature(self.model.predict).parameters
         try:  # dai-mlflow's pyfunc coerces types itself: skip MLflow's per-batch checks
