@@ -45,7 +45,7 @@ _RAW = r"""
 import glob, importlib, json, os, sys, tempfile, time, zipfile
 import pandas as pd
 path, module, batch, pipeline = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4]
-# The experiment wheel is not in the shared env (one env per DAI version): import it as the model does.
+# The experiment wheel is not in the shared env (one env per DAI line): import it as the model does.
 code = tempfile.mkdtemp(prefix="bench-experiment-")
 zipfile.ZipFile(glob.glob(os.path.join(pipeline, module + "-*.whl"))[0]).extractall(code)
 sys.path.insert(0, code)
