@@ -8,7 +8,9 @@ exact Python, every requirement line, the bytes of every file they name), under 
 an env root:
 
 * ``env_root`` argument, else ``$DAI_MLFLOW_ENV_ROOT``, else ``~/.cache/dai-mlflow/envs``; when
-  that cannot be written (a read-only home on a cluster node), ``<tmp>/dai-mlflow-<uid>/envs``;
+  that cannot be written (a read-only home on a cluster node), ``<tmp>/dai-mlflow-<uid>/envs``
+  (created ``0700``). A default root must be the user's own: one another user owns, or that group
+  or others can write, is refused (:func:`dai_mlflow.model.experiment.private_dir`);
 * folder ``model-py<python>-<installer>-<key>``: models of one DAI version share it (the
   experiment wheel is loaded from the model's artifacts, not installed).
 
@@ -49,7 +51,7 @@ from dai_mlflow.envs.venvs import (
     spec_key,
 )
 from dai_mlflow.errors import DaiMlflowError, PythonNotFoundError, say
-from dai_mlflow.model.experiment import writable_dir
+from dai_mlflow.model.experiment import default_cache_dir, temp_cache_base, writable_dir
 from dai_mlflow.model.hooks import MODULES, PACKAGE
 from dai_mlflow.model.hooks.programs import RESULT_MARKER
 from dai_mlflow.model.hooks.stdin_server import ERROR_MARKER
@@ -87,7 +89,8 @@ def env_root(explicit: Optional[str] = None) -> Path:
     """Where model envs live (see the module docstring); created.
 
     Raises:
-        DaiMlflowError: neither the chosen root nor the temporary fallback can be written.
+        DaiMlflowError: the chosen root cannot be written; or the default one is not ours alone
+            (another user owns it, or group or others can write it); or no root can be written.
     """
     chosen = explicit or os.environ.get(ENV_ROOT_ENV)
     if chosen:
@@ -96,15 +99,7 @@ def env_root(explicit: Optional[str] = None) -> Path:
             raise DaiMlflowError(f"the env root {root} cannot be written; pick another")
         return root
     home = Path(os.path.expanduser("~")) / ".cache" / "dai-mlflow" / "envs"
-    if writable_dir(home):
-        return home
-    uid = os.getuid() if hasattr(os, "getuid") else "user"
-    fallback = Path(tempfile.gettempdir()) / f"dai-mlflow-{uid}" / "envs"
-    if not writable_dir(fallback):
-        raise DaiMlflowError(
-            f"no writable folder for model envs (tried {home}, {fallback}); set {ENV_ROOT_ENV}"
-        )
-    return fallback
+    return default_cache_dir(home, temp_cache_base() / "envs", ENV_ROOT_ENV)
 
 
 def model_env_spec(model_dir: Path, installer: str = "uv") -> VenvSpec:

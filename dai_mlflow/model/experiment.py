@@ -20,6 +20,13 @@ else ``~/.cache/dai-mlflow/experiments``; when that cannot be written (a read-on
 cluster), ``<tmp>/dai-mlflow-<uid>/experiments``. Folders are keyed by content, so they are
 never stale; deleting the cache is always safe (between runs).
 
+Code loaded from a cache runs in the scorer process, which holds the license, so a cache folder
+picked by default must be the user's own: :func:`private_dir` creates it ``0700`` and refuses one
+that another user owns or that group or others can write (on a shared ``/tmp`` another user could
+otherwise create ``dai-mlflow-<uid>`` first and fill it with "complete" folders). A folder named
+explicitly (``$DAI_MLFLOW_EXPERIMENT_CACHE``, ``$DAI_MLFLOW_ENV_ROOT``) is the user's choice and is
+not checked.
+
 Model-side module: stdlib only, Python 3.8-safe.
 """
 
@@ -29,6 +36,7 @@ import hashlib
 import importlib
 import os
 import shutil
+import stat
 import sys
 import tempfile
 import zipfile
@@ -96,6 +104,58 @@ def writable_dir(folder: Path) -> bool:
     return os.access(str(folder), os.W_OK | os.X_OK)
 
 
+def temp_cache_base() -> Path:
+    """``<tmp>/dai-mlflow-<uid>``: the per-user fallback when the home cache cannot be written."""
+    uid = os.getuid() if hasattr(os, "getuid") else "user"
+    return Path(tempfile.gettempdir()) / f"dai-mlflow-{uid}"
+
+
+def unsafe_reason(folder: Path) -> Optional[str]:
+    """Why another user could change what ``folder`` holds, or None when only we can."""
+    try:
+        st = os.lstat(str(folder))
+    except OSError as e:
+        return f"cannot be inspected ({e.strerror})"
+    if stat.S_ISLNK(st.st_mode):
+        return "is a symbolic link"
+    if not stat.S_ISDIR(st.st_mode):
+        return "is not a folder"
+    if hasattr(os, "getuid") and st.st_uid != os.getuid():
+        return f"is owned by uid {st.st_uid}, not by you (uid {os.getuid()})"
+    if st.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
+        return f"can be written by group or others (mode {stat.S_IMODE(st.st_mode):o})"
+    return None
+
+
+def private_dir(folder: Path, setting: str, mode: int = 0o700) -> Path:
+    """``folder`` created with ``mode`` if missing, after checking it is ours alone.
+
+    Args:
+        folder: a cache folder picked by default.
+        setting: the variable that names another folder (said in the error).
+        mode: mode of a folder created now (its parents get the usual mode).
+
+    Raises:
+        DaiMlflowError: it exists but another user owns it, group or others can write it, or it
+            is a link; or it cannot be created.
+    """
+    try:
+        folder.mkdir(mode=mode, parents=True, exist_ok=True)
+    except OSError as e:
+        raise DaiMlflowError(
+            f"cannot create the cache folder {folder} ({e.strerror}); set {setting} to a "
+            "writable folder"
+        ) from e
+    reason = unsafe_reason(folder)
+    if reason:
+        raise DaiMlflowError(
+            f"refusing the cache folder {folder}: it {reason}, so code put there by someone "
+            f"else could run with your license; remove it, or set {setting} to a folder of "
+            "your own"
+        )
+    return folder
+
+
 def cache_candidates() -> List[Path]:
     """Cache folders in order of preference (see the module docstring)."""
     explicit = os.environ.get(EXPERIMENT_CACHE_ENV)
@@ -103,27 +163,49 @@ def cache_candidates() -> List[Path]:
         return [Path(explicit).expanduser()]
     xdg = os.environ.get("XDG_CACHE_HOME")
     home_cache = Path(xdg) if xdg else Path(os.path.expanduser("~")) / ".cache"
-    uid = os.getuid() if hasattr(os, "getuid") else "user"
-    return [
-        home_cache / "dai-mlflow" / "experiments",
-        Path(tempfile.gettempdir()) / f"dai-mlflow-{uid}" / "experiments",
-    ]
+    return [home_cache / "dai-mlflow" / "experiments", temp_cache_base() / "experiments"]
+
+
+def default_cache_dir(home: Path, fallback: Path, setting: str) -> Path:
+    """``home`` (created ``0755``) when it can be written, else ``fallback`` (created ``0700``,
+    as is its parent ``<tmp>/dai-mlflow-<uid>``); whichever is picked must be ours alone.
+
+    Raises:
+        DaiMlflowError: the picked folder is not private (see :func:`private_dir`), or neither
+            can be written.
+    """
+    try:
+        home.mkdir(mode=0o755, parents=True, exist_ok=True)
+    except OSError:
+        pass  # a read-only home (cluster nodes): the fallback
+    else:
+        if os.access(str(home), os.W_OK | os.X_OK):
+            return private_dir(home, setting, mode=0o755)
+    private_dir(fallback.parent, setting)
+    folder = private_dir(fallback, setting)
+    if not os.access(str(folder), os.W_OK | os.X_OK):
+        raise DaiMlflowError(f"no writable cache folder (tried {home}, {fallback}); set {setting}")
+    return folder
 
 
 def cache_root() -> Path:
-    """The first writable cache folder.
+    """The cache folder (see the module docstring); created.
 
     Raises:
-        ExperimentWheelError: none is writable.
+        ExperimentWheelError: it cannot be written, or the one picked by default is not private.
     """
     candidates = cache_candidates()
-    for folder in candidates:
-        if writable_dir(folder):
-            return folder
-    raise ExperimentWheelError(
-        f"no writable folder to extract the experiment wheel into (tried "
-        f"{', '.join(map(str, candidates))}); set {EXPERIMENT_CACHE_ENV} to a writable folder"
-    )
+    if len(candidates) == 1:
+        if writable_dir(candidates[0]):
+            return candidates[0]
+        raise ExperimentWheelError(
+            f"the experiment cache {candidates[0]} cannot be written; set "
+            f"{EXPERIMENT_CACHE_ENV} to a writable folder"
+        )
+    try:
+        return default_cache_dir(candidates[0], candidates[1], EXPERIMENT_CACHE_ENV)
+    except DaiMlflowError as e:
+        raise ExperimentWheelError(str(e)) from e
 
 
 def _safe_members(zf: zipfile.ZipFile, wheel: Path) -> List[zipfile.ZipInfo]:
