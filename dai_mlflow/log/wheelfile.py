@@ -5,8 +5,12 @@ the stand-in pipeline's wheels and ``scorer.zip`` (:mod:`dai_mlflow.standin`).
 
 Every entry has the same timestamp (1980-01-01 00:00:00, the earliest a zip can hold), fixed
 permissions (0644 files, 0755 folders), Unix as creator, and is *stored* (not deflated, so the
-bytes do not depend on the zlib the builder's Python was linked with). Entries are sorted.
+bytes do not depend on the zlib the builder's Python was linked with). Entries are sorted (in a
+wheel: its payload, then its ``.dist-info`` files, ``RECORD`` last, as wheel builders write them).
 Equal inputs therefore give byte-identical archives on any Python 3.8+.
+
+An entry's content is bytes, a :class:`~pathlib.Path` (copied in blocks) or a callable that
+yields chunks: archives of hundreds of megabytes are written without holding them in memory.
 """
 
 from __future__ import annotations
@@ -15,13 +19,16 @@ import base64
 import hashlib
 import zipfile
 from pathlib import Path
-from typing import Dict, Iterable, Mapping, Sequence
+from typing import Callable, Dict, Iterable, List, Mapping, Sequence, Tuple, Union
 
 FIXED_DATE_TIME = (1980, 1, 1, 0, 0, 0)
 _FILE_MODE = 0o100644
 _EXEC_MODE = 0o100755
 _DIR_MODE = 0o040755
 EXECUTABLE_SUFFIXES = (".sh",)
+_BLOCK = 1 << 20
+# bytes, a file copied in blocks, or a callable yielding chunks (for generated large content)
+Content = Union[bytes, Path, Callable[[], Iterable[bytes]]]
 
 
 def _info(name: str, mode: int) -> zipfile.ZipInfo:
@@ -34,24 +41,49 @@ def _info(name: str, mode: int) -> zipfile.ZipInfo:
     return info
 
 
-def write_zip(path: Path, files: Mapping[str, bytes], folders: Iterable[str] = ()) -> Path:
-    """Write ``files`` (archive name -> bytes) and empty ``folders`` (names ending in ``/``)."""
-    entries: Dict[str, bytes] = dict.fromkeys(folders, b"")
+def _chunks(content: Content) -> Iterable[bytes]:
+    if isinstance(content, Path):
+        with content.open("rb") as f:
+            yield from iter(lambda: f.read(_BLOCK), b"")
+    else:
+        yield from content()
+
+
+def _write_entry(zf: zipfile.ZipFile, name: str, content: Content) -> Tuple[str, int]:
+    """Write one entry; its RECORD hash and size."""
+    if name.endswith("/"):
+        mode = _DIR_MODE
+    else:
+        mode = _EXEC_MODE if name.endswith(EXECUTABLE_SUFFIXES) else _FILE_MODE
+    info = _info(name, mode)
+    if isinstance(content, bytes):
+        zf.writestr(info, content)
+        return _record_hash(hashlib.sha256(content).digest()), len(content)
+    if isinstance(content, Path):
+        info.file_size = content.stat().st_size  # lets zipfile pick zip64 for a huge file
+    digest, size = hashlib.sha256(), 0
+    with zf.open(info, "w") as out:
+        for chunk in _chunks(content):
+            out.write(chunk)
+            digest.update(chunk)
+            size += len(chunk)
+    return _record_hash(digest.digest()), size
+
+
+def write_zip(path: Path, files: Mapping[str, Content], folders: Iterable[str] = ()) -> Path:
+    """Write ``files`` (archive name -> content) and empty ``folders`` (names ending in ``/``)."""
+    entries: Dict[str, Content] = dict.fromkeys(folders, b"")
     entries.update(files)
     path.parent.mkdir(parents=True, exist_ok=True)
     with zipfile.ZipFile(path, "w") as zf:
         for name in sorted(entries):
-            if name.endswith("/"):
-                mode = _DIR_MODE
-            else:
-                mode = _EXEC_MODE if name.endswith(EXECUTABLE_SUFFIXES) else _FILE_MODE
-            zf.writestr(_info(name, mode), entries[name])
+            _write_entry(zf, name, entries[name])
     return path
 
 
-def _record_hash(data: bytes) -> str:
-    digest = base64.urlsafe_b64encode(hashlib.sha256(data).digest()).rstrip(b"=")
-    return "sha256=" + digest.decode("ascii")
+def _record_hash(digest: bytes) -> str:
+    raw = base64.urlsafe_b64encode(digest).rstrip(b"=")
+    return "sha256=" + raw.decode("ascii")
 
 
 def wheel_file_name(project: str, version: str, tag: str) -> str:
@@ -64,7 +96,7 @@ def build_wheel(
     project: str,
     version: str,
     tag: str,
-    files: Mapping[str, bytes],
+    files: Mapping[str, Content],
     summary: str,
     requires_dist: Sequence[str] = (),
     requires_python: str = "",
@@ -81,7 +113,7 @@ def build_wheel(
         project: normalised project name (underscores).
         version: the version.
         tag: ``py3-none-any`` or a platform tag.
-        files: archive name -> bytes (packages, modules, ``.pth`` files).
+        files: archive name -> content (packages, modules, ``.pth`` files).
         summary: the one-line summary in METADATA.
         requires_dist: ``Requires-Dist`` lines.
         requires_python: ``Requires-Python`` (none when empty).
@@ -110,15 +142,23 @@ def build_wheel(
         f"Root-Is-Purelib: {'true' if root_is_purelib else 'false'}",
         f"Tag: {tag}",
     ]
-    content = dict(files)
-    content[f"{dist_info}/METADATA"] = ("\n".join(metadata) + "\n\n" + summary + "\n").encode()
-    content[f"{dist_info}/WHEEL"] = ("\n".join(wheel) + "\n").encode()
+    meta: Dict[str, bytes] = {
+        f"{dist_info}/METADATA": ("\n".join(metadata) + "\n\n" + summary + "\n").encode(),
+        f"{dist_info}/WHEEL": ("\n".join(wheel) + "\n").encode(),
+    }
     top_level = {n.split("/")[0].rsplit(".py", 1)[0] for n in files if not n.endswith(".pth")}
-    content[f"{dist_info}/top_level.txt"] = ("\n".join(sorted(top_level)) + "\n").encode()
+    meta[f"{dist_info}/top_level.txt"] = ("\n".join(sorted(top_level)) + "\n").encode()
     if entry_points:
-        content[f"{dist_info}/entry_points.txt"] = entry_points.encode()
+        meta[f"{dist_info}/entry_points.txt"] = entry_points.encode()
     record_name = f"{dist_info}/RECORD"
-    record = [f"{name},{_record_hash(data)},{len(data)}" for name, data in sorted(content.items())]
-    record.append(f"{record_name},,")
-    content[record_name] = ("\n".join(record) + "\n").encode()
-    return write_zip(out_dir / wheel_file_name(project, version, tag), content)
+    record: List[str] = []
+    path = out_dir / wheel_file_name(project, version, tag)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    with zipfile.ZipFile(path, "w") as zf:
+        # Payload first and RECORD last: the hashes of streamed files are known once written.
+        for name in [*sorted(files), *sorted(meta)]:
+            digest, size = _write_entry(zf, name, files[name] if name in files else meta[name])
+            record.append(f"{name},{digest},{size}")
+        record.append(f"{record_name},,")
+        _write_entry(zf, record_name, ("\n".join(record) + "\n").encode())
+    return path

@@ -1,5 +1,8 @@
 """CLI: ``python -m dai_mlflow.standin --out DIR --dai-version 1.10|2 --problem PROBLEM``.
 
+``--runtime-mb 800 --runtime-files 3000`` builds a runtime wheel of a real pipeline's weight
+(the benchmarks' heavy stand-in); experiments of one DAI version share its bytes.
+
 Writes ``DIR/scorer.zip`` (and ``DIR/scoring-pipeline/``, ``DIR/license.sig``,
 ``DIR/sample_input.csv``, ``DIR/holdout.csv``) and prints where they are.
 
@@ -16,7 +19,7 @@ from pathlib import Path
 from typing import Optional, Sequence
 
 from dai_mlflow.errors import report_error
-from dai_mlflow.standin.builder import build_pipeline
+from dai_mlflow.standin.builder import StandinError, build_pipeline
 from dai_mlflow.standin.lines import DAI_LINES, PROBLEMS
 
 
@@ -31,6 +34,10 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--dai-version", choices=sorted(DAI_LINES), default="1.10", help="DAI line")
     p.add_argument("--problem", choices=PROBLEMS, default="binary", help="problem type")
     p.add_argument("--seed", type=int, default=0, help="seed of the data and the model")
+    p.add_argument(
+        "--runtime-mb", type=int, default=0, help="MiB of native-library-like blobs in h2oaicore"
+    )
+    p.add_argument("--runtime-files", type=int, default=0, help="extra modules in h2oaicore")
     return p
 
 
@@ -39,8 +46,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     args = parser().parse_args(argv)
     started = time.monotonic()
     try:
-        build = build_pipeline(args.out, args.dai_version, args.problem, args.seed)
-    except OSError as e:
+        build = build_pipeline(
+            args.out, args.dai_version, args.problem, args.seed, args.runtime_mb, args.runtime_files
+        )
+    except (OSError, StandinError) as e:
         return report_error(e)
     print(
         f"built DAI {build.dai_version} {build.problem} stand-in pipeline "

@@ -6,24 +6,31 @@ the requirement files, example.py & co., zips them under ``scoring-pipeline/``, 
 to ``OUT/scoring-pipeline/`` and writes ``OUT/license.sig``, ``OUT/sample_input.csv``,
 ``OUT/holdout.csv`` and ``OUT/standin.json`` (the manifest :func:`load_build` reads).
 Same arguments, same bytes: the zip, the wheels and the CSVs are byte-identical across runs.
+
+``runtime_mb``/``runtime_files`` make the runtime wheel as heavy as a real one (hundreds of
+megabytes of native-library-like, incompressible blobs and thousands of modules). Its content
+depends on the DAI version and the two sizes only, so experiments of one DAI version share a
+byte-identical runtime wheel, as real exports do. Large files are streamed to disk, never held.
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
+import random
 import shutil
 import uuid
 import zipfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Dict, Iterator, List, Optional, Tuple
 
 import pandas as pd
 
 from dai_mlflow.errors import DaiMlflowError
 from dai_mlflow.log import wheelfile
-from dai_mlflow.log.wheelfile import build_wheel, write_zip
+from dai_mlflow.log.wheelfile import Content, build_wheel, write_zip
 from dai_mlflow.standin import data as data_mod
 from dai_mlflow.standin import texts
 from dai_mlflow.standin.lines import DAI_LINES, H2O4GPU_REQUIRES, PROBLEMS, DaiLine
@@ -43,6 +50,9 @@ N_SAMPLE = 300
 _KEY_NAMESPACE = uuid.UUID("6f1d2a52-3c1b-5e0a-9d7e-2a1f3b4c5d6e")
 _RUNTIME_DIR = Path(__file__).resolve().parent / "runtime" / "h2oaicore"
 _RUNTIME_FILES = ("__init__.py", "engine.py", "licensing.py", "scorer.py")
+# Heavy runtimes: blobs of at most this size (shared libraries), made in chunks of _CHUNK.
+_BLOB_BYTES = 64 << 20
+_CHUNK = 1 << 20
 _STANDIN_WHEEL = {
     "license_text": "Proprietary stand-in (dai-mlflow test fixture; not H2O.ai software)",
     "generator": "dai-mlflow-standin (zipfile)",
@@ -75,6 +85,7 @@ class StandinBuild:
         experiment_wheel / core_wheel / h2o4gpu_wheel: wheel file names inside ``folder``.
         input_columns: input column names in ``get_column_names()`` order.
         seed: the seed the build was made with.
+        runtime_mb / runtime_files: the runtime wheel's extra blobs (MiB) and modules.
     """
 
     out_dir: Path
@@ -96,6 +107,8 @@ class StandinBuild:
     h2o4gpu_wheel: str
     input_columns: Tuple[str, ...]
     seed: int = 0
+    runtime_mb: int = 0
+    runtime_files: int = 0
 
     def license_env(self) -> Dict[str, str]:
         """Env vars that point the scorer at this build's license."""
@@ -142,7 +155,9 @@ def module_name_for(key: str) -> str:
     return "scoring_h2oai_experiment_" + key.replace("-", "_")
 
 
-def _validate(dai_version: str, problem: str) -> DaiLine:
+def _validate(dai_version: str, problem: str, runtime_mb: int, runtime_files: int) -> DaiLine:
+    if runtime_mb < 0 or runtime_files < 0:
+        raise StandinError("runtime_mb and runtime_files must be 0 or more")
     if dai_version not in DAI_LINES:
         raise StandinError(
             f"unknown DAI line {dai_version!r}; use one of {', '.join(sorted(DAI_LINES))}"
@@ -157,13 +172,42 @@ def _data_seed(dai_line: str, problem: str, seed: int) -> int:
     return int(digest[:12], 16)
 
 
-def _runtime_files(line: DaiLine) -> Dict[str, bytes]:
-    files = dict(_RUNTIME_SOURCES)
-    init = files["h2oaicore/__init__.py"].decode()
+def _runtime_files(
+    line: DaiLine, runtime_mb: int = 0, runtime_files: int = 0
+) -> Dict[str, Content]:
+    files: Dict[str, Content] = dict(_RUNTIME_SOURCES)
+    init = _RUNTIME_SOURCES["h2oaicore/__init__.py"].decode()
     files["h2oaicore/__init__.py"] = init.replace(
         '__version__ = "0+standin"', f'__version__ = "{line.dai_version}+standin"'
     ).encode()
+    for i in range(runtime_files):
+        files[f"h2oaicore/generated/m{i:05d}.py"] = _bulk_module(line, i)
+    total = runtime_mb << 20
+    for i in range(-(-total // _BLOB_BYTES)):
+        size = min(_BLOB_BYTES, total - i * _BLOB_BYTES)
+        name = f"h2oaicore/lib/libh2oai_standin_{i:03d}.so"
+        files[name] = functools.partial(_blob_chunks, f"{line.dai_version}/{i}", size)
     return files
+
+
+def _bulk_module(line: DaiLine, i: int) -> bytes:
+    """A small module of the heavy runtime; it is installed, never imported."""
+    head = f'"""Generated runtime module {i} of DAI {line.dai_version} ({texts.NOTICE})."""\n'
+    body = [
+        f"\n\ndef transform_{j}(x, scale={(i * 31 + j) % 97 + 1}):\n"
+        f"    return (x * scale + {j}) % {i + 101}\n"
+        for j in range(24)
+    ]
+    return (head + "".join(body)).encode()
+
+
+def _blob_chunks(seed: str, size: int) -> Iterator[bytes]:
+    """``size`` incompressible bytes that depend on ``seed`` only (like a native library)."""
+    rng = random.Random(seed)  # a str seed is hashed the same way on every Python 3
+    while size > 0:
+        n = min(_CHUNK, size)
+        yield rng.getrandbits(8 * n).to_bytes(n, "little")
+        size -= n
 
 
 def _requirements_txt(line: DaiLine, experiment_wheel: str) -> str:
@@ -209,11 +253,18 @@ def _train(line: DaiLine, problem: str, seed: int, key: str) -> _Trained:
     return _Trained(train_set, holdout, model, metrics, data_mod.column_stats(train_set))
 
 
-def _wheels(wheel_dir: Path, line: DaiLine, key: str, module: str, model: Dict[str, Any]):
+def _wheels(
+    wheel_dir: Path,
+    line: DaiLine,
+    key: str,
+    module: str,
+    model: Dict[str, Any],
+    size: Tuple[int, int],
+):
     """Write the runtime, h2o4gpu and experiment wheels; return their paths."""
     platform_tag = f"{line.cp_tag}-{line.cp_tag}-linux_x86_64"
     core = build_wheel(
-        wheel_dir, "h2oaicore", line.dai_version, platform_tag, _runtime_files(line),
+        wheel_dir, "h2oaicore", line.dai_version, platform_tag, _runtime_files(line, *size),
         summary=f"Stand-in DAI core runtime for DAI {line.dai_version} ({texts.NOTICE})",
         requires_dist=(line.pin("numpy"), line.pin("pandas")),
         requires_python=f"=={line.python}.*", root_is_purelib=False, **_STANDIN_WHEEL,
@@ -235,10 +286,10 @@ def _wheels(wheel_dir: Path, line: DaiLine, key: str, module: str, model: Dict[s
 
 
 def _pipeline_files(
-    staging: Path, line: DaiLine, key: str, module: str, trained: _Trained
-) -> Tuple[Dict[str, bytes], Tuple[str, str, str]]:
-    """Every file of ``scoring-pipeline/`` (name -> bytes) and the three wheel names."""
-    core, gpu, exp = _wheels(staging / "wheels", line, key, module, trained.model)
+    staging: Path, line: DaiLine, key: str, module: str, trained: _Trained, size: Tuple[int, int]
+) -> Tuple[Dict[str, Content], Tuple[str, str, str]]:
+    """Every file of ``scoring-pipeline/`` (name -> content) and the three wheel names."""
+    core, gpu, exp = _wheels(staging / "wheels", line, key, module, trained.model, size)
     data = trained.train
     summary = {
         "experiment_key": key,
@@ -257,7 +308,7 @@ def _pipeline_files(
         staging / f"h2oai_experiment_summary_{key}.zip",
         {"summary.json": texts.summary_json(summary)},
     )
-    files = {p.name: p.read_bytes() for p in (core, gpu, exp, summary_zip)}
+    files: Dict[str, Content] = {p.name: p for p in (core, gpu, exp, summary_zip)}
     files["requirements.txt"] = _requirements_txt(line, exp.name).encode()
     files["req_constraints_deps.txt"] = ("\n".join(line.constraints) + "\n").encode()
     files["training_data_column_stats.json"] = (json.dumps(trained.stats, indent=2) + "\n").encode()
@@ -269,7 +320,14 @@ def _pipeline_files(
     return files, (core.name, gpu.name, exp.name)
 
 
-def build_pipeline(out_dir: Path, dai_version: str, problem: str, seed: int = 0) -> StandinBuild:
+def build_pipeline(
+    out_dir: Path,
+    dai_version: str,
+    problem: str,
+    seed: int = 0,
+    runtime_mb: int = 0,
+    runtime_files: int = 0,
+) -> StandinBuild:
     """Build a stand-in pipeline into ``out_dir`` (created; files of a previous build replaced).
 
     Args:
@@ -277,6 +335,8 @@ def build_pipeline(out_dir: Path, dai_version: str, problem: str, seed: int = 0)
         dai_version: DAI line, ``1.10`` (Python 3.8) or ``2`` (Python 3.11).
         problem: ``regression``, ``binary`` or ``multiclass``.
         seed: varies the data, the model and the experiment key.
+        runtime_mb: MiB of incompressible blobs added to the runtime wheel (0: a light one).
+        runtime_files: small modules added to the runtime wheel.
 
     Returns:
         The finished build.
@@ -284,7 +344,7 @@ def build_pipeline(out_dir: Path, dai_version: str, problem: str, seed: int = 0)
     Raises:
         StandinError: unknown line or problem.
     """
-    line = _validate(dai_version, problem)
+    line = _validate(dai_version, problem, runtime_mb, runtime_files)
     out_dir = Path(out_dir).resolve()
     out_dir.mkdir(parents=True, exist_ok=True)
     key = experiment_key(line.name, problem, seed)
@@ -295,7 +355,9 @@ def build_pipeline(out_dir: Path, dai_version: str, problem: str, seed: int = 0)
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir()
     try:
-        files, (core, gpu, exp) = _pipeline_files(staging, line, key, module, trained)
+        files, (core, gpu, exp) = _pipeline_files(
+            staging, line, key, module, trained, (runtime_mb, runtime_files)
+        )
         prefix = SCORING_PIPELINE_DIR_NAME + "/"
         zip_tmp = write_zip(
             staging / SCORER_ZIP_NAME,
@@ -350,6 +412,8 @@ def build_pipeline(out_dir: Path, dai_version: str, problem: str, seed: int = 0)
         h2o4gpu_wheel=gpu,
         input_columns=tuple(holdout.columns),
         seed=seed,
+        runtime_mb=runtime_mb,
+        runtime_files=runtime_files,
     )
     # Paths relative to out_dir, so a finished build can be moved (the test cache swaps folders).
     manifest = {

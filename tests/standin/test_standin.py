@@ -12,6 +12,7 @@ import shutil
 import subprocess
 import sys
 import zipfile
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -197,6 +198,44 @@ def test_two_builds_are_byte_identical(tmp_path):
     other = build_pipeline(tmp_path / "seed1", "2", "binary", seed=1)
     assert other.experiment_key != b.experiment_key
     assert other.zip_path.read_bytes() != b.zip_path.read_bytes()
+
+
+def test_heavy_runtime_is_shared_by_experiments_of_a_dai_version(tmp_path):
+    """--runtime-mb/--runtime-files: blobs and modules in h2oaicore, the same bytes for every
+    experiment of one DAI version, other bytes for another version; built through the CLI."""
+
+    def _cli(out: Path, *args: str) -> Path:
+        proc = subprocess.run(
+            [sys.executable, "-m", "dai_mlflow.standin", "--out", str(out), *args,
+             "--runtime-mb", "2", "--runtime-files", "50"],
+            capture_output=True, text=True, cwd=REPO, check=False,
+        )  # fmt: skip
+        assert proc.returncode == 0, proc.stderr
+        build = load_build(out)
+        assert build is not None
+        assert (build.runtime_mb, build.runtime_files) == (2, 50)
+        return build.folder / build.core_wheel
+
+    a = _cli(tmp_path / "a", "--dai-version", "2", "--problem", "binary")
+    b = _cli(tmp_path / "b", "--dai-version", "2", "--problem", "regression", "--seed", "3")
+    other = _cli(tmp_path / "c", "--dai-version", "1.10", "--problem", "binary")
+    assert a.read_bytes() == b.read_bytes()
+    infos, _, _, record, contents = _wheel_meta(a)
+    blobs = [n for n in contents if n.endswith(".so")]
+    modules = [n for n in contents if n.startswith("h2oaicore/generated/")]
+    assert sum(len(contents[n]) for n in blobs) == 2 << 20
+    assert len(modules) == 50
+    assert len(zlib.compress(contents[blobs[0]], 1)) > 0.99 * len(contents[blobs[0]])
+    assert infos[-1].filename.endswith(".dist-info/RECORD")  # written last, as wheel tools do
+    for name, digest, size in csv.reader(record.splitlines()):
+        if not name.endswith("RECORD"):
+            raw = base64.urlsafe_b64encode(hashlib.sha256(contents[name]).digest()).rstrip(b"=")
+            assert (digest, int(size)) == ("sha256=" + raw.decode(), len(contents[name]))
+    with zipfile.ZipFile(other) as zf:
+        other_blob = zf.read(blobs[0])
+    assert other_blob != contents[blobs[0]]
+    with pytest.raises(StandinError, match="0 or more"):
+        build_pipeline(tmp_path / "bad", "2", "binary", runtime_mb=-1)
 
 
 def test_experiment_key_is_deterministic_uuid():
