@@ -74,7 +74,9 @@ def build_hooks_wheel(out_dir: Path) -> Path:
         WHEEL_TAG,
         hooks_files(),
         summary="Interpreter-start fixes and servers for DAI model envs (dai-mlflow)",
-        requires_dist=('importlib-resources>=5; python_version < "3.9"',),
+        # prometheus-client: the metrics of the model's own server (serve.py); MLflow does
+        # not bring it into a model env.
+        requires_dist=('importlib-resources>=5; python_version < "3.9"', "prometheus-client>=0.16"),
         requires_python=">=3.8",
     )
 

@@ -53,6 +53,7 @@ MODULES = (
     "__init__.py",
     "arrow_server.py",
     "programs.py",
+    "serve.py",
     "serving_shim.py",
     "stdin_server.py",
 )
