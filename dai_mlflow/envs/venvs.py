@@ -33,6 +33,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
+from dai_mlflow.envs.installers import installer_environ, redact_credentials
 from dai_mlflow.envs.pythons import Interpreter, find_python
 from dai_mlflow.envs.wheelhouse import ensure_wheels
 from dai_mlflow.errors import DaiMlflowError, VenvBuildError, report_error, say
@@ -193,13 +194,12 @@ def find_uv() -> Optional[str]:
 
 
 def _run(cmd: Sequence[str], step: str, dest: Path, cwd: Optional[Path], quiet: bool) -> None:
-    """Run one build step; stream its output (progress) unless quiet."""
-    env = {**os.environ, "PIP_NO_INPUT": "1"}
+    """Run one build step (no license in its environment); stream its output unless quiet."""
     try:
         proc = subprocess.run(
             [str(c) for c in cmd],
             cwd=str(cwd) if cwd else None,
-            env=env,
+            env=installer_environ(),
             stdout=subprocess.PIPE if quiet else None,
             stderr=subprocess.STDOUT if quiet else None,
             text=True,
@@ -213,7 +213,7 @@ def _run(cmd: Sequence[str], step: str, dest: Path, cwd: Optional[Path], quiet: 
             errors = [ln for ln in lines if "error" in ln.lower()] or lines
             tail = errors[-1].strip()
         detail = tail or f"exit code {proc.returncode}, see the output above"
-        raise VenvBuildError(str(dest), step, detail)
+        raise VenvBuildError(str(dest), step, redact_credentials(detail))
 
 
 def _install_group(

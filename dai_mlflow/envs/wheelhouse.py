@@ -23,6 +23,8 @@ import tempfile
 from pathlib import Path
 from typing import Callable, List, Optional, Sequence
 
+from dai_mlflow.envs.installers import installer_environ
+
 WHEELHOUSE_ENV = "DAI_MLFLOW_WHEELHOUSE"
 # Projects PyPI ships only as source; building them per install is what fills disks.
 SOURCE_ONLY_PROJECTS = ("pyspark",)
@@ -98,7 +100,7 @@ def _build(
             stdout=subprocess.PIPE if quiet else None,
             stderr=subprocess.STDOUT if quiet else None,
             text=True,
-            env={**os.environ, "PIP_NO_INPUT": "1"},
+            env=installer_environ(),
         )
         built = sorted(Path(tmp).glob("*.whl"))
         if proc.returncode != 0 or not built:

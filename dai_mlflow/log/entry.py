@@ -46,10 +46,11 @@ EXCLUDE = click.option(
 )
 INDEX_OPTIONS = click.option(
     "--index-options",
-    type=click.Choice(["keep", "drop"]),
+    type=click.Choice(["keep", "drop", "keep-insecure"]),
     default="keep",
     show_default=True,
-    help="keep or drop --index-url/--find-links lines of requirements.txt",
+    help="keep or drop --index-url/--find-links lines of requirements.txt; keep-insecure also "
+    "keeps --trusted-host and plain http:// sources (refused otherwise)",
 )
 
 

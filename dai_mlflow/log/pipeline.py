@@ -26,6 +26,7 @@ from typing import Any, Dict, List, Optional, Tuple
 import click
 
 from dai_mlflow.cli import HELP, echo_fields, entry_point
+from dai_mlflow.envs.installers import has_credentials, redact_credentials
 from dai_mlflow.errors import PipelineError, one_line
 
 EXPERIMENT_WHEEL_PREFIX = "scoring_h2oai_experiment_"
@@ -358,13 +359,21 @@ def copy_pipeline(pipeline: ScoringPipeline, dest: Path) -> Path:
     """Copy the pipeline folder to ``dest`` (which must not exist), leaving out licenses.
 
     A license must never land in a model, so ``license.sig`` and ``*.lic`` files a user may have
-    dropped into the folder are skipped.
+    dropped into the folder are skipped. Credentials in URLs of its requirement files
+    (``*.txt``, ``*.in``) are masked, as in the model's own requirements.
     """
 
     def _ignore(_dir: str, names: List[str]) -> List[str]:
         return [n for n in names if _is_license_file_name(n) or n == "__pycache__"]
 
     shutil.copytree(pipeline.folder, dest, ignore=_ignore)
+    for path in [*dest.rglob("*.txt"), *dest.rglob("*.in")]:
+        try:
+            text = path.read_text()
+        except (OSError, UnicodeDecodeError):
+            continue
+        if has_credentials(text):
+            path.write_text(redact_credentials(text))
     return dest
 
 

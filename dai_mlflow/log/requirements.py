@@ -18,9 +18,17 @@ on a constraints file. The model's requirements are therefore rebuilt, by these 
   (``importlib-resources`` backport on 3.8, used by :mod:`dai_mlflow.model.runtime`);
 * explicit handling, never silent dropping: ``-e``/``--editable`` and ``file:`` URLs are errors
   (they cannot be reproduced from a model folder); other URL requirements and
-  ``--index-url``/``--extra-index-url``/``--find-links``/``--no-index``/``--trusted-host`` lines
-  are kept verbatim and reported in :attr:`SanitizedRequirements.notes` (``index_options="drop"``
-  drops the index lines instead, also with a note); unknown options are errors.
+  ``--index-url``/``--extra-index-url``/``--find-links``/``--no-index`` lines over https are kept
+  and reported in :attr:`SanitizedRequirements.notes` (``index_options="drop"`` drops the index
+  lines instead, also with a note); unknown options are errors;
+* what lets someone on the network change the model's code is refused: ``--trusted-host`` and
+  plain ``http://`` indexes, find-links and URL requirements are errors unless
+  ``index_options="keep-insecure"``. ``--extra-index-url`` over https is kept, with a note that
+  pip takes the highest version found on any index (a public package with the name of a private
+  one wins): drop it and point the installer at one mirror when that matters;
+* credentials in URLs (``https://user:token@host``) are never stored nor shown: every line and
+  note has ``***`` in their place, with a note that installs take them from ``~/.netrc`` or the
+  installer's own configuration.
 
 Pure and stdlib only.
 """
@@ -32,6 +40,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Set, Tuple
 
+from dai_mlflow.envs.installers import has_credentials, redact_credentials
 from dai_mlflow.errors import DaiMlflowError
 from dai_mlflow.log.pipeline import ScoringPipeline, Wheel
 from dai_mlflow.model.pyfunc import PIPELINE_ARTIFACT
@@ -58,16 +67,27 @@ INDEX_OPTIONS = (
     "--no-index",
     "--trusted-host",
 )
+INDEX_OPTION_POLICIES = ("keep", "drop", "keep-insecure")
 PASS_THROUGH_OPTIONS = ("--pre", "--prefer-binary", "--only-binary", "--no-binary")
 _NAME = re.compile(r"^\s*([A-Za-z0-9][A-Za-z0-9._-]*)")
 _URL = re.compile(r"^(https?|ftp|git\+[a-z]+|hg\+[a-z]+|svn\+[a-z]+|bzr\+[a-z]+)://", re.I)
+_PLAIN_HTTP = re.compile(r"(^|\s|@\s*)([a-z]+\+)?http://", re.I)
+_INSECURE_FIX = (
+    "lets anyone on the network between the installer and the index change the model's code; "
+    "use https, or keep it anyway with -P index_options=keep-insecure"
+)
+_CREDENTIALS_NOTE = (
+    "credentials in {line!r} are not stored (replaced by ***): installs of the model env, "
+    "including the check before logging, take them from ~/.netrc or the installer's own "
+    "configuration (pip.conf / PIP_EXTRA_INDEX_URL with the same URL)"
+)
 
 
 class RequirementsError(DaiMlflowError):
     """A line of a pipeline's requirements cannot be carried into a model."""
 
     def __init__(self, file: Path, lineno: int, line: str, fix: str) -> None:
-        super().__init__(f"{file}:{lineno}: {line.strip()!r} {fix}")
+        super().__init__(f"{file}:{lineno}: {redact_credentials(line.strip())!r} {fix}")
 
 
 @dataclass(frozen=True)
@@ -77,7 +97,8 @@ class RequirementsPolicy:
     Attributes:
         exclude: projects dropped from lines and wheels.
         keep_when_wheel: excluded projects kept when their wheel is present in the folder.
-        index_options: ``keep`` (default) or ``drop`` index/find-links lines (with a note).
+        index_options: ``keep`` (default) or ``drop`` index/find-links lines (with a note);
+            ``keep-insecure`` also keeps ``--trusted-host`` and plain ``http://`` sources.
         mlflow_version: override the mlflow pin (default: ``MLFLOW_FOR_PYTHON``).
     """
 
@@ -87,9 +108,10 @@ class RequirementsPolicy:
     mlflow_version: Optional[str] = None
 
     def __post_init__(self) -> None:
-        if self.index_options not in ("keep", "drop"):
+        if self.index_options not in INDEX_OPTION_POLICIES:
             raise DaiMlflowError(
-                f"index_options must be 'keep' or 'drop', got {self.index_options!r}"
+                f"index_options must be one of {', '.join(INDEX_OPTION_POLICIES)}, got "
+                f"{self.index_options!r}"
             )
 
     @classmethod
@@ -191,6 +213,11 @@ def _collect(
             )
         m = _NAME.match(line)
         if _URL.match(line) or " @ " in line:
+            if _PLAIN_HTTP.search(line) and policy.index_options != "keep-insecure":
+                raise RequirementsError(
+                    file, lineno, line, f"downloads over plain http, which {_INSECURE_FIX}"
+                )
+            _note_credentials(line, out.notes)
             out.notes.append(f"kept URL requirement {line!r} (needs network access at install)")
             name = canonical_name(line.split(" @ ")[0]) if " @ " in line else ""
             out.pins.append((name, line))
@@ -248,11 +275,25 @@ def _collect_option(
                 "points at a local folder, which a model folder cannot reproduce; copy the "
                 "wheels into the scoring-pipeline folder and drop the line",
             )
+        insecure = opt == "--trusted-host" or bool(_PLAIN_HTTP.match(value))
         if policy.index_options == "drop":
             out.notes.append(f"dropped index option {line!r} (index_options=drop)")
+            return
+        if insecure and policy.index_options != "keep-insecure":
+            what = "turns off TLS checks for a host" if opt == "--trusted-host" else "is plain http"
+            raise RequirementsError(file, lineno, line, f"{what}, which {_INSECURE_FIX}")
+        _note_credentials(line, out.notes)
+        if insecure:
+            out.notes.append(f"kept insecure index option {line!r} (index_options=keep-insecure)")
+        elif opt == "--extra-index-url":
+            out.notes.append(
+                f"kept index option {line!r}: pip takes the highest version found on any index, "
+                "so a public package named like a private one wins; use -P index_options=drop "
+                "and one mirror (PIP_INDEX_URL / UV_INDEX_URL) if that matters"
+            )
         else:
             out.notes.append(f"kept index option {line!r} (installs will use it)")
-            out.options.append(line)
+        out.options.append(line)
         return
     if opt in PASS_THROUGH_OPTIONS:
         out.options.append(line)
@@ -260,6 +301,15 @@ def _collect_option(
     raise RequirementsError(
         file, lineno, line, "uses a pip option dai-mlflow does not carry into models; remove it"
     )
+
+
+def _note_credentials(line: str, notes: List[str]) -> None:
+    if has_credentials(line):
+        notes.append(_CREDENTIALS_NOTE.format(line=redact_credentials(line)))
+
+
+def _redacted(lines: Sequence[str]) -> Tuple[str, ...]:
+    return tuple(redact_credentials(line) for line in lines)
 
 
 def _constraint_lines(path: Path, policy: RequirementsPolicy, notes: List[str]) -> List[str]:
@@ -340,10 +390,10 @@ def sanitize(
     constraints = _drop_conflicting_constraints(out.constraints, mlflow_line, shims)
     return SanitizedRequirements(
         python=pipeline.python,
-        requirements=tuple(options + [mlflow_line] + shims + pins + wheel_lines),
-        constraints=tuple(dict.fromkeys(constraints)),
+        requirements=_redacted(options + [mlflow_line] + shims + pins + wheel_lines),
+        constraints=_redacted(list(dict.fromkeys(constraints))),
         wheels=tuple(w.file_name for w in wheels),
-        notes=tuple(out.notes),
+        notes=_redacted(out.notes),
     )
 
 
@@ -407,8 +457,8 @@ def shared_requirements(
         notes.append(f"added {dep!r}, required by the experiment wheel and by nothing else")
     return SanitizedRequirements(
         python=reqs.python,
-        requirements=tuple(kept),
+        requirements=_redacted(kept),
         constraints=reqs.constraints,
         wheels=reqs.wheels,
-        notes=tuple(notes),
+        notes=_redacted(notes),
     )

@@ -139,3 +139,85 @@ def test_no_constraints_file(standin, tmp_path: Path) -> None:
     (folder / "req_constraints_deps.txt").unlink()
     reqs = sanitize(open_pipeline(folder))
     assert reqs.constraints == ()
+
+
+@pytest.mark.parametrize(
+    "line",
+    [
+        "--trusted-host pkgs.example.org",
+        "--index-url http://pkgs.example.org/simple",
+        "-i http://pkgs.example.org/simple",
+        "--extra-index-url=http://pkgs.example.org/simple",
+        "--find-links http://pkgs.example.org/wheels/",
+        "-f http://pkgs.example.org/wheels/",
+        "requests @ http://pkgs.example.org/requests-2.0-py3-none-any.whl",
+        "git+http://git.example.org/x.git#egg=x",
+    ],
+)
+def test_insecure_sources_are_refused_unless_kept_on_purpose(
+    standin, tmp_path: Path, line: str
+) -> None:
+    folder = _with_lines(standin("1.10", "binary"), tmp_path, line)
+    with pytest.raises(RequirementsError) as e:
+        sanitize(open_pipeline(folder))
+    msg = str(e.value)
+    assert "\n" not in msg
+    assert "index_options=keep-insecure" in msg
+    assert line.split()[0] in msg
+    kept = sanitize(open_pipeline(folder), RequirementsPolicy(index_options="keep-insecure"))
+    assert line in kept.requirements
+    if line.startswith("-"):
+        assert any("insecure" in n for n in kept.notes)
+        dropped = sanitize(open_pipeline(folder), RequirementsPolicy(index_options="drop"))
+        assert line not in dropped.requirements
+
+
+def test_extra_index_url_is_kept_with_a_warning(standin, tmp_path: Path) -> None:
+    line = "--extra-index-url https://pkgs.example.org/simple"
+    folder = _with_lines(standin("1.10", "binary"), tmp_path, line)
+    reqs = sanitize(open_pipeline(folder))
+    assert line in reqs.requirements
+    assert any(line in n and "highest version" in n for n in reqs.notes)
+
+
+SECRETS = ("s3cr3t-pw", "t0ken-abc")
+WITH_CREDENTIALS = (
+    "--extra-index-url https://alice:s3cr3t-pw@pkgs.example.org/simple",
+    "--find-links https://t0ken-abc@pkgs.example.org/wheels/",
+    "private-pkg @ https://alice:s3cr3t-pw@pkgs.example.org/private_pkg-1.0-py3-none-any.whl",
+)
+
+
+def test_credentials_in_urls_are_masked(standin, tmp_path: Path) -> None:
+    folder = _with_lines(standin("1.10", "binary"), tmp_path, *WITH_CREDENTIALS)
+    reqs = sanitize(open_pipeline(folder))
+    text = "\n".join(reqs.requirements + reqs.constraints + reqs.notes)
+    assert not [s for s in SECRETS if s in text]
+    assert "--extra-index-url https://***@pkgs.example.org/simple" in reqs.requirements
+    assert "--find-links https://***@pkgs.example.org/wheels/" in reqs.requirements
+    assert sum("not stored" in n and "netrc" in n for n in reqs.notes) == 3
+
+
+def test_credentials_are_masked_in_errors(standin, tmp_path: Path) -> None:
+    line = "--index-url http://alice:s3cr3t-pw@pkgs.example.org/simple"
+    folder = _with_lines(standin("1.10", "binary"), tmp_path, line)
+    with pytest.raises(RequirementsError) as e:
+        sanitize(open_pipeline(folder))
+    assert "s3cr3t-pw" not in str(e.value)
+    assert "http://***@pkgs.example.org/simple" in str(e.value)
+
+
+def test_logged_requirements_and_run_tag_hold_no_credentials(standin, tmp_path: Path) -> None:
+    from dai_mlflow.log import run
+
+    build = standin("1.10", "binary")
+    folder = _with_lines(build, tmp_path, *WITH_CREDENTIALS)
+    staged = run.stage_model(folder, tmp_path / "work")
+    stored = (staged.path / "requirements.txt").read_text()
+    tag = run._tags(staged)[f"{run.TAG_PREFIX}requirements_notes"]
+    assert "https://***@pkgs.example.org/simple" in stored
+    assert "not stored" in tag
+    for secret in SECRETS:
+        assert secret not in stored
+        assert secret not in tag
+        assert not [p for p in staged.path.rglob("*.txt") if secret in p.read_text()]
