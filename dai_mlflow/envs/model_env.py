@@ -29,6 +29,7 @@ PyYAML through :mod:`dai_mlflow.envs.venvs`); Python 3.8-safe.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
@@ -45,6 +46,7 @@ from dai_mlflow.envs.pythons import find_python
 from dai_mlflow.envs.venvs import (
     PYTHON_ENV_FILE_NAME,
     REQUIREMENTS_FILE_NAME,
+    NoSpaceError,
     VenvSpec,
     ensure_venv,
     load_python_env,
@@ -153,13 +155,31 @@ def ensure_model_env(
 
     Raises:
         PythonNotFoundError: no local interpreter of the model's Python.
+        NoSpaceError: the disk filled (the message names the env root and how to pick another).
         VenvBuildError: the build failed.
         DaiMlflowError: the folder is no dai-mlflow model, or no env root can be written.
     """
     spec = model_env_spec(model_dir, installer)
     dest = model_env_dir(model_dir, installer, root)
-    with file_lock(dest.with_name(dest.name + ".lock")):
-        python, built = ensure_venv(spec, dest, quiet=quiet, progress=progress)
+    try:
+        with file_lock(dest.with_name(dest.name + ".lock")):
+            python, built = ensure_venv(spec, dest, quiet=quiet, progress=progress)
+    except NoSpaceError as e:
+        raise NoSpaceError(
+            str(dest),
+            e.step,
+            where=f"the model env in {dest.parent}",
+            fix=f"free space there or set {ENV_ROOT_ENV} to a folder on a disk with room",
+        ) from e
+    except OSError as e:  # the lock file, on a disk with no room at all
+        if e.errno not in (errno.ENOSPC, errno.EDQUOT):
+            raise
+        raise NoSpaceError(
+            str(dest),
+            "taking its lock",
+            where=f"the model env in {dest.parent}",
+            fix=f"free space there or set {ENV_ROOT_ENV} to a folder on a disk with room",
+        ) from e
     progress(f"model env {'built' if built else 'reused'}: {dest}")
     return python
 
@@ -176,7 +196,9 @@ def hooks_package(root: Path) -> Path:
     for name in MODULES:
         digest.update(name.encode() + b"\0" + files[name])
     folder = root / "servers" / digest.hexdigest()[:16]
-    if not (folder / PACKAGE / MODULES[0]).is_file():
+    if (folder / PACKAGE / MODULES[0]).is_file():
+        return folder
+    try:
         folder.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}-", dir=str(folder.parent)))
         try:
@@ -190,6 +212,11 @@ def hooks_package(root: Path) -> Path:
                     raise
         finally:
             shutil.rmtree(str(tmp), ignore_errors=True)
+    except OSError as e:
+        raise DaiMlflowError(
+            f"cannot write the model-side code under {folder.parent} ({e.strerror}); free space "
+            f"there or set {ENV_ROOT_ENV} to a writable folder with room"
+        ) from e
     return folder
 
 

@@ -21,6 +21,7 @@ launcher venv has.
 from __future__ import annotations
 
 import argparse
+import errno
 import hashlib
 import json
 import os
@@ -48,6 +49,29 @@ PYSPARK_FOR_PYTHON = {"3.8": "pyspark==3.5.8", "3.9": "pyspark==3.5.8"}
 PYSPARK_DEFAULT = "pyspark==4.3.0"
 
 Progress = Callable[[str], None]
+# How installers report a full disk (pip, venv: Python's OSError; uv: Rust's "os error 28").
+_NO_SPACE_ERRNOS = (errno.ENOSPC, errno.EDQUOT)
+_NO_SPACE_WORDS = ("no space left on device", "disk quota exceeded", "os error 28", "errno 28")
+
+
+class NoSpaceError(VenvBuildError):
+    """The disk filled while a venv was built; the half-built venv was removed."""
+
+    def __init__(
+        self, dest: str, step: str, where: str = "", fix: str = "free space there"
+    ) -> None:
+        self.dest = dest
+        self.step = step
+        DaiMlflowError.__init__(
+            self,
+            f"no space left on device while building {where or dest} ({step}): {fix} "
+            "(nothing was left behind)",
+        )
+
+
+def _is_no_space(output: str) -> bool:
+    low = output.lower()
+    return any(word in low for word in _NO_SPACE_WORDS)
 
 
 @dataclass(frozen=True)
@@ -207,6 +231,8 @@ def _run(cmd: Sequence[str], step: str, dest: Path, cwd: Optional[Path], quiet: 
     except OSError as e:
         raise VenvBuildError(str(dest), step, str(e)) from e
     if proc.returncode != 0:
+        if (quiet and _is_no_space(proc.stdout or "")) or _nearly_full(dest.parent):
+            raise NoSpaceError(str(dest), step)
         tail = ""
         if quiet and proc.stdout:
             lines = [ln for ln in proc.stdout.strip().splitlines() if ln.strip()]
@@ -214,6 +240,15 @@ def _run(cmd: Sequence[str], step: str, dest: Path, cwd: Optional[Path], quiet: 
             tail = errors[-1].strip()
         detail = tail or f"exit code {proc.returncode}, see the output above"
         raise VenvBuildError(str(dest), step, redact_credentials(detail))
+
+
+def _nearly_full(folder: Path) -> bool:
+    """Whether ``folder``'s file system has (almost) no room left: how a failed step whose
+    output was streamed, not captured, is still told apart as a full disk."""
+    try:
+        return shutil.disk_usage(str(folder)).free < (1 << 20)
+    except OSError:
+        return False
 
 
 def _install_group(
@@ -261,6 +296,7 @@ def ensure_venv(
 
     Raises:
         PythonNotFoundError: the requested Python is not installed locally.
+        NoSpaceError: the disk filled; ``dest`` no longer exists.
         VenvBuildError: a step failed; ``dest`` no longer exists.
     """
     dest = Path(os.path.abspath(dest))
@@ -303,6 +339,11 @@ def ensure_venv(
             _write_pth(dest, spec.site_paths)
         stamp = {"key": key, "python": interpreter.version, "spec": _spec_summary(spec)}
         (dest / STAMP_FILE_NAME).write_text(json.dumps(stamp, indent=2) + "\n")
+    except OSError as e:
+        shutil.rmtree(dest, ignore_errors=True)
+        if e.errno in _NO_SPACE_ERRNOS:
+            raise NoSpaceError(str(dest), "writing the venv") from e
+        raise
     except BaseException:
         shutil.rmtree(dest, ignore_errors=True)
         raise
