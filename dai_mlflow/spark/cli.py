@@ -2,14 +2,16 @@
 
     dai-mlflow-score --model-uri URI --input PATH --output PATH \
         [--env-manager local|uv|virtualenv] [--master local[*] | spark://HOST:PORT]
-        [--python EXECUTOR_PYTHON] [--env-root DIR] [--batch-size N] [--add-metadata]
+        [--conf KEY=VALUE ...] [--python EXECUTOR_PYTHON] [--env-root DIR] [--batch-size N]
+        [--add-metadata] [--overwrite]
 
 The output holds the input columns plus DAI's. ``--env-manager local`` (default) scores in the
 executors' own env: run it from the model's Spark venv (``make spark-venv MODEL_URI=URI``).
 ``uv``/``virtualenv`` build the model's env on each executor, offline, with a local Python: run
 those from any driver env with dai-mlflow installed, on a local master or a cluster. The output
 is written to a staging folder and moved to ``--output`` only on success; any failure prints one
-line (``Error: ...``), exits non-zero and leaves ``--output`` as it was.
+line (``Error: ...``), exits non-zero and leaves ``--output`` as it was. An existing ``--output``
+is replaced only when it is an earlier output of dai-mlflow, or with ``--overwrite``.
 
 ``spark_inference/score.py`` of the checkout is the same command. Thin front door over
 :func:`dai_mlflow.spark.score_to_path`; Python 3.8-safe.
@@ -20,12 +22,13 @@ from __future__ import annotations
 import sys
 import tempfile
 from pathlib import Path
-from typing import Optional
+from typing import Optional, Tuple
 
 import click
 
 from dai_mlflow.cli import HELP, entry_point
-from dai_mlflow.spark.files import INPUT_FORMATS
+from dai_mlflow.errors import DaiMlflowError
+from dai_mlflow.spark.files import INPUT_FORMATS, validate_output
 from dai_mlflow.spark.scoring import (
     DEFAULT_BATCH_SIZE,
     ENV_MANAGERS,
@@ -34,7 +37,16 @@ from dai_mlflow.spark.scoring import (
     preflight_predict,
     score_to_path,
 )
-from dai_mlflow.spark.session import build_session
+from dai_mlflow.spark.session import build_session, parse_conf
+
+
+def _spark_conf(
+    _ctx: object, _param: object, items: Tuple[str, ...]
+) -> Tuple[Tuple[str, str], ...]:
+    try:
+        return parse_conf(items)
+    except DaiMlflowError as e:
+        raise click.BadParameter(str(e)) from e
 
 
 @click.command(name="dai-mlflow-score", context_settings=HELP)
@@ -49,6 +61,15 @@ from dai_mlflow.spark.session import build_session
     help="default: from the input's extension",
 )
 @click.option("--master", default="local[*]", show_default=True, help="Spark master")
+@click.option(
+    "--conf",
+    "spark_conf",
+    multiple=True,
+    metavar="KEY=VALUE",
+    callback=_spark_conf,
+    help="a Spark conf, as spark-submit takes it (repeatable); spark-defaults.conf of "
+    "SPARK_CONF_DIR is read as well",
+)
 @click.option(
     "--python",
     "executor_python",
@@ -82,6 +103,12 @@ from dai_mlflow.spark.session import build_session
     help="local: load the model and score the first rows before starting Spark",
 )
 @click.option("--add-metadata", is_flag=True, help="also write model_uri and scored_at columns")
+@click.option(
+    "--overwrite",
+    is_flag=True,
+    help="replace --output even if it is not an earlier output of dai-mlflow (never the "
+    "input, nor a folder holding it, /, home, the current or a project folder)",
+)
 def cli(
     model_uri: str,
     input_path: str,
@@ -89,6 +116,7 @@ def cli(
     env_manager: str,
     input_format: Optional[str],
     master: str,
+    spark_conf: Tuple[Tuple[str, str], ...],
     executor_python: Optional[str],
     env_root: Optional[str],
     batch_size: int,
@@ -96,9 +124,12 @@ def cli(
     log_level: str,
     preflight: bool,
     add_metadata: bool,
+    overwrite: bool,
 ) -> None:
     """Score INPUT with the model and write OUTPUT as parquet."""
     spark = None
+    # Before anything runs: an output that would replace what is not ours fails in a second.
+    validate_output(output_path, [input_path], overwrite)
     try:
         with tempfile.TemporaryDirectory(prefix="dai-mlflow-score-") as tmp:
             # Model and input columns are checked before Spark starts: bad input fails in seconds.
@@ -106,7 +137,9 @@ def cli(
             spec = precheck(model_dir, input_path, input_format)
             if env_manager == "local" and preflight:
                 preflight_predict(spec, input_path, input_format)
-            spark = build_session(master, python=executor_python, log_level=log_level)
+            spark = build_session(
+                master, python=executor_python, log_level=log_level, conf=spark_conf
+            )
             score_to_path(
                 spark,
                 str(model_dir),
@@ -117,6 +150,7 @@ def cli(
                 partitions=partitions,
                 batch_size=batch_size,
                 add_metadata=add_metadata,
+                overwrite=overwrite,
                 env_root=env_root,
                 source_uri=model_uri,
             )

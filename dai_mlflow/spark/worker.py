@@ -60,10 +60,17 @@ from dai_mlflow.model.license import LICENSE_FILE_ENV, LICENSE_KEY_ENV
 WARM_SERVERS_ENV = "DAI_MLFLOW_WARM_SERVERS"
 THREAD_VARS = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "NUMEXPR_NUM_THREADS")
 _TAIL_LINES = 50
+# A server that dies mid-batch (killed, out of memory) is replaced and the batch sent again;
+# a batch that kills every server it is given fails after this many new servers.
+SERVER_RESTARTS = 2
 
 
 class ModelError(RuntimeError):
     """The model (or its server) failed; the message is the model's own, one line."""
+
+
+class ServerDied(ModelError):
+    """The model server exited (killed, out of memory, crashed) instead of answering."""
 
 
 @dataclass(frozen=True)
@@ -128,6 +135,64 @@ def model_dir(plan: ScoringPlan) -> Path:
     return extract_once(_spark_file(plan.model_file), root / "models" / plan.model_key)
 
 
+# ------------------------------------------------------------------------------ license
+def _private_dir() -> Optional[Path]:
+    """A 0700 folder of this executor in its Spark scratch space (None: no such space known).
+
+    Spark gives Python workers the executor's block manager folders in ``SPARK_LOCAL_DIRS``;
+    the executor deletes them when it stops, and a standalone worker deletes the application's
+    when it ends, so nothing put there outlives the application, even if the executor is
+    killed.
+    """
+    local = [d for d in os.environ.get("SPARK_LOCAL_DIRS", "").split(",") if d.strip()]
+    if not local or not os.path.isdir(local[0]):
+        return None
+    folder = Path(local[0]) / "dai-mlflow-private"
+    with contextlib.suppress(FileExistsError):
+        folder.mkdir(mode=0o700)
+    info = folder.stat()
+    if info.st_uid != os.getuid() or info.st_mode & 0o077:
+        return None
+    return folder
+
+
+def license_file(name: str) -> Path:
+    """This executor's copy of the shipped license, readable by its owner only.
+
+    Spark fetches an added file once per executor, into the executor's working folder (on a
+    standalone worker ``work/app-*/<n>/``, kept after the application), so the first Python
+    worker to need it makes it 0600 and moves it to the executor's private scratch folder,
+    where later workers of the executor find it and which Spark removes with the executor.
+    The license is not removed when a Python worker exits: the executor fetches a file only
+    once, so the next worker of the same application would have none.
+    """
+    fetched = _spark_file(name).absolute()
+    folder = _private_dir()
+    if folder is None:  # no scratch space: it stays where Spark put it, owner-only
+        with contextlib.suppress(OSError):
+            os.chmod(str(fetched), 0o600)
+        return fetched
+    dest = folder / name
+    with file_lock(folder / f"{name}.lock"):
+        if not dest.is_file() and fetched.is_file():
+            os.chmod(str(fetched), 0o600)
+            try:
+                os.rename(str(fetched), str(dest))
+            except OSError:  # another file system: copy, then remove the fetched copy
+                tmp = folder / f".{name}.part"
+                fd = os.open(str(tmp), os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+                with os.fdopen(fd, "wb") as out:
+                    out.write(fetched.read_bytes())
+                os.rename(str(tmp), str(dest))
+                fetched.unlink()
+    if not dest.is_file():
+        raise ModelError(
+            f"the license the driver shipped is missing on this executor ({fetched}); "
+            "run the job again"
+        )
+    return dest
+
+
 # ------------------------------------------------------------------------------ environment
 def model_environ(plan: ScoringPlan) -> Dict[str, str]:
     """The model's variables: this worker's, minus Spark's, plus license, threads and ``env``."""
@@ -136,7 +201,7 @@ def model_environ(plan: ScoringPlan) -> Dict[str, str]:
     env.update(dict(plan.env))
     if plan.license is not None:
         kind, name = plan.license
-        path = _spark_file(name)
+        path = license_file(name)
         env.pop(LICENSE_KEY_ENV, None)
         env.pop(LICENSE_FILE_ENV, None)
         if kind == "key":
@@ -189,14 +254,14 @@ class ModelServer:
     def alive(self) -> bool:
         return self.proc.poll() is None
 
-    def _died(self) -> ModelError:
+    def _died(self) -> ServerDied:
         with contextlib.suppress(subprocess.TimeoutExpired):
             self.proc.wait(timeout=5)
         self._logger.join(timeout=2)
         lines = [ln.strip() for ln in self.tail if ln.strip()]
         marked = [ln.split(ERROR_MARKER, 1)[1].strip() for ln in lines if ERROR_MARKER in ln]
         detail = (marked or lines or ["no output"])[-1]
-        return ModelError(f"the model server exited with code {self.proc.poll()}: {detail}")
+        return ServerDied(f"the model server exited with code {self.proc.poll()}: {detail}")
 
     def _send(self, header: Dict[str, Any], table: Any = None) -> Dict[str, Any]:
         import pyarrow as pa
@@ -210,7 +275,7 @@ class ModelServer:
         except (BrokenPipeError, OSError, ValueError) as e:
             raise self._died() from e
         line = self.answers.readline()
-        if not line:
+        if not line.endswith(b"\n"):  # nothing, or cut off by the server's death
             raise self._died()
         answer = json.loads(line)
         if "error" in answer:
@@ -229,7 +294,16 @@ class ModelServer:
 
         table = pa.Table.from_pandas(frame, preserve_index=False)
         self._send({"op": "score", "params": params or None}, table)
-        return pa.ipc.open_stream(self.answers).read_all().to_pandas()
+        try:
+            answer = pa.ipc.open_stream(self.answers).read_all()
+        except Exception as e:  # noqa: BLE001 - a stream cut off by the server's death
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                self.proc.wait(timeout=5)
+            if not self.alive():
+                raise self._died() from e
+            self.stop()  # the pipe is out of step: this server cannot be used again
+            raise ModelError(f"the model server sent a broken answer: {e}") from e
+        return answer.to_pandas()
 
     def stop(self) -> None:
         with contextlib.suppress(OSError, ValueError):
@@ -327,8 +401,36 @@ def scorer(plan: ScoringPlan) -> Callable[[pd.DataFrame], pd.DataFrame]:
         except Exception:  # noqa: BLE001 - not a PythonModel: go through pyfunc
             return model.predict
         return lambda frame: python_model.predict(None, frame)
-    server = server_for(plan)
-    return lambda frame: server.score(frame, None)
+    return _ServerScorer(plan)
+
+
+class _ServerScorer:
+    """Batches through this worker's server; a server that died is replaced, the batch resent.
+
+    Only a death is retried (at most :data:`SERVER_RESTARTS` new servers per batch): a model
+    error (a bad row, no license) is the model's answer and fails the task at once.
+    """
+
+    def __init__(self, plan: ScoringPlan) -> None:
+        self.plan = plan
+        self.server: Optional[ModelServer] = None
+        self._call(lambda server: None)  # load now: a load error shows before the first batch
+
+    def _call(self, use: Callable[[ModelServer], Any]) -> Any:
+        for restart in range(SERVER_RESTARTS + 1):
+            try:
+                if self.server is None or not self.server.alive():
+                    self.server = server_for(self.plan)
+                return use(self.server)
+            except ServerDied as e:
+                self.server = None
+                if restart == SERVER_RESTARTS:
+                    raise
+                _say(f"{e}; starting a new model server, sending the batch again")
+        raise AssertionError("unreachable")
+
+    def __call__(self, frame: pd.DataFrame) -> pd.DataFrame:
+        return self._call(lambda server: server.score(frame, None))
 
 
 def make_udf(plan: ScoringPlan, result_type: str) -> Any:
