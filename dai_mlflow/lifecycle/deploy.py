@@ -195,7 +195,7 @@ def deploy_local(
         keeps = f"v{previous} keeps serving at {url}" if previous else f"nothing serves at {url}"
         served = ((live or {}).get("route") or {}).get("version")
         same = served == previous == ref.version and bool(current.get("rpc")) == request.rpc
-        if same and endpoint.answers(url + "/ping"):
+        if same and endpoint.serves(url, live):
             say(f"{ref.uri} already serves at {url}; nothing to do")
             return url, previous, ALREADY
         if same:

@@ -42,9 +42,11 @@ from typing import Any, ContextManager, Dict, List, Optional
 
 from dai_mlflow.envs.locks import file_lock
 from dai_mlflow.envs.processes import free_port, last_log_line, start_logged, wait_answering
+from dai_mlflow.errors import say
 from dai_mlflow.lifecycle import proxy
 from dai_mlflow.lifecycle.errors import LifecycleError
-from dai_mlflow.serve.rpc import DEFAULT_HOST, RPC_SCRIPT_NAME
+from dai_mlflow.model.http_limits import bind_warning
+from dai_mlflow.serve.rpc import DEFAULT_HOST, install_script
 
 ENDPOINT_ROOT_ENV = "DAI_MLFLOW_ENDPOINT_ROOT"
 STATE_FILE = "endpoint.json"
@@ -230,6 +232,13 @@ def answers(url: str) -> bool:
         return False
 
 
+def serves(url: str, live: Optional[Dict[str, Any]]) -> bool:
+    """True when the endpoint at ``url`` answers ``/ping`` and the proxy's ``/-/state``
+    (``live``) finds every backend of its route up (an ``/rpc`` server may be down alone)."""
+    health = (live or {}).get("health") or {}
+    return all(v == proxy.UP for v in health.values()) and answers(url + "/ping")
+
+
 def wait_serving(url: str, pid: int, log: Path, timeout: float = START_TIMEOUT) -> None:
     """Poll ``url`` until it answers 200.
 
@@ -288,8 +297,7 @@ def start_servers(
         if rpc:
             rpc_port = free_port()
             # A private copy run as a script: it imports the model's own code/dai_mlflow.
-            script = folder / RPC_SCRIPT_NAME
-            shutil.copy2(Path(__file__).resolve().parents[1] / "serve" / "rpc.py", script)
+            script = install_script(folder)
             cmd = [str(python), str(script), "--model-uri", str(model_dir), "--env-manager",
                    "local", "--host", DEFAULT_HOST, "--port", str(rpc_port)]  # fmt: skip
             started.append(_spawn(cmd, folder / "rpc-cwd", env, rpc_log))
@@ -338,6 +346,9 @@ def start_proxy(folder: Path, host: str, port: int, route: Dict[str, Any], token
     info_file = folder / proxy.PROXY_FILE
     with contextlib.suppress(FileNotFoundError):
         info_file.unlink()
+    warning = bind_warning(host, port)
+    if warning:
+        say(warning)
     env = {**_proxy_env(), proxy.TOKEN_ENV: token, FOLDER_ENV: str(folder)}
     cmd = [sys.executable, "-m", "dai_mlflow.lifecycle.proxy", "--state-dir", str(folder),
            "--host", host, "--port", str(port), "--route", json.dumps(route)]  # fmt: skip

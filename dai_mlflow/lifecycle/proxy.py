@@ -20,6 +20,19 @@ token the deployer put in the proxy's environment):
 The listening socket never closes during a switch, so clients (keep-alive or not) see no
 refused connection. A backend connection that turns out stale (the backend closed an idle
 keep-alive connection) is retried once on a fresh connection: scoring requests are idempotent.
+A request counts as in flight while a backend works on it; sending the answer to the client
+does not count (a client that stops reading cannot hold a drain), and is bounded by the
+timeout.
+
+Backends that die: the proxy tries their ports every second (and on every failed request); a
+backend that refuses connections makes its route *down*: requests get HTTP 503 with a one-line
+``{"error": ...}`` at once, ``GET /deployment`` says ``"status": "down"``, and the next
+``deploy`` starts the version again. The proxy restarts nothing itself: it holds no license.
+
+Limits (:mod:`dai_mlflow.model.http_limits`, from the ``DAI_MLFLOW_SERVE_*`` variables the
+deploy passes on): body size, connection timeouts, handler threads; the admin port takes small
+bodies only and checks the token before it reads one. A public bind beyond loopback prints a
+warning (no authentication, no TLS).
 
 On start the proxy writes ``proxy.json`` (pid, ports) into the state folder; SIGTERM stops it.
 Stdlib only, Python 3.8-safe (it runs on whichever Python ran ``deploy``).
@@ -28,18 +41,20 @@ Stdlib only, Python 3.8-safe (it runs on whichever Python ran ``deploy``).
 from __future__ import annotations
 
 import argparse
+import hmac
 import http.client
 import json
 import os
 import signal
+import socket
 import sys
 import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any, Dict, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
-from dai_mlflow.serve.rpc import MAX_BODY_BYTES, RPC_PATH
+from dai_mlflow.model import http_limits as limits
+from dai_mlflow.serve.rpc import RPC_PATH
 
 PROXY_FILE = "proxy.json"
 TOKEN_ENV = "DAI_MLFLOW_PROXY_TOKEN"
@@ -48,11 +63,16 @@ VERSION_HEADER = "X-Dai-Mlflow-Model-Version"
 URI_HEADER = "X-Dai-Mlflow-Model-Uri"
 DEPLOYMENT_PATH = "/deployment"
 BACKEND_TIMEOUT = 300.0
+PROBE_INTERVAL = 1.0  # seconds between checks that the current backends accept connections
+UP, DOWN = "up", "down"
+_POLL = 0.1  # how soon serve_forever notices a shutdown (s)
+# The admin port takes tiny routes from the deployer only.
+ADMIN_LIMITS = limits.Limits(max_body_bytes=1024 * 1024, timeout=10.0, threads=8)
 # Hop-by-hop headers are the proxy's own business on each side (RFC 9110 7.6.1); so are the
 # ones http.server writes itself (Server, Date) and the framing it recomputes.
 _HOP = frozenset(
     ["connection", "keep-alive", "proxy-connection", "transfer-encoding", "te", "trailer",
-     "upgrade", "host", "content-length", "server", "date"]
+     "upgrade", "host", "content-length", "server", "date", "expect"]
 )  # fmt: skip
 
 
@@ -63,9 +83,17 @@ class Route:
         self.data = dict(data)
         self.id = str(data["id"])
         self.version = str(data["version"])
+        self.model_name = str(data.get("model_name", ""))
         self.model_uri = str(data.get("model_uri", ""))
         self.invocations = _host_port(str(data["invocations"]))
         self.rpc = _host_port(str(data["rpc"])) if data.get("rpc") else None
+
+    def backends(self) -> Dict[str, Tuple[str, int]]:
+        """Name (``invocations``, ``rpc``) → address of each backend."""
+        found = {"invocations": self.invocations}
+        if self.rpc is not None:
+            found["rpc"] = self.rpc
+        return found
 
 
 def _host_port(url: str) -> Tuple[str, int]:
@@ -75,14 +103,20 @@ def _host_port(url: str) -> Tuple[str, int]:
 
 
 class Router:
-    """The current route and the in-flight count of every route still in use."""
+    """The current route, the in-flight count of every route still in use, backend health."""
 
     def __init__(self, route: Route) -> None:
         self._lock = threading.Lock()
         self._route = route
         self._inflight: Dict[str, int] = {route.id: 0}
         self._served: Dict[str, int] = {route.id: 0}
+        self._down: Dict[str, Dict[str, str]] = {}  # route id -> backend name -> why
         self.switched_at = time.time()
+
+    def current(self) -> Route:
+        """The route new requests take now."""
+        with self._lock:
+            return self._route
 
     def acquire(self) -> Route:
         """The route this request will use, counted as in flight until :meth:`release`."""
@@ -92,7 +126,7 @@ class Router:
             return route
 
     def release(self, route: Route) -> None:
-        """The request that :meth:`acquire` counted is answered."""
+        """The backend is done with the request that :meth:`acquire` counted."""
         with self._lock:
             self._inflight[route.id] -= 1
             self._served[route.id] = self._served.get(route.id, 0) + 1
@@ -107,16 +141,71 @@ class Router:
             self.switched_at = time.time()
             return previous.data
 
+    def mark(self, route: Route, backend: str, why: Optional[str]) -> None:
+        """Record ``backend`` of ``route`` as down (``why``) or up (None)."""
+        with self._lock:
+            down = self._down.setdefault(route.id, {})
+            if why is None:
+                down.pop(backend, None)
+            else:
+                down[backend] = why
+
+    def health(self, route: Route) -> Dict[str, str]:
+        """Backend name → ``up`` / ``down`` for ``route``."""
+        with self._lock:
+            down = self._down.get(route.id, {})
+            return {name: DOWN if name in down else UP for name in route.backends()}
+
+    def deployment(self) -> Dict[str, Any]:
+        """What ``GET /deployment`` answers: the current version and whether it serves."""
+        with self._lock:
+            route = self._route
+            down = dict(self._down.get(route.id, {}))
+        public = {k: route.data.get(k) for k in ("model_name", "version", "model_uri", "since")}
+        public["status"] = DOWN if down else "serving"
+        if down:
+            public["error"] = "; ".join(down[name] for name in sorted(down))
+        return public
+
     def state(self) -> Dict[str, Any]:
-        """Current route, in-flight and served counts per route (the admin ``/-/state``)."""
+        """Current route, in-flight and served counts per route, current backends' health
+        (the admin ``/-/state``)."""
+        route = self.current()
+        health = self.health(route)
         with self._lock:
             return {
                 "route": self._route.data,
                 "inflight": dict(self._inflight),
                 "served": dict(self._served),
+                "health": health,
                 "switched_at": self.switched_at,
                 "pid": os.getpid(),
             }
+
+
+def down_message(route: Route, backend: str, address: Tuple[str, int]) -> str:
+    """The one line a client gets while ``backend`` of ``route`` refuses connections."""
+    name = f" of {route.model_name}" if route.model_name else ""
+    redeploy = f" -P model_name={route.model_name}" if route.model_name else ""
+    return (
+        f"version {route.version}{name} is down: its {backend} server "
+        f"({address[0]}:{address[1]}) refuses connections; start it again with "
+        f"`mlflow run . -e deploy{redeploy}`"
+    )
+
+
+def probe(router: Router, stop: threading.Event, interval: float = PROBE_INTERVAL) -> None:
+    """Until ``stop``: mark each backend of the current route up or down by whether its port
+    accepts a connection (a busy server still accepts; a dead one refuses)."""
+    while not stop.wait(interval):
+        route = router.current()
+        for name, address in route.backends().items():
+            try:
+                socket.create_connection(address, timeout=interval).close()
+            except OSError:
+                router.mark(route, name, down_message(route, name, address))
+            else:
+                router.mark(route, name, None)
 
 
 class _Backends(threading.local):
@@ -146,7 +235,8 @@ def forward(
     """Send one request to a backend; (status, headers, body). One retry on a stale connection.
 
     Raises:
-        OSError / http.client.HTTPException: the backend could not be reached twice.
+        OSError / http.client.HTTPException: the backend could not be reached twice
+            (``ConnectionRefusedError``: nothing listens there).
     """
     for attempt in (0, 1):
         conn = _BACKENDS.get(target, fresh=attempt == 1)
@@ -164,69 +254,55 @@ def forward(
     raise AssertionError("unreachable")
 
 
-class _PublicHandler(BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
+class _PublicHandler(limits.LimitedHandler):
     server_version = "dai-mlflow-proxy"
     disable_nagle_algorithm = True
 
     def do_GET(self) -> None:  # noqa: N802 (http.server's naming)
         if self.path.split("?", 1)[0] == DEPLOYMENT_PATH:
-            route = self.server.router.state()["route"]  # type: ignore[attr-defined]
-            public = {k: route.get(k) for k in ("model_name", "version", "model_uri", "since")}
+            public = self.server.router.deployment()  # type: ignore[attr-defined]
             self._send(200, [], json.dumps(public).encode(), "application/json")
             return
-        self._proxy(b"")
+        self._proxy()
 
     def do_POST(self) -> None:  # noqa: N802
+        self._proxy()
+
+    def _proxy(self) -> None:
         try:
-            body = self._read_body()
-        except ValueError as e:
-            self.close_connection = True
-            self._send(413, [], json.dumps({"error": str(e)}).encode(), "application/json")
+            body = self.read_request_body()
+        except limits.BodyError as e:
+            self.send_refusal(e.status, e.message)
             return
-        self._proxy(body)
-
-    def _read_body(self) -> bytes:
-        """The request body, by Content-Length or chunked (forwarded with a Content-Length)."""
-        if "chunked" in self.headers.get("Transfer-Encoding", "").lower():
-            parts, size = [], 0
-            while True:
-                n = int(self.rfile.readline().split(b";", 1)[0].strip() or b"0", 16)
-                if n == 0:
-                    while self.rfile.readline().strip():  # trailers
-                        pass
-                    return b"".join(parts)
-                size += n
-                if size > MAX_BODY_BYTES:
-                    raise ValueError(f"body over {MAX_BODY_BYTES} bytes")
-                parts.append(self.rfile.read(n))
-                self.rfile.readline()
-        length = int(self.headers.get("Content-Length") or 0)
-        if length > MAX_BODY_BYTES:
-            raise ValueError(f"body over {MAX_BODY_BYTES} bytes")
-        return self.rfile.read(length) if length else b""
-
-    def _proxy(self, body: bytes) -> None:
         router: Router = self.server.router  # type: ignore[attr-defined]
         route = router.acquire()
         try:
-            is_rpc = self.path.split("?", 1)[0] == RPC_PATH
-            target = route.rpc if is_rpc else route.invocations
-            if target is None:
-                msg = {"error": f"this deployment serves no {RPC_PATH}; deploy with rpc=true"}
-                self._send(404, [], json.dumps(msg).encode(), "application/json", route)
-                return
-            headers = {k: v for k, v in self.headers.items() if k.lower() not in _HOP}
-            try:
-                status, out_headers, data = forward(target, self.command, self.path, headers, body)
-            except (OSError, http.client.HTTPException) as e:
-                msg = {"error": f"backend of version {route.version} failed: {e}"}
-                self._send(502, [], json.dumps(msg).encode(), "application/json", route)
-                return
-            kept = [(k, v) for k, v in out_headers if k.lower() not in _HOP]
-            self._send(status, kept, data, None, route)
+            answer = self._forward(router, route, body)
         finally:
+            # Counted while a backend works on it, not while a slow client reads the answer.
             router.release(route)
+        self._send(*answer, route=route)
+
+    def _forward(self, router: Router, route: Route, body: bytes) -> Tuple[Any, ...]:
+        is_rpc = self.path.split("?", 1)[0] == RPC_PATH
+        name = "rpc" if is_rpc else "invocations"
+        target = route.rpc if is_rpc else route.invocations
+        if target is None:
+            msg = {"error": f"this deployment serves no {RPC_PATH}; deploy with rpc=true"}
+            return 404, [], json.dumps(msg).encode(), "application/json"
+        headers = {k: v for k, v in self.headers.items() if k.lower() not in _HOP}
+        try:
+            status, out_headers, data = forward(target, self.command, self.path, headers, body)
+        except ConnectionRefusedError:
+            why = down_message(route, name, target)
+            router.mark(route, name, why)
+            return 503, [], json.dumps({"error": why}).encode(), "application/json"
+        except (OSError, http.client.HTTPException) as e:
+            msg = {"error": f"backend of version {route.version} failed: {e}"}
+            return 502, [], json.dumps(msg).encode(), "application/json"
+        router.mark(route, name, None)
+        kept = [(k, v) for k, v in out_headers if k.lower() not in _HOP]
+        return status, kept, data, None
 
     def _send(
         self,
@@ -252,15 +328,21 @@ class _PublicHandler(BaseHTTPRequestHandler):
         pass  # no access log: the backends keep theirs
 
 
-class _AdminHandler(BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
+class _AdminHandler(limits.LimitedHandler):
     server_version = "dai-mlflow-proxy-admin"
 
     def _authorised(self) -> bool:
-        if self.headers.get(TOKEN_HEADER, "") == self.server.token:  # type: ignore[attr-defined]
+        """The token header matches (read before any body; compared in constant time)."""
+        given = self.headers.get(TOKEN_HEADER, "").encode("utf-8", "surrogateescape")
+        token = self.server.token.encode("utf-8")  # type: ignore[attr-defined]
+        if hmac.compare_digest(given, token):
             return True
-        self._json(403, {"error": "bad or missing token"})
+        self.send_refusal(403, "bad or missing token")
         return False
+
+    def handle_expect_100(self) -> bool:
+        """No ``100 Continue`` for a client without the token."""
+        return self._authorised() and super().handle_expect_100()
 
     def do_GET(self) -> None:  # noqa: N802
         if not self._authorised():
@@ -271,12 +353,15 @@ class _AdminHandler(BaseHTTPRequestHandler):
             self._json(404, {"error": f"unknown path {self.path}"})
 
     def do_POST(self) -> None:  # noqa: N802
-        length = int(self.headers.get("Content-Length") or 0)
-        body = self.rfile.read(length) if length else b""
         if not self._authorised():
             return
         if self.path != "/-/route":
-            self._json(404, {"error": f"unknown path {self.path}"})
+            self.send_refusal(404, f"unknown path {self.path}")
+            return
+        try:
+            body = self.read_request_body()
+        except limits.BodyError as e:
+            self.send_refusal(e.status, e.message)
             return
         try:
             route = Route(json.loads(body))
@@ -298,25 +383,81 @@ class _AdminHandler(BaseHTTPRequestHandler):
         sys.stderr.write(f"admin: {format % args}\n")
 
 
-class _Server(ThreadingHTTPServer):
-    daemon_threads = True
-    # Many clients connect at once under load; the default backlog (5) refuses some.
-    request_queue_size = 256
+class ProxyServers:
+    """The public and admin servers of one proxy, sharing a :class:`Router`."""
+
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        route: Route,
+        token: str,
+        server_limits: Optional[limits.Limits] = None,
+    ) -> None:
+        self.router = Router(route)
+        self.public = limits.LimitedHTTPServer((host, port), _PublicHandler, server_limits)
+        try:
+            self.admin = limits.LimitedHTTPServer(("127.0.0.1", 0), _AdminHandler, ADMIN_LIMITS)
+        except BaseException:
+            self.public.server_close()
+            raise
+        self.public.router = self.admin.router = self.router  # type: ignore[attr-defined]
+        self.admin.token = token  # type: ignore[attr-defined]
+        self._stop = threading.Event()
+        self._threads: List[threading.Thread] = []
+
+    @property
+    def port(self) -> int:
+        """The public port."""
+        return int(self.public.server_address[1])
+
+    @property
+    def admin_port(self) -> int:
+        """The admin port (127.0.0.1)."""
+        return int(self.admin.server_address[1])
+
+    def start(self, public: bool = True) -> ProxyServers:
+        """Serve the admin port and health probes in threads (and the public port, unless
+        ``public`` is False: the caller then runs ``self.public.serve_forever()``)."""
+        targets: List[Tuple[Callable[..., Any], Tuple[Any, ...]]] = [
+            (self.admin.serve_forever, (_POLL,)),
+            (probe, (self.router, self._stop)),
+        ]
+        if public:
+            targets.append((self.public.serve_forever, (_POLL,)))
+        for target, args in targets:
+            thread = threading.Thread(target=target, args=args, daemon=True)
+            thread.start()
+            self._threads.append(thread)
+        return self
+
+    def close(self) -> None:
+        """Stop serving and close both ports (after ``serve_forever`` ran on each)."""
+        self._stop.set()
+        for server in (self.public, self.admin):
+            server.shutdown()
+            server.server_close()
 
 
-def run(state_dir: Path, host: str, port: int, route: Route, token: str) -> int:
+def run(
+    state_dir: Path,
+    host: str,
+    port: int,
+    route: Route,
+    token: str,
+    server_limits: Optional[limits.Limits] = None,
+) -> int:
     """Serve until SIGTERM/SIGINT; 1 when the port cannot be bound."""
-    router = Router(route)
     try:
-        public = _Server((host, port), _PublicHandler)
+        servers = ProxyServers(host, port, route, token, server_limits)
     except OSError as e:
         print(f"dai_mlflow.proxy: error: cannot listen on {host}:{port}: {e}", file=sys.stderr)
         return 1
-    admin = _Server(("127.0.0.1", 0), _AdminHandler)
-    public.router = admin.router = router  # type: ignore[attr-defined]
-    admin.token = token  # type: ignore[attr-defined]
-    info = {"pid": os.getpid(), "host": host, "port": public.server_address[1],
-            "admin_port": admin.server_address[1]}  # fmt: skip
+    warning = limits.bind_warning(host, servers.port)
+    if warning:
+        print(f"dai_mlflow.proxy: {warning}", file=sys.stderr, flush=True)
+    info = {"pid": os.getpid(), "host": host, "port": servers.port,
+            "admin_port": servers.admin_port}  # fmt: skip
     tmp = state_dir / f".{PROXY_FILE}.{os.getpid()}"
     tmp.write_text(json.dumps(info))
     tmp.replace(state_dir / PROXY_FILE)
@@ -325,15 +466,14 @@ def run(state_dir: Path, host: str, port: int, route: Route, token: str) -> int:
         raise SystemExit(128 + signum)
 
     signal.signal(signal.SIGTERM, _stop)
-    threading.Thread(target=admin.serve_forever, daemon=True).start()
+    servers.start(public=False)
     print(f"dai_mlflow.proxy: http://{host}:{info['port']} -> version {route.version}", flush=True)
     try:
-        public.serve_forever()
+        servers.public.serve_forever(_POLL)
     except (KeyboardInterrupt, SystemExit):
         pass
     finally:
-        public.server_close()
-        admin.server_close()
+        servers.close()
     return 0
 
 
@@ -344,11 +484,17 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", required=True, type=int)
     parser.add_argument("--route", required=True, help="the first route, as JSON")
+    limits.add_arguments(parser)
     args = parser.parse_args(argv)
     token = os.environ.pop(TOKEN_ENV, "")
     if not token:
         parser.error(f"{TOKEN_ENV} is not set")
-    return run(args.state_dir, args.host, args.port, Route(json.loads(args.route)), token)
+    try:
+        server_limits = limits.from_arguments(args)
+    except limits.LimitsError as e:
+        parser.error(str(e))
+    route = Route(json.loads(args.route))
+    return run(args.state_dir, args.host, args.port, route, token, server_limits)
 
 
 if __name__ == "__main__":

@@ -70,6 +70,7 @@ MODEL_SIDE_MODULES = (
     "model/runtime.py",
     "model/experiment.py",
     "model/license.py",
+    "model/http_limits.py",
     *(f"model/hooks/{name}" for name in MODULES),
 )
 DEFAULT_ALIAS = CHALLENGER

@@ -17,6 +17,14 @@ shapes: ``{"jsonrpc": "2.0", "id": ..., "result": ...}`` and ``{"jsonrpc": "2.0"
 such an error object. Messages are one line (DAI sends the whole traceback; its last line is
 what is sent here, and the traceback goes to this server's stderr). ``GET /ping`` answers 200
 for health checks. NaN/inf results become the dtype's largest finite value, as DAI encodes them.
+The request ``id`` is a string, a number or null (JSON-RPC 2.0); anything else is an error
+answer.
+
+Limits (:mod:`dai_mlflow.model.http_limits`; ``--max-body-mb``, ``--timeout``, ``--threads``
+or their ``DAI_MLFLOW_SERVE_*`` variables): bodies over 64 MiB get HTTP 413 unread, a
+connection that sends nothing or sends too slowly is closed after 60 s, at most 128 connections
+are served at once (more wait to be accepted). A bind beyond loopback prints a warning: there
+is no authentication and no TLS.
 
 Where it runs: the scorer needs the model's own env (Python 3.8 for DAI 1.10).
 
@@ -40,11 +48,11 @@ from __future__ import annotations
 import json
 import math
 import re
+import shutil
 import signal
 import sys
 import threading
 import traceback
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
@@ -58,6 +66,10 @@ DEFAULT_PORT = 9090
 DEFAULT_HOST = "127.0.0.1"
 # The name of this file copied beside a model: run there as a script by the model env's Python.
 RPC_SCRIPT_NAME = "dai_mlflow_rpc.py"
+if __package__:
+    from dai_mlflow.model import http_limits as limits
+else:  # run as a script (the copy beside a model): the limits module copied next to it
+    import dai_mlflow_http_limits as limits  # type: ignore[no-redef]
 try:
     from dai_mlflow.envs.model_env import ENV_MANAGERS
 except ImportError:  # the copy run inside a model env serves there: --env-manager local only
@@ -72,7 +84,7 @@ METHODS = (
     "get_hash",
 )
 ERROR_CODE = 1  # DAI's http_server.py answers every error with code 1
-MAX_BODY_BYTES = 256 * 1024 * 1024
+_SHOWN = 200  # characters of a client's value quoted in an error message
 _MODULE_PREFIX = "scoring_h2oai_experiment_"
 _UUID_KEY = re.compile(r"^[0-9a-f]{8}(_[0-9a-f]{4}){3}_[0-9a-f]{12}$")
 _MAX = sys.float_info.max
@@ -164,11 +176,19 @@ def decode_body(body: bytes) -> Any:
         raise RpcError(f"Bad request: body is not UTF-8 ({e})", 400) from e
     try:
         return json.loads(text)
+    except RecursionError:
+        raise _too_deep() from None
     except ValueError as first:
         try:
             return json.loads(text.encode("unicode_escape"))
+        except RecursionError:
+            raise _too_deep() from None
         except ValueError:
             raise RpcError(f"Bad request: body is not JSON ({first})", 400) from first
+
+
+def _too_deep() -> RpcError:
+    return RpcError("Bad request: the JSON is nested too deeply", 400)
 
 
 class ScoringService:
@@ -305,6 +325,24 @@ def _kind(value: Any) -> str:
 # ------------------------------------------------------------------------------ protocol
 def handle(service: Any, body: bytes) -> Tuple[int, Dict[str, Any]]:
     """Answer one HTTP body: (HTTP status, JSON-RPC response object). Never raises."""
+    try:
+        return _handle(service, body)
+    except Exception as e:  # a bug here must not cost the client its answer
+        traceback.print_exc(file=sys.stderr)
+        return 500, _error(None, f"Internal error: {one_line(e)}"[:1000])
+
+
+def answer(service: Any, body: bytes) -> Tuple[int, bytes]:
+    """Answer one HTTP body: (HTTP status, the JSON response's bytes). Never raises."""
+    status, payload = handle(service, body)
+    try:
+        return status, json.dumps(payload, allow_nan=False).encode("utf-8")
+    except (ValueError, TypeError, RecursionError) as e:  # a result JSON cannot carry
+        error = _error(payload.get("id"), f"the result cannot be sent as JSON: {one_line(e)}")
+        return 200, json.dumps(error).encode("utf-8")
+
+
+def _handle(service: Any, body: bytes) -> Tuple[int, Dict[str, Any]]:
     request_id = None
     try:
         request = decode_body(body)
@@ -312,27 +350,47 @@ def handle(service: Any, body: bytes) -> Tuple[int, Dict[str, Any]]:
             raise RpcError(f"Bad request: want a JSON-RPC request object, got {_kind(request)}.")
         if "id" not in request:
             raise RpcError("Bad request: want 'id' in RPC request.")
+        if not _is_id(request["id"]):
+            raise RpcError(
+                "Bad request: 'id' must be a string, a number or null (JSON-RPC 2.0), "
+                f"got {_kind(request['id'])}"
+            )
         request_id = request["id"]
         if "method" not in request:
             raise RpcError("Bad request: want 'method' in RPC request.")
         method = request["method"]
         if method not in METHODS:
-            raise RpcError(f"Method not found: {method}")
+            shown = method[:_SHOWN] if isinstance(method, str) else _kind(method)
+            raise RpcError(f"Method not found: {shown}")
         if "params" not in request:
             raise RpcError("Bad request: want 'params' in RPC request.")
         params = request["params"]
         if not isinstance(params, dict):
-            raise RpcError(f"Bad request: want 'params' by-name, got {json.dumps(params)}")
-        result = service.call(method, params)
-        return 200, {"jsonrpc": "2.0", "id": request_id, "result": to_jsonable(result)}
+            raise RpcError(f"Bad request: want 'params' by-name, got {_shown(params)}")
+        result = to_jsonable(service.call(method, params))
+        return 200, {"jsonrpc": "2.0", "id": request_id, "result": result}
     except RpcError as e:
         return e.status, _error(request_id, str(e))
     except Exception as e:  # any scoring failure is answered, and the server keeps serving
-        if getattr(e, "error_code", None) == "INVALID_PARAMETER_VALUE":  # bad input: one line
+        # Bad input (a bad value, a deeply nested one): one line; anything else: its traceback.
+        bad_input = getattr(e, "error_code", None) == "INVALID_PARAMETER_VALUE"
+        if bad_input or isinstance(e, RecursionError):
             print(f"{NOTE} {one_line(e)}", file=sys.stderr, flush=True)
         else:
             traceback.print_exc(file=sys.stderr)
         return 200, _error(request_id, one_line(e))
+
+
+def _is_id(value: Any) -> bool:
+    return value is None or isinstance(value, (str, int, float))
+
+
+def _shown(value: Any) -> str:
+    try:
+        text = json.dumps(value)
+    except (ValueError, TypeError, RecursionError):
+        return _kind(value)
+    return text if len(text) <= _SHOWN else text[:_SHOWN] + "..."
 
 
 def _error(request_id: Any, message: str) -> Dict[str, Any]:
@@ -343,35 +401,34 @@ def _error(request_id: Any, message: str) -> Dict[str, Any]:
     }
 
 
-class _Handler(BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"  # keep-alive: clients reuse their connection
+class _Handler(limits.LimitedHandler):
     server_version = "dai-mlflow-rpc"
     # Headers and body leave in two writes; with Nagle on, a keep-alive client's delayed ACK
     # holds the body back ~40 ms per request.
     disable_nagle_algorithm = True
 
     def do_POST(self) -> None:  # noqa: N802 (http.server's naming)
-        length = int(self.headers.get("Content-Length") or 0)
-        if length > MAX_BODY_BYTES:
-            self._reply(413, _error(None, f"Bad request: body over {MAX_BODY_BYTES} bytes"))
-            self.close_connection = True
-            return
-        body = self.rfile.read(length) if length else b""
         if self.path.split("?", 1)[0] != RPC_PATH:
-            self._reply(404, _error(None, f"Not found: {self.path}; POST to {RPC_PATH}"))
+            self.send_refusal(404, f"Not found: {self.path[:_SHOWN]}; POST to {RPC_PATH}")
             return
-        status, payload = handle(self.server.service, body)  # type: ignore[attr-defined]
-        self._reply(status, payload)
+        try:
+            body = self.read_request_body()
+        except limits.BodyError as e:
+            self.send_refusal(e.status, e.message)
+            return
+        status, data = answer(self.server.service, body)  # type: ignore[attr-defined]
+        self._send(status, data, "application/json")
 
     def do_GET(self) -> None:  # noqa: N802
         if self.path.split("?", 1)[0] == PING_PATH:
             self._send(200, b"\n", "text/plain")
         else:
-            self._reply(405, _error(None, f"Method not allowed: GET; POST to {RPC_PATH}"))
+            self.send_refusal(405, f"Method not allowed: GET; POST to {RPC_PATH}")
 
-    def _reply(self, status: int, payload: Dict[str, Any]) -> None:
-        body = json.dumps(payload, allow_nan=False).encode("utf-8")
-        self._send(status, body, "application/json")
+    def send_refusal(self, status: int, message: str) -> None:
+        """DAI's error object, the connection closed (a body may be left unread)."""
+        data = json.dumps(_error(None, message)).encode("utf-8")
+        self.send_unread(status, data, "application/json")
 
     def _send(self, status: int, body: bytes, content_type: str) -> None:
         self.send_response(status)
@@ -385,15 +442,41 @@ class _Handler(BaseHTTPRequestHandler):
             sys.stderr.write(f"{self.address_string()} - {format % args}\n")
 
 
-class RpcServer(ThreadingHTTPServer):
+class RpcServer(limits.LimitedHTTPServer):
     """Threaded HTTP server holding the service (scoring itself is serialised)."""
 
-    daemon_threads = True
-
-    def __init__(self, address: Tuple[str, int], service: Any, access_log: bool = False) -> None:
-        super().__init__(address, _Handler)
+    def __init__(
+        self,
+        address: Tuple[str, int],
+        service: Any,
+        access_log: bool = False,
+        server_limits: Optional[limits.Limits] = None,
+    ) -> None:
+        super().__init__(address, _Handler, server_limits)
         self.service = service
         self.access_log = access_log
+
+
+def build_server(
+    service: Any,
+    host: str = DEFAULT_HOST,
+    port: int = 0,
+    server_limits: Optional[limits.Limits] = None,
+    access_log: bool = False,
+) -> RpcServer:
+    """The JSON-RPC HTTP server of ``service`` (bound, not yet serving: ``serve_forever``)."""
+    return RpcServer((host, port), service, access_log, server_limits)
+
+
+def install_script(folder: Path) -> Path:
+    """Copy this file into ``folder`` as a script (with the limits module it imports); its path.
+
+    The copy runs on a model env's Python and imports the model's own ``code/dai_mlflow``.
+    """
+    script = folder / RPC_SCRIPT_NAME
+    shutil.copy2(Path(__file__), script)
+    shutil.copy2(Path(limits.__file__), folder / limits.SCRIPT_NAME)
+    return script
 
 
 # ------------------------------------------------------------------------------ loading
@@ -454,9 +537,15 @@ def _is_dai_mlflow_error(error: BaseException) -> bool:
     return any(c.__name__ == "DaiMlflowError" for c in type(error).__mro__)
 
 
-def serve(service: Any, host: str, port: int, access_log: bool = False) -> None:
+def serve(
+    service: Any,
+    host: str,
+    port: int,
+    access_log: bool = False,
+    server_limits: Optional[limits.Limits] = None,
+) -> None:
     """Serve ``service`` on ``host:port`` until SIGTERM/SIGINT."""
-    server = RpcServer((host, port), service, access_log)
+    server = build_server(service, host, port, server_limits, access_log)
 
     def _stop(signum: int, _frame: Any) -> None:
         raise SystemExit(128 + signum)
@@ -474,7 +563,12 @@ def serve(service: Any, host: str, port: int, access_log: bool = False) -> None:
         server.server_close()
 
 
-def _serve_here(model_uri: str, host: str, port: int, access_log: bool) -> int:
+def _serve_here(
+    model_uri: str, host: str, port: int, access_log: bool, server_limits: limits.Limits
+) -> int:
+    warning = limits.bind_warning(host, port)
+    if warning:  # said before the model loads: the first thing in the log
+        print(f"{NOTE} {warning}", file=sys.stderr, flush=True)
     try:
         service = load_service(model_uri)
     except ModelLoadError as e:
@@ -487,7 +581,7 @@ def _serve_here(model_uri: str, host: str, port: int, access_log: bool) -> int:
         flush=True,
     )
     try:
-        serve(service, host, port, access_log)
+        serve(service, host, port, access_log, server_limits)
     except OSError as e:  # e.g. the port is taken
         print(f"{ERROR} cannot listen on {host}:{port}: {e}", file=sys.stderr)
         return 1
@@ -507,7 +601,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         ),
     )
     parser.add_argument("--model-uri", required=True, help="models:/NAME@ALIAS, runs:/..., path")
-    parser.add_argument("--host", default=DEFAULT_HOST, help=f"(default {DEFAULT_HOST})")
+    parser.add_argument(
+        "--host",
+        default=DEFAULT_HOST,
+        help=f"(default {DEFAULT_HOST}; another address warns: no authentication, no TLS)",
+    )
     parser.add_argument(
         "--port", type=int, default=DEFAULT_PORT, help=f"(default {DEFAULT_PORT}; 0: any free)"
     )
@@ -521,15 +619,21 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         ),
     )
     parser.add_argument("--access-log", action="store_true", help="log each request to stderr")
+    limits.add_arguments(parser)
     args = parser.parse_args(argv)
     if not 0 <= args.port <= 65535:
         parser.error(f"--port must be 0..65535, got {args.port}")
+    try:
+        server_limits = limits.from_arguments(args)
+    except limits.LimitsError as e:
+        parser.error(str(e))
     if args.env_manager == "local":
-        return _serve_here(args.model_uri, args.host, args.port, args.access_log)
+        return _serve_here(args.model_uri, args.host, args.port, args.access_log, server_limits)
     from dai_mlflow.errors import DaiMlflowError
     from dai_mlflow.serve.server import run_rpc_in_model_env
 
     extra = ["--access-log"] if args.access_log else []
+    extra += limits.argv_of(server_limits)
     try:
         return run_rpc_in_model_env(
             Path(__file__), args.model_uri, args.host, args.port, args.env_manager, extra

@@ -45,7 +45,7 @@ from dai_mlflow.envs.model_env import (
 )
 from dai_mlflow.envs.processes import FOREIGN_PYTHON_VARS, parent_death_signal
 from dai_mlflow.errors import DaiMlflowError
-from dai_mlflow.serve.rpc import RPC_SCRIPT_NAME
+from dai_mlflow.serve.rpc import install_script
 from dai_mlflow.tracking import download_model
 
 
@@ -167,8 +167,8 @@ def run_rpc_in_model_env(
     # not this checkout's, and nothing of the launcher's env reaches the model's Python.
     folder = Path(tempfile.mkdtemp(prefix="dai-mlflow-rpc-"))
     try:
-        shutil.copy2(rpc_script, folder / RPC_SCRIPT_NAME)
-        argv = ["python", str(folder / RPC_SCRIPT_NAME), "--model-uri", str(local)]
+        script = install_script(folder)
+        argv = ["python", str(script), "--model-uri", str(local)]
         argv += ["--host", host, "--port", str(port), "--env-manager", "local", *extra_args]
         return run_in_model_env(environment, argv)
     finally:

@@ -15,13 +15,10 @@ Databricks (unmarked): the real databricks-sdk against a fake workspace on loopb
 from __future__ import annotations
 
 import contextlib
-import http.client
 import json
-import threading
 import time
 import urllib.request
 from dataclasses import dataclass
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Dict, Iterator, List
 
@@ -29,7 +26,7 @@ import mlflow
 import pytest
 
 from dai_mlflow.errors import DaiMlflowError
-from dai_mlflow.lifecycle import endpoint, proxy, registry, smoke
+from dai_mlflow.lifecycle import endpoint, registry, smoke
 from dai_mlflow.lifecycle.cli import run as cli_run
 from dai_mlflow.lifecycle.deploy import DEPLOYED_TAG, DeployRequest, deploy, undeploy
 from dai_mlflow.lifecycle.validate import FIRST, PROMOTED, ValidateRequest, validate
@@ -55,88 +52,6 @@ def _license_text() -> str:
 def _get_json(url: str) -> Dict:
     with urllib.request.urlopen(url, timeout=10) as resp:
         return json.loads(resp.read())
-
-
-# ------------------------------------------------------------------------------ proxy
-
-
-class _SlowEcho(BaseHTTPRequestHandler):
-    """A stand-in backend: answers its own port and the body length after 0.3 s."""
-
-    protocol_version = "HTTP/1.1"
-
-    def do_POST(self) -> None:  # noqa: N802
-        body = self.rfile.read(int(self.headers["Content-Length"]))
-        time.sleep(0.3)
-        out = json.dumps({"port": self.server.server_address[1], "len": len(body)}).encode()
-        self.send_response(200)
-        self.send_header("Content-Length", str(len(out)))
-        self.end_headers()
-        self.wfile.write(out)
-
-    def log_message(self, *args) -> None:
-        pass
-
-
-def _serve(server: ThreadingHTTPServer) -> ThreadingHTTPServer:
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    return server
-
-
-def _post(port: int, path: str, body: bytes) -> tuple:
-    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
-    conn.request("POST", path, body=body)
-    resp = conn.getresponse()
-    return resp.status, resp.getheader(proxy.VERSION_HEADER), json.loads(resp.read())
-
-
-def test_proxy_serves_each_request_wholly_from_the_route_it_started_on():
-    """Requests in flight when the route switches finish on the old backend (and are counted
-    until they do, which is what deploy's drain waits for); the next ones go to the new one."""
-    old, new = (_serve(ThreadingHTTPServer(("127.0.0.1", 0), _SlowEcho)) for _ in range(2))
-    routes = [
-        proxy.Route({"id": f"r{v}", "version": v, "rpc": None,
-                     "invocations": f"http://127.0.0.1:{s.server_address[1]}"})
-        for v, s in (("1", old), ("2", new))
-    ]  # fmt: skip
-    router = proxy.Router(routes[0])
-    front = proxy._Server(("127.0.0.1", 0), proxy._PublicHandler)
-    front.router = router
-    _serve(front)
-    port = front.server_address[1]
-    try:
-        answers: List[tuple] = []
-        threads = [
-            threading.Thread(target=lambda: answers.append(_post(port, "/invocations", b"x")))
-            for _ in range(4)
-        ]
-        for t in threads:
-            t.start()
-        deadline = time.monotonic() + 10
-        while router.state()["inflight"]["r1"] < 4 and time.monotonic() < deadline:
-            time.sleep(0.01)
-        assert router.state()["inflight"] == {"r1": 4}
-        assert router.switch(routes[1])["version"] == "1"
-        after = _post(port, "/invocations", b"abc")
-        for t in threads:
-            t.join()
-        assert answers == [(200, "1", {"port": old.server_address[1], "len": 1})] * 4
-        assert after == (200, "2", {"port": new.server_address[1], "len": 3})
-        assert router.state()["inflight"]["r1"] == 0  # drained
-        # A chunked body arrives whole; /rpc without an rpc backend is a clear 404.
-        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
-        conn.putrequest("POST", "/invocations")
-        conn.putheader("Transfer-Encoding", "chunked")
-        conn.endheaders()
-        conn.send(b"5\r\nhello\r\n6\r\n world\r\n0\r\n\r\n")
-        assert json.loads(conn.getresponse().read())["len"] == 11
-        status, version, body = _post(port, "/rpc", b"{}")
-        assert (status, version) == (404, "2")
-        assert "rpc=true" in body["error"]
-    finally:
-        for server in (front, old, new):
-            server.shutdown()
-            server.server_close()
 
 
 # ------------------------------------------------------------------------------ databricks

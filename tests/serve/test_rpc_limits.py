@@ -1,0 +1,312 @@
+"""The JSON-RPC server's HTTP layer against hostile or careless clients (no model; seconds).
+
+Every test gets its server from one seam, :func:`start_server`: a factory that serves a service
+(an object with ``call(method, params)``, what :class:`dai_mlflow.serve.rpc.ScoringService` is)
+under given :class:`~dai_mlflow.model.http_limits.Limits` and yields the base URL. Another
+server that answers ``POST /rpc`` joins these tests by adding its own factory to
+:data:`FACTORIES`. The service here is a fake: these tests are about HTTP, not scoring.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import http.client
+import json
+import socket
+import threading
+import time
+from typing import Any, Callable, ContextManager, Dict, Iterator, List, Tuple
+
+import pytest
+
+from dai_mlflow.model import http_limits
+from dai_mlflow.model.http_limits import Limits
+from dai_mlflow.serve import rpc
+
+Factory = Callable[[Any, Limits], ContextManager[str]]
+CLIENT_TIMEOUT = 20.0  # how long a test client waits for what must come much sooner
+
+
+@contextlib.contextmanager
+def stdlib_rpc_server(service: Any, limits: Limits) -> Iterator[str]:
+    """``python -m dai_mlflow.serve.rpc``'s server (:func:`rpc.build_server`) in a thread."""
+    server = rpc.build_server(service, "127.0.0.1", 0, limits)
+    thread = threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(timeout=10)
+
+
+FACTORIES = [pytest.param(stdlib_rpc_server, id="serve.rpc")]
+
+
+@pytest.fixture(params=FACTORIES)
+def start_server(request) -> Factory:
+    """The seam: ``with start_server(service, limits) as url: ...``."""
+    return request.param
+
+
+class FakeService:
+    """Answers every method with its name and params; counts calls running at once."""
+
+    def __init__(self, delay: float = 0.0) -> None:
+        self.delay = delay
+        self.running = 0
+        self.most_at_once = 0
+        self._lock = threading.Lock()
+
+    def call(self, method: str, params: Dict[str, Any]) -> Any:
+        with self._lock:
+            self.running += 1
+            self.most_at_once = max(self.most_at_once, self.running)
+        try:
+            time.sleep(self.delay)
+            return {"method": method, "params": params}
+        finally:
+            with self._lock:
+                self.running -= 1
+
+
+def _address(url: str) -> Tuple[str, int]:
+    host, port = url.split("://", 1)[1].rsplit(":", 1)
+    return host, int(port)
+
+
+def _connect(url: str) -> socket.socket:
+    sock = socket.create_connection(_address(url), timeout=CLIENT_TIMEOUT)
+    sock.settimeout(CLIENT_TIMEOUT)
+    return sock
+
+
+def _read_response(sock: socket.socket) -> Tuple[int, Dict[str, Any]]:
+    """Status and JSON body of the next response on ``sock``."""
+    resp = http.client.HTTPResponse(sock)
+    resp.begin()
+    return resp.status, json.loads(resp.read())
+
+
+def _request(body: bytes, extra: str = "") -> bytes:
+    head = f"POST /rpc HTTP/1.1\r\nHost: x\r\nContent-Length: {len(body)}\r\n{extra}\r\n"
+    return head.encode() + body
+
+
+def _post(url: str, payload: Any) -> Tuple[int, Dict[str, Any]]:
+    conn = http.client.HTTPConnection(*_address(url), timeout=CLIENT_TIMEOUT)
+    try:
+        conn.request("POST", "/rpc", body=json.dumps(payload).encode())
+        resp = conn.getresponse()
+        return resp.status, json.loads(resp.read())
+    finally:
+        conn.close()
+
+
+GET_HASH = {"id": 1, "method": "get_hash", "params": {}}
+
+
+def test_a_negative_or_malformed_content_length_is_400_not_an_unbounded_read(start_server):
+    with start_server(FakeService(), Limits()) as url:
+        for value in ("-5", "-1", "+5", "0x10", "1e3", "5, 6"):
+            sock = _connect(url)
+            # The client keeps its side open: a server that reads "until the end" never answers.
+            sock.sendall(f"POST /rpc HTTP/1.1\r\nContent-Length: {value}\r\n\r\nabc".encode())
+            status, answer = _read_response(sock)
+            sock.close()
+            assert status == 400, value
+            assert "Content-Length" in answer["error"]["message"]
+        assert _post(url, GET_HASH)[0] == 200
+
+
+def test_chunked_bodies_are_read_and_a_negative_chunk_size_is_400(start_server):
+    body = json.dumps(GET_HASH).encode()
+    with start_server(FakeService(), Limits()) as url:
+        sock = _connect(url)
+        head = b"POST /rpc HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n"
+        sock.sendall(head + b"%x\r\n%s\r\n0\r\n\r\n" % (len(body), body))
+        assert _read_response(sock) == (200, {"jsonrpc": "2.0", "id": 1, "result": {
+            "method": "get_hash", "params": {}}})  # fmt: skip
+        for size in (b"-5", b"-0x10", b"zz", b"+5"):
+            sock = _connect(url)
+            sock.sendall(head + size + b"\r\n" + body)
+            status, answer = _read_response(sock)
+            sock.close()
+            assert status == 400, size
+            assert "chunk size" in answer["error"]["message"]
+
+
+def test_a_body_over_the_limit_is_413_without_being_read(start_server):
+    with start_server(FakeService(), Limits(max_body_bytes=4096)) as url:
+        sock = _connect(url)
+        sock.sendall(b"POST /rpc HTTP/1.1\r\nContent-Length: 200000000\r\n\r\n")  # no body sent
+        status, answer = _read_response(sock)
+        assert status == 413
+        assert http_limits.MAX_BODY_ENV in answer["error"]["message"]
+        # A client that sends its whole body first (no Expect) reads the 413 too, not a reset.
+        status, answer = _post(url, {**GET_HASH, "params": {"pad": "x" * 10000}})
+        assert status == 413
+        # Expect: 100-continue: refused before the client sends the body.
+        sock = _connect(url)
+        sock.sendall(b"POST /rpc HTTP/1.1\r\nContent-Length: 10000\r\nExpect: 100-continue\r\n\r\n")
+        assert _read_response(sock)[0] == 413
+        assert _post(url, GET_HASH)[0] == 200
+
+
+def test_a_client_that_sends_nothing_is_dropped_after_the_timeout(start_server):
+    with start_server(FakeService(), Limits(timeout=0.5)) as url:
+        idle = _connect(url)
+        assert idle.recv(1) == b""  # closed by the server, well before the client's timeout
+        # A keep-alive connection idle between requests is dropped the same way.
+        sock = _connect(url)
+        sock.sendall(_request(json.dumps(GET_HASH).encode()))
+        assert _read_response(sock)[0] == 200
+        assert sock.recv(1) == b""
+
+
+def test_a_client_that_sends_slowly_is_dropped_after_the_timeout(start_server):
+    """One byte every 0.1 s never lets a per-read timeout of 0.5 s fire; the request's own
+    deadline does."""
+    data = _request(json.dumps({**GET_HASH, "params": {"pad": "x" * 100}}).encode())
+    with start_server(FakeService(), Limits(timeout=0.5)) as url:
+        sock = _connect(url)
+        sent = 0
+        with contextlib.suppress(OSError):  # a reset or broken pipe once the server closed
+            for byte in data:
+                sock.send(bytes([byte]))
+                sent += 1
+                time.sleep(0.1)
+        assert sent < len(data), "the server took the whole slow request"
+        sock.close()
+        assert _post(url, GET_HASH)[0] == 200
+
+
+def _nested(depth: int) -> str:
+    return "[" * depth + "]" * depth
+
+
+def _body(request_id: str = "3", method: str = '"get_hash"', params: str = "{}") -> str:
+    """A JSON-RPC request with its parts given as JSON text."""
+    return '{"id": ' + request_id + ', "method": ' + method + ', "params": ' + params + "}"
+
+
+DEEP = [
+    (_body(request_id=_nested(600)), 200),
+    (_body(request_id=_nested(600), method='"nope"'), 200),
+    (_body(request_id=_nested(100_000)), 400),
+    (_body(method='"score"', params='{"row": ' + _nested(100_000) + "}"), 400),
+    (_body(method=_nested(600)), 200),
+    (_body(method='"score"', params=_nested(600)), 200),
+]
+DEEP_IDS = ["id-600", "id-600-bad-method", "id-100k", "row-100k", "method-600", "params-600"]
+
+
+@pytest.mark.parametrize(("body", "status"), DEEP, ids=DEEP_IDS)
+def test_deeply_nested_json_gets_an_error_answer(start_server, body, status):
+    with start_server(FakeService(), Limits()) as url:
+        sock = _connect(url)
+        sock.sendall(_request(body.encode()))
+        got, answer = _read_response(sock)
+        assert got == status
+        assert answer["error"]["code"] == rpc.ERROR_CODE
+        assert "\n" not in answer["error"]["message"]
+        assert answer["id"] in (None, 3)
+        assert _post(url, GET_HASH)[0] == 200
+
+
+@pytest.mark.parametrize(("body", "status"), DEEP, ids=DEEP_IDS)
+def test_handle_never_raises_on_deep_nesting(body, status):
+    got, payload = rpc.handle(FakeService(), body.encode())
+    assert (got, payload["error"]["code"]) == (status, rpc.ERROR_CODE)
+    got, data = rpc.answer(FakeService(), body.encode())
+    assert json.loads(data)["error"]["code"] == rpc.ERROR_CODE
+
+
+def test_connections_beyond_the_thread_bound_wait_and_are_all_served(start_server):
+    service = FakeService(delay=0.2)
+    results: List[int] = []
+    with start_server(service, Limits(threads=3)) as url:
+
+        def client() -> None:
+            results.append(_post(url, GET_HASH)[0])
+
+        threads = [threading.Thread(target=client) for _ in range(12)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(timeout=60)
+    assert results == [200] * 12
+    assert service.most_at_once <= 3
+
+
+def test_64_keep_alive_clients_at_once_are_all_served(start_server):
+    """No connection refused or reset below the thread bound (the default: 128)."""
+    outcomes: List[str] = []
+    lock = threading.Lock()
+    with start_server(FakeService(), Limits()) as url:
+        barrier = threading.Barrier(64)
+
+        def client(n: int) -> None:
+            conn = http.client.HTTPConnection(*_address(url), timeout=CLIENT_TIMEOUT)
+            try:
+                conn.connect()
+                barrier.wait(timeout=30)  # all 64 connected before any request
+                for i in range(10):
+                    payload = {"id": n * 100 + i, "method": "get_hash", "params": {}}
+                    conn.request("POST", "/rpc", body=json.dumps(payload).encode())
+                    resp = conn.getresponse()
+                    answer = json.loads(resp.read())
+                    ok = resp.status == 200 and answer["id"] == payload["id"]
+                    with lock:
+                        outcomes.append("ok" if ok else f"HTTP {resp.status}")
+            except Exception as e:  # a refused or reset connection is a failure
+                with lock:
+                    outcomes.append(f"{type(e).__name__}: {e}")
+            finally:
+                conn.close()
+
+        threads = [threading.Thread(target=client, args=(n,)) for n in range(64)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(timeout=120)
+    assert [o for o in outcomes if o != "ok"] == []
+    assert len(outcomes) == 640
+
+
+# ------------------------------------------------------------------------------ configuration
+def test_limits_come_from_flags_then_environment_then_defaults():
+    assert Limits.from_env({}) == Limits()
+    assert Limits().max_body_bytes == 64 * 1024 * 1024
+    env = {
+        http_limits.MAX_BODY_ENV: "2",
+        http_limits.TIMEOUT_ENV: "5",
+        http_limits.THREADS_ENV: "7",
+    }
+    assert Limits.from_env(env) == Limits(2 * 1024 * 1024, 5.0, 7)
+    assert Limits.from_env(env, max_body_mb=1, threads=9) == Limits(1024 * 1024, 5.0, 9)
+    for bad in ({http_limits.TIMEOUT_ENV: "soon"}, {http_limits.THREADS_ENV: "0"},
+                {http_limits.TIMEOUT_ENV: "-1"}):  # fmt: skip
+        with pytest.raises(http_limits.LimitsError):
+            Limits.from_env(bad)
+
+
+def test_a_bind_beyond_loopback_is_warned_about():
+    for host in ("127.0.0.1", "::1", "localhost", "127.0.0.2"):
+        assert http_limits.bind_warning(host, 9090) is None, host
+    for host in ("0.0.0.0", "::", "", "10.1.2.3"):
+        warning = http_limits.bind_warning(host, 9090)
+        assert warning is not None, host
+        assert "no authentication" in warning
+        assert "no TLS" in warning
+        assert "\n" not in warning
+
+
+def test_the_rpc_command_warns_before_it_loads_the_model(tmp_path, capsys):
+    code = rpc.main(["--model-uri", str(tmp_path / "none"), "--env-manager", "local",
+                     "--host", "0.0.0.0", "--port", "0"])  # fmt: skip
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert code == 1
+    assert "no authentication and no TLS" in lines[0]
+    assert lines[-1].startswith("Error: cannot load")
