@@ -56,6 +56,7 @@ INPUT         ?=
 TABLE         ?= data/output/scored
 MONITOR_TABLE ?= data/output/monitoring
 DATE          ?=
+OVERWRITE     ?= false
 MLFLOW_RUN     = source $(VENVS)/launcher/bin/activate && mlflow run .
 
 .PHONY: validate
@@ -65,8 +66,8 @@ validate: launcher-venv ## promote MODEL_NAME@challenger to champion if better o
 
 .PHONY: batch
 batch: launcher-venv ## score INPUT with MODEL_NAME@champion into TABLE's DATE partition (default today)
-	@test -n "$(MODEL_NAME)" && test -n "$(INPUT)" || { echo "Error: pass MODEL_NAME=<registered model> INPUT=<csv|parquet> [TABLE=dir] [DATE=YYYY-MM-DD]" >&2; exit 2; }
-	@$(MLFLOW_RUN) -e batch -P model_name="$(MODEL_NAME)" -P input="$(INPUT)" -P table="$(TABLE)" -P date="$(DATE)"
+	@test -n "$(MODEL_NAME)" && test -n "$(INPUT)" || { echo "Error: pass MODEL_NAME=<registered model> INPUT=<csv|parquet> [TABLE=dir] [DATE=YYYY-MM-DD] [OVERWRITE=true]" >&2; exit 2; }
+	@$(MLFLOW_RUN) -e batch -P model_name="$(MODEL_NAME)" -P input="$(INPUT)" -P table="$(TABLE)" -P date="$(DATE)" -P overwrite="$(OVERWRITE)"
 
 TARGET        ?= local
 DEPLOY_PORT   ?= 5050
@@ -85,7 +86,7 @@ undeploy: launcher-venv ## stop MODEL_NAME's local endpoint (front proxy and ser
 .PHONY: monitor
 monitor: launcher-venv ## drift of TABLE's DATE partition vs the training baseline -> MONITOR_TABLE
 	@test -n "$(MODEL_NAME)" || { echo "Error: pass MODEL_NAME=<registered model> [TABLE=dir] [MONITOR_TABLE=dir] [DATE=YYYY-MM-DD]" >&2; exit 2; }
-	@$(MLFLOW_RUN) -e monitor -P model_name="$(MODEL_NAME)" -P table="$(TABLE)" -P output="$(MONITOR_TABLE)" -P date="$(DATE)"
+	@$(MLFLOW_RUN) -e monitor -P model_name="$(MODEL_NAME)" -P table="$(TABLE)" -P output="$(MONITOR_TABLE)" -P date="$(DATE)" -P overwrite="$(OVERWRITE)"
 
 # Serving (docs/serving.md): both restore the model's env offline and score there.
 PORT     ?= 5000

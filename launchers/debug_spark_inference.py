@@ -81,8 +81,10 @@ def predict_in_driver(model_dir: Path, sample) -> tuple[object, List[int]]:  # n
 
 def run(args: argparse.Namespace) -> int:
     """Sample in the driver, then (unless --sample-only) the Spark job; return the exit code."""
-    from dai_mlflow.spark import download_model, precheck
+    from dai_mlflow.spark import download_model, precheck, validate_output
 
+    if not args.sample_only:  # a refused output fails before the model is even downloaded
+        validate_output(args.output, [args.input], args.overwrite)
     with tempfile.TemporaryDirectory(prefix="dai-mlflow-debug-") as tmp:
         model_dir = download_model(args.model_uri, Path(tmp))
         precheck(model_dir, args.input, args.input_format)
@@ -97,7 +99,9 @@ def run(args: argparse.Namespace) -> int:
 
         spark = build_session(args.master, "dai-mlflow-debug", log_level=args.log_level)
         try:
-            plain_spark_udf(spark, model_dir, args.input, args.output, args.input_format)
+            plain_spark_udf(
+                spark, model_dir, args.input, args.output, args.input_format, args.overwrite
+            )
         finally:
             spark.stop()
     print(f"scored {args.input} -> {args.output} (plain spark_udf, env manager local)")
@@ -105,7 +109,12 @@ def run(args: argparse.Namespace) -> int:
 
 
 def plain_spark_udf(
-    spark: object, model_dir: Path, input_path: str, output: str, input_format: Optional[str]
+    spark: object,
+    model_dir: Path,
+    input_path: str,
+    output: str,
+    input_format: Optional[str],
+    overwrite: bool = False,
 ) -> None:
     """``mlflow.pyfunc.spark_udf(env_manager="local")`` on the input, written all or nothing."""
     import mlflow.pyfunc
@@ -123,7 +132,14 @@ def plain_spark_udf(
     scored = df.withColumn("__dai", udf(F.struct(*columns)))
     out = [F.col(f"`{c}`") for c in df.columns]
     out += [F.col("__dai").getField(n).alias(n) for n in spec.output_names]
-    write_atomically(spark, scored.select(*out), output, translate_error)
+    write_atomically(
+        spark,
+        scored.select(*out),
+        output,
+        translate_error,
+        overwrite=overwrite,
+        inputs=[input_path],
+    )
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
@@ -141,6 +157,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         help="first predict N input rows in this process (breakpoints hit)",
     )  # fmt: skip
     parser.add_argument("--sample-only", action="store_true", help="stop after the sample")
+    parser.add_argument(
+        "--overwrite", action="store_true",
+        help="replace --output even if it is not an earlier output (as score.py --overwrite)",
+    )  # fmt: skip
     parser.add_argument("--master", default="local[1]", help="Spark master (default local[1])")
     parser.add_argument("--log-level", default="FATAL")
     args = parser.parse_args(argv)

@@ -83,7 +83,7 @@ def test_score_py_ends_with_a_line_naming_the_license(
     before = output.read_bytes()
     cmd = [str(python), str(SCORE_PY), "--model-uri", str(model.local_dir)]
     cmd += ["--input", str(model.build.sample_input_csv), "--output", str(output)]
-    cmd += ["--env-manager", env_manager]
+    cmd += ["--env-manager", env_manager, "--overwrite"]  # the file is not a folder of ours
     started = time.monotonic()
     proc = subprocess.run(
         cmd, cwd=str(tmp_path), env=_env(tmp_path), capture_output=True, text=True, timeout=1500

@@ -4,7 +4,9 @@
 against its signature, then runs :mod:`.batch_job` (Spark) in a subprocess and records the run.
 The job scores with :func:`dai_mlflow.spark.score` and replaces the ``date=D`` partition of the
 output table (:mod:`.tables`): every row gets ``model_name``, ``model_version``, ``model_uri`` and
-``scored_at``; a re-run for the same date replaces that partition, never duplicates it.
+``scored_at``; a re-run for the same date replaces that partition, never duplicates it. A table
+folder that batch did not write, or one that holds the input, is refused
+(``overwrite=true`` allows the former; :mod:`dai_mlflow.outputs`).
 
 Where the Spark job's driver runs (the entry point's own env has no pyspark by default): in the
 champion's Spark venv, the model's Python and requirements plus pyspark
@@ -36,6 +38,7 @@ from dai_mlflow.errors import ERROR_PREFIX, say
 from dai_mlflow.lifecycle import registry, scoring, tables
 from dai_mlflow.lifecycle.batch_job import JOB_RESULT_PREFIX
 from dai_mlflow.lifecycle.errors import LifecycleError
+from dai_mlflow.outputs import BATCH_TABLE, check_partition
 
 # Relative to the project folder `mlflow run` runs the entry point in (the checkout).
 DEFAULT_SPARK_VENV = Path("venvs") / "spark_inference"
@@ -67,14 +70,18 @@ class BatchRequest(registry.ModelRequest):
     spark_venv: Optional[Path] = None
     master: str = "local[*]"
     python: str = ""
+    overwrite: bool = False
 
     def __post_init__(self) -> None:
         super().__post_init__()
         if self.env_manager not in ENV_MANAGERS:
             raise LifecycleError(f"env_manager {self.env_manager!r}: use one of {ENV_MANAGERS}")
         scoring.data_format(self.input)
-        tables.local_table(self.table)
         tables.partition_date(self.day)
+        # A table that is not ours, or that holds the input, is refused before anything runs.
+        tables.check_table(
+            tables.local_table(self.table), BATCH_TABLE, [str(self.input)], self.overwrite
+        )
 
 
 def spark_venv_python(model_dir: Path, dest: Path) -> Path:
@@ -119,6 +126,7 @@ def job_command(
         "--env-manager", request.env_manager,
         "--master", request.master,
         *(["--python", request.python] if request.python else []),
+        *(["--overwrite"] if request.overwrite else []),
     ]  # fmt: skip
 
 
@@ -171,6 +179,8 @@ def batch(request: BatchRequest) -> BatchResult:
                 "env_manager": request.env_manager,
             }
         )
+        table = tables.local_table(request.table)
+        check_partition(tables.partition_dir(table, day), request.overwrite)
         ref = registry.require_alias(request.model_name, request.alias)
         registry.log_params_once({"model_version": ref.version})
         work = Path(tempfile.mkdtemp(prefix="dai-mlflow-batch-"))

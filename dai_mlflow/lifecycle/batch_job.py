@@ -2,7 +2,7 @@
 
 ``python -m dai_mlflow.lifecycle.batch_job --model-dir DIR --model-name N --model-version V
 --input PATH --table DIR --date YYYY-MM-DD [--env-manager local] [--master local[*]]
-[--python EXECUTOR_PYTHON]``
+[--python EXECUTOR_PYTHON] [--overwrite]``
 
 Run by :mod:`.batch` in the champion's Spark venv (Python 3.8 + PySpark 3.5 for DAI 1.10) or in
 ``venvs/launcher``; needs no tracking server (the model folder is already downloaded). Prints
@@ -19,6 +19,7 @@ from typing import Optional
 
 import click
 
+from dai_mlflow import outputs
 from dai_mlflow.cli import HELP, entry_point
 from dai_mlflow.errors import DaiMlflowError, one_line
 
@@ -36,6 +37,7 @@ class PartitionJob:
     table: str
     day: str
     env_manager: str
+    overwrite: bool = False
 
 
 def score_partition(spark: object, job: PartitionJob) -> int:
@@ -62,7 +64,14 @@ def score_partition(spark: object, job: PartitionJob) -> int:
         except Exception as e:
             raise translate_error(e) from e
 
-    target = tables.replace_partition(Path(job.table), job.day, _write)
+    target = tables.replace_partition(
+        Path(job.table),
+        job.day,
+        _write,
+        kind=outputs.BATCH_TABLE,
+        overwrite=job.overwrite,
+        inputs=[job.input_path],
+    )
     return tables.row_count(target)
 
 
@@ -76,6 +85,7 @@ def score_partition(spark: object, job: PartitionJob) -> int:
 @click.option("--env-manager", default="local", show_default=True)
 @click.option("--master", default="local[*]", show_default=True)
 @click.option("--python", "executor_python", default=None, help="the executors' Python")
+@click.option("--overwrite", is_flag=True, help="write into a table folder that is not ours")
 def cli(master: str, executor_python: Optional[str], **fields: str) -> None:
     """Score the input into the date's partition; print ``batch_result=<rows>``."""
     from dai_mlflow.spark import precheck, preflight_predict

@@ -1,8 +1,10 @@
 """Command lines of the ``validate``, ``batch`` and ``monitor`` entry points (``MLproject``).
 
 ``python -m dai_mlflow.lifecycle validate --model-name NAME --holdout PATH``
-``python -m dai_mlflow.lifecycle batch --model-name NAME --input PATH --table DIR [--date D]``
-``python -m dai_mlflow.lifecycle monitor --model-name NAME --table DIR --output DIR [--date D]``
+``python -m dai_mlflow.lifecycle batch --model-name NAME --input PATH --table DIR [--date D]
+[--overwrite true]``
+``python -m dai_mlflow.lifecycle monitor --model-name NAME --table DIR --output DIR [--date D]
+[--overwrite true]``
 ``python -m dai_mlflow.lifecycle deploy --model-name NAME [--target local|databricks] ...``
 ``python -m dai_mlflow.lifecycle undeploy --model-name NAME`` (stops a local endpoint)
 
@@ -96,6 +98,11 @@ def validate(model_name: str, holdout: Path, target: str) -> None:
 @click.option(
     "--python", "executor_python", default="", help="the executors' Python (empty: theirs)"
 )
+@true_false(
+    "--overwrite",
+    "false",
+    "write into a folder that is not a table of ours (never one holding the input)",
+)
 def batch(
     model_name: str,
     input_path: Path,
@@ -106,6 +113,7 @@ def batch(
     spark_venv: str,
     master: str,
     executor_python: str,
+    overwrite: str,
 ) -> None:
     """Score INPUT with NAME@champion; replace the date's partition of TABLE."""
     from dai_mlflow.lifecycle.batch import BatchRequest
@@ -115,7 +123,7 @@ def batch(
         request = BatchRequest(
             model_name.strip(), input_path, table, day.strip(), alias.strip() or "champion",
             env_manager, Path(spark_venv) if spark_venv.strip() else None, master,
-            executor_python.strip(),
+            executor_python.strip(), overwrite == "true",
         )  # fmt: skip
     except DaiMlflowError as e:
         raise click.ClickException(str(e)) from e
@@ -129,13 +137,20 @@ def batch(
 @click.option("--output", required=True, help="monitoring table folder (date-partitioned)")
 @DATE
 @click.option("--days", type=int, default=1, show_default=True, help="partitions in the window")
-def monitor(model_name: str, table: str, output: str, day: str, days: int) -> None:
+@true_false(
+    "--overwrite",
+    "false",
+    "write into a folder that is not a table of ours (never one holding the input)",
+)
+def monitor(model_name: str, table: str, output: str, day: str, days: int, overwrite: str) -> None:
     """Drift of the window's inputs and predictions against the training baseline."""
     from dai_mlflow.lifecycle.monitor import MonitorRequest, summary
     from dai_mlflow.lifecycle.monitor import monitor as run_monitor
 
     try:
-        request = MonitorRequest(model_name.strip(), table, output, day.strip(), days)
+        request = MonitorRequest(
+            model_name.strip(), table, output, day.strip(), days, overwrite == "true"
+        )
     except DaiMlflowError as e:
         raise click.ClickException(str(e)) from e
     result = _tracked(run_monitor, request)

@@ -5,7 +5,8 @@ before it), and for each model version that scored rows there compares the input
 version's training baseline (DAI's ``training_data_column_stats.json`` from its
 ``scoring-pipeline`` artifact) and the predictions with the holdout predictions ``validate``
 logged for it (:mod:`.drift`). One row per feature and prediction column, plus the verdict, is
-written to the monitoring table's ``date`` partition (replaced on a re-run, :mod:`.tables`), and
+written to the monitoring table's ``date`` partition (replaced on a re-run, :mod:`.tables`; a
+folder that is not a monitoring table of ours, or the batch table itself, is refused), and
 the run gets ``should_retrain`` (0/1), ``drifted_features``, ``drifted_predictions`` metrics.
 
 After the table is written, the run gets pictures (:mod:`.plots`) under ``plots/v<version>/``
@@ -35,6 +36,7 @@ from dai_mlflow.lifecycle import drift, plots, registry, report, tables
 from dai_mlflow.lifecycle.errors import LifecycleError
 from dai_mlflow.lifecycle.validate import log_page
 from dai_mlflow.log.pipeline import read_column_stats
+from dai_mlflow.outputs import MONITOR_TABLE, check_partition
 
 MONITOR_COLUMNS = (
     "model_name", "model_version", "kind", "column", "metric", "value", "threshold", "drifted",
@@ -51,14 +53,20 @@ class MonitorRequest(registry.ModelRequest):
     output: str
     day: str = ""
     days: int = 1
+    overwrite: bool = False
 
     def __post_init__(self) -> None:
         super().__post_init__()
         if self.days < 1:
             raise LifecycleError(f"days must be >= 1, got {self.days}")
-        tables.local_table(self.table)
-        tables.local_table(self.output)
         tables.partition_date(self.day)
+        # The monitoring table may not be the batch table (its partition would be replaced).
+        tables.check_table(
+            tables.local_table(self.output),
+            MONITOR_TABLE,
+            [str(tables.local_table(self.table))],
+            self.overwrite,
+        )
 
     def window(self, day: str) -> List[str]:
         """The dates the drift window reads, oldest first, ending at ``day``."""
@@ -107,6 +115,7 @@ def monitor(request: MonitorRequest) -> MonitorResult:
         window = request.window(day)
         source = tables.local_table(request.table)
         out_table = tables.local_table(request.output)
+        check_partition(tables.partition_dir(out_table, day), request.overwrite, "output")
         registry.log_params_once(
             {
                 "model_name": request.model_name,
@@ -183,7 +192,14 @@ def monitor(request: MonitorRequest) -> MonitorResult:
                 registry.TAG_PREFIX + "should_retrain_reason": "; ".join(reasons)[:5000],
             }
         )
-        partition = tables.write_frame(out_table, day, frame)
+        partition = tables.write_frame(
+            out_table,
+            day,
+            frame,
+            kind=MONITOR_TABLE,
+            overwrite=request.overwrite,
+            inputs=[str(source)],
+        )
         log_report(request.model_name, window, run.info.run_id, computed_at, inputs)
         return MonitorResult(run.info.run_id, retrain, partition, frame)
 

@@ -6,33 +6,28 @@ A partition is only ever replaced whole: the new data is written to a hidden sib
 reader sees the old partition or the new one, never both, never a half-written one, and a re-run
 for the same date leaves exactly one copy. Where the kernel or filesystem refuses the exchange,
 the swap falls back to two renames with roll-back (a reader may then briefly see no partition).
-Any failure before the swap removes the staging folder and leaves the table as it was.
+Any failure before the swap removes the staging folder and leaves the table as it was; a writer
+killed outright (SIGKILL) leaves only hidden siblings, removed by the next writer of the table
+(:func:`dai_mlflow.outputs.claimed`). Only tables that are ours are written (marker
+``_DAI_MLFLOW_OUTPUT``, or only ``date=`` partitions), unless ``overwrite``.
 
 Stdlib + pandas/pyarrow; Python 3.8-safe (the Spark job in a DAI 1.10 env imports it too).
 """
 
 from __future__ import annotations
 
-import contextlib
-import ctypes
-import errno
-import os
 import re
-import shutil
-import uuid
 from datetime import date as Date
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Callable, List, Sequence
+from typing import Callable, List, Optional, Sequence
 
 import pandas as pd
 
+from dai_mlflow import outputs
 from dai_mlflow.lifecycle.errors import LifecycleError
 
 PARTITION_COLUMN = "date"
-_AT_FDCWD = -100
-_RENAME_EXCHANGE = 2
-_SYS_RENAMEAT2_X86_64 = 316
 
 
 def validate_date(text: str) -> str:
@@ -73,73 +68,67 @@ def partition_dir(table: Path, day: str) -> Path:
     return table / f"{PARTITION_COLUMN}={day}"
 
 
-def _exchange(a: Path, b: Path) -> bool:
-    """Atomically swap two paths; False when the OS cannot (then nothing changed)."""
-    try:
-        libc = ctypes.CDLL(None, use_errno=True)
-    except OSError:
-        return False
-    fn = getattr(libc, "renameat2", None)
-    args = (_AT_FDCWD, os.fsencode(str(a)), _AT_FDCWD, os.fsencode(str(b)), _RENAME_EXCHANGE)
-    if fn is not None:
-        fn.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
-        rc = fn(*args)
-    elif os.uname().machine == "x86_64":
-        rc = libc.syscall(_SYS_RENAMEAT2_X86_64, *args)
-    else:
-        return False
-    if rc == 0:
-        return True
-    err = ctypes.get_errno()
-    if err in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP, errno.EXDEV):
-        return False
-    raise OSError(err, os.strerror(err), str(b))
-
-
-def _swap_in(staging: Path, target: Path) -> None:
-    if not target.exists():
-        staging.rename(target)
-        return
-    if _exchange(staging, target):
-        shutil.rmtree(staging, ignore_errors=True)  # now holds the previous partition
-        return
-    backup = target.with_name(f".{target.name}.previous-{uuid.uuid4().hex[:8]}")
-    target.rename(backup)
-    try:
-        staging.rename(target)
-    except OSError:
-        with contextlib.suppress(OSError):
-            backup.rename(target)
-        raise
-    shutil.rmtree(backup, ignore_errors=True)
-
-
-def replace_partition(table: Path, day: str, write: Callable[[Path], None]) -> Path:
+def replace_partition(
+    table: Path,
+    day: str,
+    write: Callable[[Path], None],
+    *,
+    kind: Optional[str] = None,
+    overwrite: bool = False,
+    inputs: Sequence[str] = (),
+) -> Path:
     """Replace (or create) the ``date=day`` partition with what ``write(staging)`` writes.
 
     ``write`` gets a path that does not exist yet (Spark's ``errorifexists`` is fine) and must
-    leave parquet files in it. Returns the partition folder.
+    leave parquet files in it. Only that partition is touched; the table must be ours
+    (:func:`check_table`; of ``kind`` when given). Returns the partition folder.
 
     Raises:
+        OutputRefusedError: the table or partition is not ours (nothing was changed).
         LifecycleError: ``write`` produced no parquet file, or the swap failed (table unchanged).
         Exception: whatever ``write`` raised (the table is unchanged).
     """
     day = validate_date(day)
-    table.mkdir(parents=True, exist_ok=True)
+    check_table(table, kind, inputs, overwrite)
     target = partition_dir(table, day)
-    staging = table / f".{target.name}.staging-{uuid.uuid4().hex[:8]}"
-    try:
+    outputs.check_partition(target, overwrite)
+    table.mkdir(parents=True, exist_ok=True)
+    with outputs.claimed(target) as staging:
         write(staging)
         if not staging.is_dir() or not any(staging.glob("*.parquet")):
             raise LifecycleError(f"writing partition {target.name} of {table} produced no data")
-        _swap_in(staging, target)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
+        outputs.check_partition(target, overwrite)  # again: the job may have run for hours
+        if outputs.marker_kind(table) is None or (kind and outputs.marker_kind(table) != kind):
+            outputs.write_marker(table, kind or outputs.TABLE)
+        try:
+            outputs.swap_in(staging, target)
+        except OSError as e:
+            raise LifecycleError(
+                f"moving partition {target.name} into {table} failed: {e}; the table is unchanged"
+            ) from e
     return target
 
 
-def write_frame(table: Path, day: str, frame: pd.DataFrame) -> Path:
+def check_table(
+    table: Path, kind: Optional[str], inputs: Sequence[str] = (), overwrite: bool = False
+) -> None:
+    """Refuse a table folder that is not ours, or that is or holds an input (one line).
+
+    Raises:
+        OutputRefusedError: with what to do (``-P overwrite=true`` where that is allowed).
+    """
+    outputs.check_table(table, kind, inputs, overwrite)
+
+
+def write_frame(
+    table: Path,
+    day: str,
+    frame: pd.DataFrame,
+    *,
+    kind: Optional[str] = None,
+    overwrite: bool = False,
+    inputs: Sequence[str] = (),
+) -> Path:
     """Replace the ``date=day`` partition with ``frame`` (one parquet file, no date column)."""
     data = frame.drop(columns=[PARTITION_COLUMN], errors="ignore")
 
@@ -147,7 +136,7 @@ def write_frame(table: Path, day: str, frame: pd.DataFrame) -> Path:
         staging.mkdir(parents=True)
         data.to_parquet(staging / "part-00000.parquet", index=False)
 
-    return replace_partition(table, day, _write)
+    return replace_partition(table, day, _write, kind=kind, overwrite=overwrite, inputs=inputs)
 
 
 def partitions(table: Path) -> List[str]:

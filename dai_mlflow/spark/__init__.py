@@ -10,9 +10,11 @@ what the driver sends them; :mod:`.files` reads inputs and writes outputs all or
 from dai_mlflow.spark.files import (
     INPUT_FORMATS,
     OutputPathError,
+    OutputRefusedError,
     SparkScoringError,
     input_columns,
     read_input,
+    validate_output,
     write_atomically,
 )
 from dai_mlflow.spark.scoring import (

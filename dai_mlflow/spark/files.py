@@ -2,9 +2,10 @@
 
 * :func:`read_input`: RFC 4180 csv (header row, ``""`` escapes, inferred types) or parquet, by
   extension unless told;
-* :func:`write_atomically`: the output is written to a staging folder beside the target and
-  swapped in only when the job succeeded; whatever was at the target before is left untouched
-  by any failure. Works on any Hadoop filesystem (local, hdfs, s3a, ...) through the JVM;
+* :func:`write_atomically`: a local output is written to a hidden staging folder beside the
+  target and swapped in only when the job succeeded; whatever was at the target before is left
+  untouched by any failure, and only an earlier output of ours is replaced without
+  ``overwrite`` (:mod:`dai_mlflow.outputs`). Remote URIs are written by Spark's own modes;
 * :func:`input_columns` / :func:`sample_rows`: a local input's columns and first rows without
   Spark, so bad input fails before Spark starts.
 
@@ -14,13 +15,16 @@ Driver side; Python 3.8-safe.
 from __future__ import annotations
 
 import contextlib
-import uuid
+import os
 from pathlib import Path
-from typing import Callable, List, Optional
+from typing import Callable, List, Optional, Sequence
+from xml.etree import ElementTree
 
 import pandas as pd
 
+from dai_mlflow import outputs
 from dai_mlflow.errors import DaiMlflowError, one_line
+from dai_mlflow.outputs import OutputRefusedError
 
 INPUT_FORMATS = ("csv", "parquet")
 
@@ -107,72 +111,132 @@ def _format_of(path: str) -> str:
     return found
 
 
-class _HadoopFs:
-    """The Hadoop FileSystem behind a path (local, hdfs, s3a, ...), via the JVM."""
+def default_fs(spark: Optional[object] = None) -> str:
+    """Hadoop's default filesystem: where Spark writes a path given without a scheme.
 
-    def __init__(self, spark: object, path: str) -> None:
-        jvm = spark.sparkContext._jvm
-        self._Path = jvm.org.apache.hadoop.fs.Path
-        self.fs = self._Path(path).getFileSystem(spark.sparkContext._jsc.hadoopConfiguration())
+    From ``spark.hadoop.fs.defaultFS`` of the session, else ``fs.defaultFS`` of a
+    ``core-site.xml`` in ``HADOOP_CONF_DIR``, ``YARN_CONF_DIR`` or ``SPARK_CONF_DIR``, else
+    ``file:///``. Read without the JVM (PySpark has no public API for Hadoop's configuration).
+    """
+    if spark is not None:
+        with contextlib.suppress(Exception):
+            value = spark.conf.get("spark.hadoop.fs.defaultFS", None)
+            if value:
+                return str(value)
+    for var in ("HADOOP_CONF_DIR", "YARN_CONF_DIR", "SPARK_CONF_DIR"):
+        site = Path(os.environ.get(var) or "/nonexistent") / "core-site.xml"
+        if site.is_file():
+            with contextlib.suppress(Exception):
+                for prop in ElementTree.parse(str(site)).getroot().iter("property"):
+                    if (prop.findtext("name") or "").strip() in ("fs.defaultFS", "fs.default.name"):
+                        return (prop.findtext("value") or "").strip() or "file:///"
+    return "file:///"
 
-    def path(self, path: str) -> object:
-        return self._Path(path)
 
-    def exists(self, path: str) -> bool:
-        return bool(self.fs.exists(self._Path(path)))
-
-    def delete(self, path: str) -> None:
-        if self.exists(path):
-            self.fs.delete(self._Path(path), True)
-
-    def rename(self, src: str, dst: str) -> None:
-        if not self.fs.rename(self._Path(src), self._Path(dst)):
-            raise OutputPathError(f"could not move {src} to {dst}")
+def is_local_output(output: str, spark: Optional[object] = None) -> bool:
+    """True when ``output`` is a path of this machine's filesystem as Spark resolves it."""
+    if outputs.is_remote(output):
+        return False
+    return output.strip().startswith("file:") or not outputs.is_remote(default_fs(spark))
 
 
-def _sibling(path: str, tag: str) -> str:
-    base = path.rstrip("/")
-    head, _, name = base.rpartition("/")
-    sibling = f".{name}.{tag}-{uuid.uuid4().hex[:8]}"
-    return f"{head}/{sibling}" if head else sibling
+def _qualified(path: str, spark: Optional[object]) -> str:
+    """``path`` as a URI: scheme-less paths on a remote default filesystem get its prefix."""
+    if not path or outputs.is_remote(path) or path.strip().startswith("file:"):
+        return path
+    fs = default_fs(spark)
+    return fs.rstrip("/") + "/" + path.strip().lstrip("/") if outputs.is_remote(fs) else path
+
+
+def validate_output(
+    output: str,
+    inputs: Sequence[str] = (),
+    overwrite: bool = False,
+    spark: Optional[object] = None,
+) -> None:
+    """Refuse an ``--output`` that would replace what is not ours (:mod:`dai_mlflow.outputs`).
+
+    Raises:
+        OutputRefusedError: one line saying what to do; nothing was changed.
+    """
+    if is_local_output(output, spark):
+        outputs.check_output(output, inputs, overwrite)
+    else:
+        given = [_qualified(i, spark) for i in inputs]
+        outputs.check_output(_qualified(output, spark), given, overwrite)
+
+
+def _already_exists(exc: BaseException) -> bool:
+    text = str(exc)
+    return "PATH_ALREADY_EXISTS" in text or "already exists" in text
 
 
 def write_atomically(
-    spark: object, df: object, output: str, translate: Callable[[BaseException], Exception]
+    spark: object,
+    df: object,
+    output: str,
+    translate: Callable[[BaseException], Exception],
+    *,
+    overwrite: bool = False,
+    inputs: Sequence[str] = (),
 ) -> None:
-    """Write ``df`` as parquet next to ``output``, then swap it in; on failure leave ``output``.
+    """Write ``df`` as parquet to ``output``, all or nothing, replacing only what is ours.
+
+    A local ``output`` is written to a hidden staging folder beside it, marked as ours
+    (:data:`dai_mlflow.outputs.MARKER_NAME`) and swapped in when complete; any failure leaves
+    what was there. A remote one (``hdfs://``, ``s3a://``, ``dbfs:/``..., or a path on a remote
+    default filesystem) is written by Spark itself: ``errorifexists``, or ``overwrite`` (Spark
+    removes the old folder as the write starts) when ``overwrite`` is set.
 
     Args:
         spark: the session.
         df: what to write.
-        output: the target folder (any Hadoop path).
+        output: the target folder.
         translate: turns the job's exception into the error to raise (one line).
+        overwrite: allow replacing a path that is not an earlier output (never the input).
+        inputs: what the job reads; the output may not be, hold or lie inside them.
 
     Raises:
+        OutputRefusedError: the output may not be written there (checked before the job).
         OutputPathError: the finished output could not be moved into place.
     """
-    fs = _HadoopFs(spark, output)
-    staging = _sibling(output, "staging")
+    validate_output(output, inputs, overwrite, spark)
+    if not is_local_output(output, spark):
+        _write_remote(df, _qualified(output, spark), translate, overwrite)
+        return
+    target = outputs.local_path(output)
+    as_uri = output.strip().startswith("file:")
+    with outputs.claimed(target) as staging:
+        try:
+            df.write.mode("errorifexists").parquet(staging.as_uri() if as_uri else str(staging))
+        except Exception as e:
+            raise translate(e) from e
+        if not staging.is_dir():
+            raise OutputPathError(
+                f"Spark did not write {output} to this machine (its default filesystem is "
+                f"{default_fs(spark)}?); give --output as a full URI such as hdfs://HOST/path"
+            )
+        outputs.write_marker(staging, outputs.SCORED)
+        # Checked again: the path may have changed while the job ran.
+        validate_output(output, inputs, overwrite, spark)
+        try:
+            outputs.swap_in(staging, target)
+        except OSError as e:
+            raise OutputPathError(
+                f"moving the output into {output} failed: {one_line(e)}; what was there is intact"
+            ) from e
+
+
+def _write_remote(
+    df: object, output: str, translate: Callable[[BaseException], Exception], overwrite: bool
+) -> None:
     try:
-        df.write.mode("errorifexists").parquet(staging)
+        df.write.mode("overwrite" if overwrite else "errorifexists").parquet(output)
     except Exception as e:
-        with contextlib.suppress(Exception):
-            fs.delete(staging)
+        if not overwrite and _already_exists(e):
+            raise OutputRefusedError(
+                f"--output {output} already exists; dai-mlflow cannot see what a remote folder "
+                "holds, so it writes only new ones there: choose a new path, or pass "
+                "--overwrite to replace it"
+            ) from e
         raise translate(e) from e
-    backup = None
-    try:
-        if fs.exists(output):
-            backup = _sibling(output, "previous")
-            fs.rename(output, backup)
-        fs.rename(staging, output)
-    except Exception as e:
-        if backup and not fs.exists(output):
-            with contextlib.suppress(Exception):
-                fs.rename(backup, output)
-        with contextlib.suppress(Exception):
-            fs.delete(staging)
-        if isinstance(e, DaiMlflowError):
-            raise
-        raise OutputPathError(f"moving the output into {output} failed: {one_line(e)}") from e
-    if backup:
-        fs.delete(backup)

@@ -43,6 +43,7 @@ from dai_mlflow.spark.files import (
     input_columns,
     read_input,
     sample_rows,
+    validate_output,
     write_atomically,
 )
 from dai_mlflow.tracking import download_model
@@ -368,6 +369,7 @@ def score_to_path(
     *,
     input_format: Optional[str] = None,
     batch_size: Optional[int] = DEFAULT_BATCH_SIZE,
+    overwrite: bool = False,
     **options: Any,
 ) -> None:
     """Read ``input_path``, score it with :func:`score`, write parquet to ``output_path``.
@@ -375,14 +377,19 @@ def score_to_path(
     ``options`` are :func:`score`'s (``partitions``, ``add_metadata``, ``env``, ``env_root``,
     ``source_uri``); ``input_format`` is ``csv`` or ``parquet`` (default: from the extension).
 
-    The output appears at ``output_path`` only when the whole job succeeded; whatever was there
-    before is replaced then, and left untouched by any failure.
+    The output appears at ``output_path`` only when the whole job succeeded, and is left
+    untouched by any failure. An existing ``output_path`` is replaced only when it is an
+    earlier output of dai-mlflow, or with ``overwrite=True``; never when it is, holds or lies
+    inside the input, nor when it is ``/``, the home, current or a project folder
+    (:mod:`dai_mlflow.outputs`).
 
     Raises:
-        DaiMlflowError: any expected failure, with a one-line message.
+        DaiMlflowError: any expected failure, with a one-line message
+            (:class:`~dai_mlflow.outputs.OutputRefusedError` before anything runs).
     """
     if input_format not in (None,) + INPUT_FORMATS:
         raise SparkScoringError(f"unknown input format {input_format!r}; use csv or parquet")
+    validate_output(output_path, [input_path], overwrite, spark)
     try:
         df = read_input(spark, input_path, input_format)
     except DaiMlflowError:
@@ -392,7 +399,9 @@ def score_to_path(
     previous = spark.conf.get(ARROW_BATCH_CONF, None)
     try:
         scored = score(spark, model_uri, df, env_manager, batch_size=batch_size, **options)
-        write_atomically(spark, scored, output_path, translate_error)
+        write_atomically(
+            spark, scored, output_path, translate_error, overwrite=overwrite, inputs=[input_path]
+        )
     finally:
         if previous is not None:
             spark.conf.set(ARROW_BATCH_CONF, previous)

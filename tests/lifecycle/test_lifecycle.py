@@ -26,6 +26,7 @@ from dai_mlflow.errors import DaiMlflowError
 from dai_mlflow.lifecycle import drift, metrics, plots, scoring, tables
 from dai_mlflow.lifecycle.errors import LifecycleError, ModelFailedError
 from dai_mlflow.lifecycle.validate import FIRST, KEPT, PROMOTED, ValidateRequest, validate
+from dai_mlflow.outputs import MARKER_NAME
 from dai_mlflow.standin import data as standin_data
 from tests.fixtures_model import last_stdout_line, mlflow_run, run_env
 from tests.fixtures_reports import assert_sensible_png, embedded_pngs, remote_references
@@ -124,7 +125,7 @@ def test_partition_rerun_replaces_and_failed_write_leaves_the_table(tmp_path):
 
     with pytest.raises(RuntimeError):
         tables.replace_partition(table, DAY, _fail)
-    assert sorted(p.name for p in table.iterdir()) == [f"date={DAY}"]
+    assert sorted(p.name for p in table.iterdir()) == [MARKER_NAME, f"date={DAY}"]
     assert sorted(tables.read_partitions(table, [DAY])["a"]) == [3, 4, 5]
     with pytest.raises(LifecycleError, match="only local paths"):
         tables.local_table("s3://bucket/table")
@@ -294,7 +295,8 @@ def test_batch_twice_for_one_date_leaves_one_copy(
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert last_stdout_line(proc.stdout).startswith(f"rows={n_input} partition=")
 
-    assert sorted(p.name for p in table.iterdir()) == [f"date={DAY}"]  # no staging left over
+    # no staging left over
+    assert sorted(p.name for p in table.iterdir()) == [MARKER_NAME, f"date={DAY}"]
     rows = tables.read_partitions(table, [DAY])
     assert len(rows) == n_input
     assert set(rows["model_version"]) == {version}
@@ -317,7 +319,7 @@ def test_batch_twice_for_one_date_leaves_one_copy(
         batch(BatchRequest(NAME, source, str(table), DAY, spark_venv=spark_venv))
     assert "\n" not in str(err.value)
     assert sorted((table / f"date={DAY}").iterdir()) == files
-    assert sorted(p.name for p in table.iterdir()) == [f"date={DAY}"]
+    assert sorted(p.name for p in table.iterdir()) == [MARKER_NAME, f"date={DAY}"]
     runs = store.client().search_runs(["0"], f"params.date = '{DAY}'")
     statuses = {r.info.status for r in runs}
     assert statuses == {"FINISHED", "FAILED"}

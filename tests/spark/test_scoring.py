@@ -51,13 +51,15 @@ NO_LICENSE = {"DRIVERLESS_AI_LICENSE_FILE": "", "DRIVERLESS_AI_LICENSE_KEY": ""}
 
 
 def _previous_output(path: Path) -> Path:
+    """An earlier Spark output (its _SUCCESS): what a re-run may replace."""
     path.mkdir(parents=True)
     (path / "part-previous.parquet").write_bytes(b"previous run")
+    (path / "_SUCCESS").write_bytes(b"")
     return path
 
 
 def _assert_intact(path: Path) -> None:
-    assert sorted(p.name for p in path.iterdir()) == ["part-previous.parquet"]
+    assert sorted(p.name for p in path.iterdir()) == ["_SUCCESS", "part-previous.parquet"]
     assert (path / "part-previous.parquet").read_bytes() == b"previous run"
     leftovers = [p.name for p in path.parent.iterdir() if p.name.startswith(f".{path.name}.")]
     assert leftovers == []
