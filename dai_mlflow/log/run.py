@@ -57,6 +57,7 @@ from dai_mlflow.log.signature import (
 from dai_mlflow.model.hooks import MODULES
 from dai_mlflow.model.license import LicenseSource, find_license, license_bytes
 from dai_mlflow.model.pyfunc import CONFIG_INPUT_COLUMNS, CONFIG_SCORER_MODULE, PIPELINE_ARTIFACT
+from dai_mlflow.model.serving import MODULES as SERVING_MODULES
 from dai_mlflow.tracking import CHALLENGER, TAG_PREFIX
 
 MODEL_ARTIFACT_PATH = "model"
@@ -72,6 +73,10 @@ MODEL_SIDE_MODULES = (
     "model/license.py",
     "model/http_limits.py",
     *(f"model/hooks/{name}" for name in MODULES),
+    *(f"model/serving/{name}" for name in SERVING_MODULES),
+    # The model's own server answers /rpc with DAI's protocol module.
+    "serve/__init__.py",
+    "serve/rpc.py",
 )
 DEFAULT_ALIAS = CHALLENGER
 # Build dependencies of the model env per Python line (pip/setuptools releases that support it).

@@ -1,0 +1,28 @@
+"""The model's own HTTP server: ``/invocations``, ``/rpc``, ``/metrics`` with adaptive batching.
+
+Shipped inside every logged model (``code/dai_mlflow/model/serving``) and started in the model's
+env by ``python -m dai_mlflow_model_hooks.serve --model-path DIR`` (docs/serving.md):
+
+* :mod:`.cli`: options, the supervisor that binds the port and keeps N worker processes alive;
+* :mod:`.http`: a small asyncio HTTP/1.1 server (keep-alive, limits, timeouts);
+* :mod:`.app`: one worker: loads the model once, routes requests, answers MLflow's and DAI's
+  protocols;
+* :mod:`.batching`: merges concurrent requests into one scorer call;
+* :mod:`.metrics`: Prometheus metrics shared by the workers;
+* :mod:`.inference_log`: the optional parquet log of served rows.
+
+Stdlib only at import time (the scorer, MLflow, pandas and prometheus_client are imported by a
+worker); Python 3.8-safe.
+"""
+
+# This package's modules (what every logged model carries in code/dai_mlflow/model/serving).
+MODULES = (
+    "__init__.py",
+    "__main__.py",
+    "app.py",
+    "batching.py",
+    "cli.py",
+    "http.py",
+    "inference_log.py",
+    "metrics.py",
+)

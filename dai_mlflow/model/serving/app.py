@@ -1,0 +1,517 @@
+"""One worker process of the model's server: the model loaded once, every route answered.
+
+Routes: ``POST /invocations`` (MLflow's scoring protocol), ``POST /rpc`` (DAI's JSON-RPC,
+:mod:`dai_mlflow.serve.rpc`'s own ``handle``), ``GET /ping``, ``/health``, ``/version``,
+``/metrics``.
+
+``/invocations`` answers are MLflow's own: a JSON body of one of the four formats whose rows
+share their columns is parsed in the event loop thread only as far as merging needs, and the
+merged body is parsed by MLflow's ``infer_and_parse_data`` with the model's signature and
+predicted by ``PyFuncModel.predict``, as MLflow's server does. Anything else (CSV, unusual
+shapes, a merged call that failed) goes request by request through MLflow's own
+``scoring_server.invocations``, so its answer or error is exactly the one MLflow's server gives.
+
+``/rpc`` requests run ``handle`` in a small thread pool; ``score`` and ``score_batch`` calls of
+concurrent clients are merged into one ``score_batch`` (retried one by one when it fails, so an
+error reaches only its own client, with the message it gets alone).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime
+import json
+import os
+import sys
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+
+from .batching import Batcher, Item, RequestTimeout
+from .http import JSON, HttpServer, Request
+
+FORMATS = ("dataframe_split", "dataframe_records", "instances", "inputs")
+ROUTES = ("/invocations", "/rpc", "/ping", "/health", "/version", "/metrics")
+RPC_THREADS = 64
+_SPLIT_KEYS = {"columns", "data"}
+
+
+class ServerConfig:
+    """What a worker needs from the command line."""
+
+    def __init__(
+        self,
+        model_path: str,
+        max_batch_rows: int = 1000,
+        max_wait_ms: float = 2.0,
+        batching: bool = True,
+        log_requests: Optional[str] = None,
+        body_limit: int = 64 * 1024 * 1024,
+        timeout: Optional[float] = None,
+    ) -> None:
+        self.model_path = model_path
+        self.max_batch_rows = max_batch_rows
+        self.max_wait_ms = max_wait_ms
+        self.batching = batching
+        self.log_requests = log_requests
+        self.body_limit = body_limit
+        self.timeout = timeout
+
+
+def error_json(status: int, message: str) -> bytes:
+    """MLflow's error body for answers the server gives itself."""
+    code = "BAD_REQUEST" if 400 <= status < 500 else "INTERNAL_ERROR"
+    if status == 404:
+        code = "ENDPOINT_NOT_FOUND"
+    return json.dumps({"error_code": code, "message": message}).encode()
+
+
+def model_info(model_path: str) -> Dict[str, str]:
+    """Name, version and DAI version of the model folder, for ``dai_mlflow_model_info``."""
+    import mlflow
+    from mlflow.models import Model
+
+    info = {
+        "model_name": "",
+        "model_version": "",
+        "dai_version": "",
+        "scorer_module": "",
+        "mlflow_version": mlflow.__version__,
+        "python_version": ".".join(str(v) for v in sys.version_info[:3]),
+    }
+    meta = Model.load(model_path).metadata or {}
+    info["dai_version"] = str(meta.get("dai_version", ""))
+    info["scorer_module"] = str(meta.get("scorer_module", ""))
+    registered = Path(model_path) / "registered_model_meta"
+    if registered.is_file():  # MLflow writes it when a models:/ URI is downloaded
+        for line in registered.read_text().splitlines():
+            key, _, value = line.partition(":")
+            if key.strip() in ("model_name", "model_version"):
+                info[key.strip()] = value.strip().strip("'\"")
+    info["model_name"] = os.environ.get("DAI_MLFLOW_MODEL_NAME") or info["model_name"]
+    info["model_version"] = os.environ.get("DAI_MLFLOW_MODEL_VERSION") or info["model_version"]
+    return info
+
+
+def fast_item(body: bytes, content_type: Optional[str]) -> Optional[Tuple[Any, int, Any]]:
+    """``(key, rows, payload)`` for a JSON body that can share a scorer call, else None."""
+    if content_type is None:
+        return None
+    mime, _, rest = content_type.partition(";")
+    if mime.strip() != "application/json" or (
+        rest.strip() and rest.replace(" ", "").lower() != "charset=utf-8"
+    ):
+        return None
+    try:
+        data = json.loads(body)
+    except (ValueError, RecursionError):
+        return None
+    if type(data) is not dict:
+        return None
+    params = data.get("params")
+    names = [k for k in data if k != "params"]
+    if len(names) != 1 or names[0] not in FORMATS:
+        return None
+    if params is not None and type(params) is not dict:
+        return None
+    fmt = names[0]
+    value = data[fmt]
+    pkey = json.dumps(params, sort_keys=True) if params else ""
+    if fmt == "dataframe_split":
+        if type(value) is not dict or value.keys() != _SPLIT_KEYS:
+            return None
+        columns, rows = value["columns"], value["data"]
+        if type(columns) is not list or type(rows) is not list or not rows:
+            return None
+        width = len(columns)
+        if not all(type(c) is str for c in columns) or not all(
+            type(r) is list and len(r) == width for r in rows
+        ):
+            return None
+        return (fmt, tuple(columns), pkey), len(rows), (rows, params, body, content_type)
+    if type(value) is not list or not value or type(value[0]) is not dict:
+        return None
+    first = value[0].keys()
+    if not all(type(r) is dict and r.keys() == first for r in value):
+        return None
+    return (fmt, tuple(first), pkey), len(value), (value, params, body, content_type)
+
+
+class Worker:
+    """The model, the batcher and the HTTP server of one worker process."""
+
+    def __init__(self, config: ServerConfig, metrics: Any, inference_log: Any = None) -> None:
+        import mlflow.pyfunc
+        from mlflow.pyfunc import scoring_server
+
+        from dai_mlflow.serve import rpc
+
+        self.config = config
+        self.metrics = metrics
+        self.log = inference_log
+        self.scoring_server = scoring_server
+        self.model = mlflow.pyfunc.load_model(config.model_path, suppress_warnings=True)
+        self.schema = self.model.metadata.get_input_schema()
+        from dai_mlflow.model.hooks.stdin_server import schema_columns
+
+        self.types = schema_columns(self.model)
+        self.required = set(self.schema.required_input_names()) if self.schema else set()
+        try:  # dai-mlflow's pyfunc reorders and coerces columns itself
+            self.direct = self.model.unwrap_python_model()
+        except Exception:  # noqa: BLE001 - not a PythonModel: MLflow's path only
+            self.direct = None
+        self.version = mlflow.__version__.encode()
+        self.service = rpc.load_service(config.model_path)
+        self.rpc = rpc
+        self._warm_up()
+        self.batcher = Batcher(
+            self._run,
+            max_rows=config.max_batch_rows,
+            max_wait=config.max_wait_ms / 1000.0,
+            enabled=config.batching,
+            timeout=config.timeout,
+        )
+        self.loop: Any = None
+        self.http: Optional[HttpServer] = None
+        self._answers: List[Tuple[Request, int, bytes, str]] = []
+        self._rpc_pool = ThreadPoolExecutor(RPC_THREADS, thread_name_prefix="rpc")
+        self.batched_rpc = BatchedRpc(self.service, self.batcher)
+
+    def _warm_up(self) -> None:
+        """Score the model's input example once: the first client does not pay for imports."""
+        from mlflow.models import Model
+
+        path = self.config.model_path
+        example = Model.load(path).load_input_example(path)
+        if example is not None:
+            self.model.predict(example)
+
+    # ---------------------------------------------------------------- serving
+    async def serve(self, sock: Any) -> None:
+        """Serve on ``sock`` until cancelled."""
+        self.loop = asyncio.get_running_loop()
+        self.http = HttpServer(
+            self.route,
+            error_json,
+            self._answered,
+            body_limit=self.config.body_limit,
+        )
+        self.batcher.start()
+        await self.http.start(sock)
+        await asyncio.Event().wait()
+
+    def _answered(self, request: Optional[Request], status: int, seconds: float) -> None:
+        route = request.path if request is not None and request.path in ROUTES else "other"
+        error = request is not None and request.rpc_error
+        self.metrics.answered(route, status, seconds, error)
+
+    def route(self, request: Request) -> None:
+        """Dispatch one request (event loop thread)."""
+        path, method = request.path, request.method
+        assert self.http is not None
+        self.batcher.clients = len(self.http.connections)
+        if path == "/invocations":
+            if method != "POST":
+                return request.respond(405, error_json(405, "Method not allowed; POST"))
+            return self._invocations(request)
+        if path == "/rpc":
+            if method != "POST":
+                message = f"Method not allowed: {method}; POST to /rpc"
+                return request.respond(405, self._rpc_json(self.rpc._error(None, message)))
+            return self._rpc(request)
+        if method != "GET":
+            if method == "POST":
+                not_found = f"Not found: {path}; POST to /invocations or /rpc"
+                return request.respond(404, error_json(404, not_found))
+            return request.respond(405, error_json(405, f"Method not allowed: {method}"))
+        if path in ("/ping", "/health"):
+            return request.respond(200, b"\n")
+        if path == "/version":
+            return request.respond(200, self.version)
+        if path == "/metrics":
+            from .metrics import CONTENT_TYPE
+
+            return request.respond(200, self.metrics.render(), CONTENT_TYPE)
+        return request.respond(404, error_json(404, f"Not found: {path}"))
+
+    def _invocations(self, request: Request) -> None:
+        content_type = request.headers.get("content-type")
+        fast = fast_item(request.body, content_type) if self.config.batching else None
+        if fast is None:
+            payload = ("solo", request.body, content_type)
+            item = Item(None, 1, payload, self._answer_to(request))
+        else:
+            key, rows, data = fast
+            item = Item(key, rows, data, self._answer_to(request))
+        item.arrived = request.started
+        self.batcher.submit(item)
+
+    def _answer_to(self, request: Request) -> Callable[[Any, Optional[BaseException]], None]:
+        def done(result: Any, error: Optional[BaseException]) -> None:
+            if error is not None:
+                status = 504 if isinstance(error, RequestTimeout) else 500
+                result = (status, error_json(status, str(error) or type(error).__name__), JSON)
+            self._answers.append((request, *result))
+
+        return done
+
+    # ---------------------------------------------------------------- the scorer thread
+    def _run(self, items: List[Item]) -> None:
+        try:
+            first = items[0]
+            if first.key is None:
+                for item in items:
+                    if isinstance(item.payload, tuple) and item.payload[0] == "solo":
+                        item.done(self._solo(item.payload[1], item.payload[2]), None)
+                    else:
+                        self._run_rpc([item])
+            elif first.key[0] == "rpc":
+                self._run_rpc(items)
+            else:
+                self._run_invocations(items)
+        finally:
+            answers, self._answers = self._answers, []
+            if answers:
+                self.loop.call_soon_threadsafe(_respond_all, answers)
+
+    def _run_invocations(self, items: List[Item]) -> None:
+        import pandas as pd
+
+        fmt, columns, _ = items[0].key
+        params = items[0].payload[1]
+        rows: List[Any] = []
+        for item in items:
+            rows.extend(item.payload[0])
+        try:
+            frame = self._direct_frame(fmt, columns, rows, params)
+            with _timed(self.metrics, len(rows)):
+                if frame is not None:
+                    result = self.direct.predict(None, frame, params)
+                else:  # MLflow's own parsing and schema checks, for the merged body
+                    merged = {"columns": list(columns), "data": rows}
+                    frame = self.scoring_server.infer_and_parse_data(
+                        {fmt: merged if fmt == "dataframe_split" else rows}, self.schema
+                    )
+                    result = self.model.predict(frame, params=params)
+            if not isinstance(result, pd.DataFrame) or len(result) != len(rows):
+                raise ValueError("the model's answer does not have one row per input row")
+        except Exception:  # noqa: BLE001 - retried one by one: each gets MLflow's own answer
+            for item in items:
+                item.done(self._solo(item.payload[2], item.payload[3]), None)
+            return
+        names = list(result.columns)
+        values = result.values.tolist()
+        start = 0
+        for item in items:
+            end = start + item.rows
+            predictions = [dict(zip(names, row)) for row in values[start:end]]
+            item.done((200, json.dumps({"predictions": predictions}).encode(), JSON), None)
+            start = end
+        if self.log is not None:
+            self.log.add(frame, result)
+
+    def _direct_frame(self, fmt: str, columns: Sequence[str], rows: List[Any], params: Any) -> Any:
+        """The merged rows as a frame the pyfunc can score without MLflow's checks, or None.
+
+        Only when MLflow's schema checks would pass unchanged: every signature column present,
+        numbers in numeric columns, text (or null) in text columns, no params beyond the two
+        boolean flags. Anything else takes MLflow's own path, so answers stay MLflow's.
+        """
+        import pandas as pd
+
+        if self.direct is None or not self.types:
+            return None
+        if params and not all(
+            k in ("pred_contribs", "output_margin") and type(v) is bool for k, v in params.items()
+        ):
+            return None
+        if not self.required.issubset(columns):
+            return None
+        if fmt == "dataframe_split":
+            frame = pd.DataFrame(rows, columns=list(columns))
+        else:
+            frame = pd.DataFrame.from_records(rows, columns=list(columns))
+        for name, kind in self.types:
+            if name not in frame.columns:
+                continue
+            values = frame[name]
+            if kind in ("double", "float"):
+                if values.dtype.kind not in "fi":
+                    return None
+            elif kind == "string":
+                if values.dtype.kind != "O" or pd.api.types.infer_dtype(
+                    values, skipna=True
+                ) not in ("string", "empty"):
+                    return None
+            else:  # integers, booleans, dates, ...: MLflow's own checks decide
+                return None
+        return frame
+
+    def _solo(self, body: bytes, content_type: Optional[str]) -> Tuple[int, bytes, str]:
+        """One request through MLflow's own ``invocations``: its answer, status and type."""
+        from mlflow.exceptions import MlflowException
+
+        server = self.scoring_server
+        mime = (content_type or "").split(";", 1)[0].strip()
+        if mime not in server.CONTENT_TYPES:
+            message = (
+                "This predictor only supports the following content types:"
+                f" Types: {server.CONTENT_TYPES}. Got '{content_type}'."
+            )
+            return 415, message.encode(), "text/plain"
+        data: Any = body
+        if mime != "application/vnd.apache.parquet":
+            try:
+                data = body.decode("utf-8")
+            except UnicodeDecodeError as e:
+                message = f"Ensure that input is a valid UTF-8 encoded string. Error: '{e!r}'"
+                return 400, error_json(400, message), JSON
+        try:
+            with _timed(self.metrics, None):
+                answer = server.invocations(data, content_type, self.model, self.schema)
+        except MlflowException as e:
+            return e.get_http_status_code(), e.serialize_as_json().encode(), JSON
+        except RecursionError:
+            return 400, error_json(400, "Bad request: the JSON body is nested too deeply"), JSON
+        except Exception as e:  # noqa: BLE001 - answered like MLflow's server, which goes on
+            return 500, error_json(500, f"{type(e).__name__}: {e}"), JSON
+        if answer.status == 200 and self.log is not None:
+            self.log.add_raw(data, content_type, answer.response)
+        return answer.status, answer.response.encode(), answer.mimetype
+
+    def _run_rpc(self, items: List[Item]) -> None:
+        self.batched_rpc.run(items, self.metrics, self.log)
+
+    # ---------------------------------------------------------------- /rpc
+    def _rpc(self, request: Request) -> None:
+        future = self.loop.run_in_executor(
+            self._rpc_pool, self.rpc.handle, self.batched_rpc, request.body
+        )
+        future.add_done_callback(lambda f: self._rpc_done(request, f))
+
+    def _rpc_done(self, request: Request, future: Any) -> None:
+        try:
+            status, payload = future.result()
+        except BaseException as e:  # noqa: BLE001 - handle never raises; be safe anyway
+            status, payload = 500, self.rpc._error(None, f"{type(e).__name__}: {e}")
+        request.rpc_error = "error" in payload
+        request.respond(status, self._rpc_json(payload))
+
+    @staticmethod
+    def _rpc_json(payload: Dict[str, Any]) -> bytes:
+        return json.dumps(payload, allow_nan=False).encode()
+
+
+class _timed:
+    """Observe one scorer call's rows and seconds."""
+
+    def __init__(self, metrics: Any, rows: Optional[int]) -> None:
+        self.metrics = metrics
+        self.rows = rows
+
+    def __enter__(self) -> None:
+        import time
+
+        self.started = time.monotonic()
+
+    def __exit__(self, *exc: Any) -> None:
+        import time
+
+        self.metrics.call_seconds.observe(time.monotonic() - self.started)
+        if self.rows is not None:
+            self.metrics.call_rows.observe(self.rows)
+
+
+def _respond_all(answers: Sequence[Tuple[Request, int, bytes, str]]) -> None:
+    for request, status, body, content_type in answers:
+        request.respond(status, body, content_type)
+
+
+class BatchedRpc:
+    """DAI's JSON-RPC methods with ``score``/``score_batch`` merged across clients.
+
+    ``handle`` calls :meth:`call` from an RPC thread; scoring methods queue their rows and wait
+    for the scorer thread; the rest go to the model's ``ScoringService`` directly.
+    """
+
+    def __init__(self, service: Any, batcher: Batcher) -> None:
+        self.service = service
+        self.batcher = batcher
+
+    def call(self, method: str, params: Dict[str, Any]) -> Any:
+        """Run ``method`` with by-name ``params`` (wrong names raise ``TypeError``, as in DAI)."""
+        if method in ("score", "score_batch"):
+            return getattr(self, method)(**params)
+        return self.service.call(method, params)
+
+    def score(self, row: Any, output_margin: Any = False, pred_contribs: Any = False) -> Any:
+        """One row, scored with other clients' rows in one ``score_batch``."""
+        flags = self.service._flags(output_margin, pred_contribs)
+        values = self.service._row_values(row)
+
+        def alone() -> Any:
+            return [self.service.score(row, output_margin, pred_contribs)]
+
+        return self._wait(flags, [values], alone)[0]
+
+    def score_batch(
+        self, rows: Any, output_margin: Any = False, pred_contribs: Any = False
+    ) -> List[List[Any]]:
+        """Rows, scored with other clients' rows in one ``score_batch``."""
+
+        def alone() -> Any:
+            return self.service.score_batch(rows, output_margin, pred_contribs)
+
+        flags = self.service._flags(output_margin, pred_contribs)
+        if not isinstance(rows, list) or not rows:
+            return alone()
+        return self._wait(flags, rows, alone)
+
+    def _wait(self, flags: Dict[str, bool], rows: List[Any], alone: Callable[[], Any]) -> Any:
+        event = threading.Event()
+        box: List[Any] = [None, None]
+
+        def done(result: Any, error: Optional[BaseException]) -> None:
+            box[0], box[1] = result, error
+            event.set()
+
+        key = ("rpc", tuple(sorted(flags.items())))
+        self.batcher.submit(Item(key, len(rows), (rows, flags, alone), done))
+        event.wait()
+        if box[1] is not None:
+            raise box[1]
+        return box[0]
+
+    def run(self, items: List[Item], metrics: Any, log: Any) -> None:
+        """Score ``items`` (scorer thread): merged, or one by one when the merged call fails."""
+        flags = items[0].payload[1]
+        rows: List[Any] = []
+        for item in items:
+            rows.extend(item.payload[0])
+        if len(items) > 1:
+            try:
+                with _timed(metrics, len(rows)):
+                    result = self.service.score_batch(rows, **flags)
+                if len(result) != len(rows):
+                    raise ValueError("score_batch did not answer one row per row")
+            except Exception:  # noqa: BLE001 - each alone below: its own error, as alone
+                result = None
+            if result is not None:
+                start = 0
+                for item in items:
+                    item.done(result[start : start + item.rows], None)
+                    start += item.rows
+                return
+        for item in items:
+            try:
+                with _timed(metrics, item.rows):
+                    answer = item.payload[2]()
+            except BaseException as e:  # noqa: BLE001 - handed to the waiting RPC thread
+                item.done(None, e)
+            else:
+                item.done(answer, None)
+
+
+def now_utc() -> datetime.datetime:
+    return datetime.datetime.now(datetime.timezone.utc)
