@@ -220,4 +220,5 @@ def test_logged_requirements_and_run_tag_hold_no_credentials(standin, tmp_path: 
     for secret in SECRETS:
         assert secret not in stored
         assert secret not in tag
-        assert not [p for p in staged.path.rglob("*.txt") if secret in p.read_text()]
+        files = [p for p in staged.path.rglob("*") if p.is_file()]
+        assert not [p for p in files if secret.encode() in p.read_bytes()]
