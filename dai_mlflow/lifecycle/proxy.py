@@ -67,7 +67,7 @@ PROBE_INTERVAL = 1.0  # seconds between checks that the current backends accept 
 UP, DOWN = "up", "down"
 _POLL = 0.1  # how soon serve_forever notices a shutdown (s)
 # The admin port takes tiny routes from the deployer only.
-ADMIN_LIMITS = limits.Limits(max_body_bytes=1024 * 1024, timeout=10.0, threads=8)
+ADMIN_LIMITS = limits.Limits(body_limit=1024 * 1024, client_timeout=10.0, max_connections=8)
 # Hop-by-hop headers are the proxy's own business on each side (RFC 9110 7.6.1); so are the
 # ones http.server writes itself (Server, Date) and the framing it recomputes.
 _HOP = frozenset(

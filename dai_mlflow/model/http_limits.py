@@ -3,17 +3,18 @@
 Shared by the JSON-RPC server (:mod:`dai_mlflow.serve.rpc`), the deploy endpoint's front proxy
 (:mod:`dai_mlflow.lifecycle.proxy`) and any other server that serves a model:
 
-* :class:`Limits`: the configuration, from flags (:func:`add_arguments`) or the environment
-  (``DAI_MLFLOW_SERVE_MAX_BODY_MB`` default 64, ``DAI_MLFLOW_SERVE_TIMEOUT`` default 60 s,
-  ``DAI_MLFLOW_SERVE_THREADS`` default 128);
+* :class:`Limits`: the configuration, from flags (:func:`add_arguments`: ``--body-limit``,
+  ``--client-timeout``, ``--max-connections``) or the environment
+  (``DAI_MLFLOW_SERVE_BODY_LIMIT`` default 64 MiB, ``DAI_MLFLOW_SERVE_CLIENT_TIMEOUT`` default
+  60 s, ``DAI_MLFLOW_SERVE_MAX_CONNECTIONS`` default 128);
 * :func:`bind_warning`: the one-line warning for a bind beyond loopback (no authentication, no
   TLS);
 * :func:`read_body`: a request body by ``Content-Length`` or chunked, strictly parsed (a negative
   or malformed length is a 400, never an unbounded read), 413 above the limit;
-* :class:`LimitedHTTPServer` + :class:`LimitedHandler`: ``http.server`` with at most ``threads``
-  connections served at once (the others wait in the listen queue, none is refused), a
-  connection that sends nothing or sends too slowly dropped after ``timeout``, and an answer that
-  the client does not take within ``timeout`` abandoned.
+* :class:`LimitedHTTPServer` + :class:`LimitedHandler`: ``http.server`` with at most
+  ``max_connections`` connections served at once (the others wait in the listen queue, none is
+  refused), a connection that sends nothing or sends too slowly dropped after
+  ``client_timeout``, and an answer that the client does not take within it abandoned.
 
 Stdlib only and Python 3.8-safe: it ships in every model's ``code/`` (the servers that run in a
 model's env import it from there), and is copied beside ``dai_mlflow_rpc.py`` as
@@ -34,17 +35,16 @@ from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, BinaryIO, Dict, List, Mapping, Optional
 
-MAX_BODY_ENV = "DAI_MLFLOW_SERVE_MAX_BODY_MB"
-TIMEOUT_ENV = "DAI_MLFLOW_SERVE_TIMEOUT"
-THREADS_ENV = "DAI_MLFLOW_SERVE_THREADS"
-DEFAULT_MAX_BODY_MB = 64.0
-DEFAULT_TIMEOUT = 60.0
-DEFAULT_THREADS = 128
-# Connections beyond the thread bound wait here, so it is far above the clients we expect.
+BODY_LIMIT_ENV = "DAI_MLFLOW_SERVE_BODY_LIMIT"
+CLIENT_TIMEOUT_ENV = "DAI_MLFLOW_SERVE_CLIENT_TIMEOUT"
+MAX_CONNECTIONS_ENV = "DAI_MLFLOW_SERVE_MAX_CONNECTIONS"
+DEFAULT_BODY_LIMIT = 64 * 1024 * 1024
+DEFAULT_CLIENT_TIMEOUT = 60.0
+DEFAULT_MAX_CONNECTIONS = 128
+# Connections beyond the bound wait here, so it is far above the clients we expect.
 LISTEN_BACKLOG = 1024
 # The name of this file when copied beside a script that imports it (see the docstring).
 SCRIPT_NAME = "dai_mlflow_http_limits.py"
-_MIB = 1024 * 1024
 _CHUNK_SIZE = re.compile(rb"[0-9A-Fa-f]{1,15}")
 _LENGTH = re.compile(r"[0-9]{1,18}")
 _MAX_LINE = 8192  # a chunk-size line or a trailer line
@@ -62,31 +62,40 @@ class Limits:
     """What one server allows.
 
     Args:
-        max_body_bytes: larger request bodies are answered 413 without being read.
-        timeout: seconds a connection may wait between requests, take to send one request
-            (line, headers, body; each phase), or take to receive one answer.
-        threads: connections served at once; more wait in the listen queue.
+        body_limit: bytes; larger request bodies are answered 413 without being read.
+        client_timeout: seconds a connection may wait between requests, take to send one
+            request (line and headers, then body), or take to receive one answer.
+        max_connections: connections served at once (a thread each); more wait, accepted by
+            the kernel, until one ends.
     """
 
-    max_body_bytes: int = int(DEFAULT_MAX_BODY_MB * _MIB)
-    timeout: float = DEFAULT_TIMEOUT
-    threads: int = DEFAULT_THREADS
+    body_limit: int = DEFAULT_BODY_LIMIT
+    client_timeout: float = DEFAULT_CLIENT_TIMEOUT
+    max_connections: int = DEFAULT_MAX_CONNECTIONS
 
     def __post_init__(self) -> None:
-        if self.max_body_bytes < 1:
-            raise LimitsError(f"the body limit must be at least 1 byte, got {self.max_body_bytes}")
-        if not self.timeout > 0:
-            raise LimitsError(f"the timeout must be > 0 seconds, got {self.timeout}")
-        if self.threads < 1:
-            raise LimitsError(f"the thread bound must be at least 1, got {self.threads}")
+        if self.body_limit < 1:
+            raise LimitsError(
+                f"--body-limit / {BODY_LIMIT_ENV} must be at least 1 (bytes), got {self.body_limit}"
+            )
+        if not self.client_timeout > 0:
+            raise LimitsError(
+                f"--client-timeout / {CLIENT_TIMEOUT_ENV} must be > 0 (seconds), "
+                f"got {self.client_timeout}"
+            )
+        if self.max_connections < 1:
+            raise LimitsError(
+                f"--max-connections / {MAX_CONNECTIONS_ENV} must be at least 1, "
+                f"got {self.max_connections}"
+            )
 
     @classmethod
     def from_env(
         cls,
         environ: Optional[Mapping[str, str]] = None,
-        max_body_mb: Optional[float] = None,
-        timeout: Optional[float] = None,
-        threads: Optional[int] = None,
+        body_limit: Optional[int] = None,
+        client_timeout: Optional[float] = None,
+        max_connections: Optional[int] = None,
     ) -> Limits:
         """Given values first, then the environment's ``DAI_MLFLOW_SERVE_*``, then defaults.
 
@@ -94,42 +103,44 @@ class Limits:
             LimitsError: a value is not a number or out of range.
         """
         env = os.environ if environ is None else environ
-        mb = max_body_mb if max_body_mb is not None else _number(env, MAX_BODY_ENV, float)
-        seconds = timeout if timeout is not None else _number(env, TIMEOUT_ENV, float)
-        count = threads if threads is not None else _number(env, THREADS_ENV, int)
-        return cls(
-            max_body_bytes=int((DEFAULT_MAX_BODY_MB if mb is None else mb) * _MIB),
-            timeout=DEFAULT_TIMEOUT if seconds is None else float(seconds),
-            threads=DEFAULT_THREADS if count is None else int(count),
-        )
+        if body_limit is None:
+            body_limit = _number(env, BODY_LIMIT_ENV, int, DEFAULT_BODY_LIMIT)
+        if client_timeout is None:
+            client_timeout = _number(env, CLIENT_TIMEOUT_ENV, float, DEFAULT_CLIENT_TIMEOUT)
+        if max_connections is None:
+            max_connections = _number(env, MAX_CONNECTIONS_ENV, int, DEFAULT_MAX_CONNECTIONS)
+        return cls(int(body_limit), float(client_timeout), int(max_connections))
 
 
-def _number(env: Mapping[str, str], name: str, kind: Any) -> Any:
+def _number(env: Mapping[str, str], name: str, kind: Any, default: Any) -> Any:
     text = env.get(name, "").strip()
     if not text:
-        return None
+        return default
     try:
         return kind(text)
     except ValueError:
-        raise LimitsError(f"{name}={text!r} is not a {kind.__name__}") from None
+        what = "a whole number" if kind is int else "a number"
+        raise LimitsError(f"{name}={text!r} is not {what}") from None
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """``--max-body-mb``, ``--timeout``, ``--threads`` (defaults: the environment's, then ours)."""
+    """``--body-limit``, ``--client-timeout``, ``--max-connections`` (defaults: the
+    environment's ``DAI_MLFLOW_SERVE_*``, then ours)."""
     parser.add_argument(
-        "--max-body-mb", type=float, default=None, metavar="MB",
-        help=f"larger request bodies get HTTP 413 (default ${MAX_BODY_ENV} or "
-             f"{DEFAULT_MAX_BODY_MB:g})",
+        "--body-limit", type=int, default=None, metavar="BYTES",
+        help=f"larger request bodies get HTTP 413 (default ${BODY_LIMIT_ENV} or "
+             f"{DEFAULT_BODY_LIMIT}, 64 MiB)",
     )  # fmt: skip
     parser.add_argument(
-        "--timeout", type=float, default=None, metavar="SECONDS",
+        "--client-timeout", type=float, default=None, metavar="SECONDS",
         help="close a connection that sends nothing, or does not finish sending a request or "
-             f"taking an answer, within this time (default ${TIMEOUT_ENV} or {DEFAULT_TIMEOUT:g})",
+             f"taking an answer, within this time (default ${CLIENT_TIMEOUT_ENV} or "
+             f"{DEFAULT_CLIENT_TIMEOUT:g})",
     )  # fmt: skip
     parser.add_argument(
-        "--threads", type=int, default=None, metavar="N",
-        help="connections served at once; more wait to be accepted "
-             f"(default ${THREADS_ENV} or {DEFAULT_THREADS})",
+        "--max-connections", type=int, default=None, metavar="N",
+        help="connections served at once (a thread each); more wait to be served "
+             f"(default ${MAX_CONNECTIONS_ENV} or {DEFAULT_MAX_CONNECTIONS})",
     )  # fmt: skip
 
 
@@ -139,13 +150,16 @@ def from_arguments(args: argparse.Namespace) -> Limits:
     Raises:
         LimitsError: a value is not valid.
     """
-    return Limits.from_env(None, args.max_body_mb, args.timeout, args.threads)
+    return Limits.from_env(None, args.body_limit, args.client_timeout, args.max_connections)
 
 
 def argv_of(limits: Limits) -> List[str]:
     """The flags that give a child server these limits."""
-    return ["--max-body-mb", repr(limits.max_body_bytes / _MIB), "--timeout",
-            repr(limits.timeout), "--threads", str(limits.threads)]  # fmt: skip
+    return [
+        "--body-limit", str(limits.body_limit),
+        "--client-timeout", repr(limits.client_timeout),
+        "--max-connections", str(limits.max_connections),
+    ]  # fmt: skip
 
 
 # ------------------------------------------------------------------------------ binding
@@ -221,7 +235,7 @@ def too_large(limit: int) -> BodyError:
     return BodyError(
         413,
         f"Request body larger than {limit} bytes, this server's limit "
-        f"(--max-body-mb or {MAX_BODY_ENV})",
+        f"(--body-limit or {BODY_LIMIT_ENV})",
     )
 
 
@@ -313,14 +327,14 @@ class _Watchdog:
 
 class LimitedHTTPServer(ThreadingHTTPServer):
     """``ThreadingHTTPServer`` with :class:`Limits`: a thread per connection, at most
-    ``limits.threads`` at once; the next connections wait, accepted, for a free slot."""
+    ``limits.max_connections`` at once; the next ones wait, accepted, for a free slot."""
 
     daemon_threads = True
     request_queue_size = LISTEN_BACKLOG
 
     def __init__(self, address: Any, handler: Any, limits: Optional[Limits] = None) -> None:
         self.limits = limits or Limits.from_env()
-        self._slots = threading.BoundedSemaphore(self.limits.threads)
+        self._slots = threading.BoundedSemaphore(self.limits.max_connections)
         self._closing = threading.Event()
         self.watchdog = _Watchdog()
         try:
@@ -363,10 +377,10 @@ class LimitedHTTPServer(ThreadingHTTPServer):
 class LimitedHandler(BaseHTTPRequestHandler):
     """A keep-alive ``BaseHTTPRequestHandler`` under its server's :class:`Limits`.
 
-    Each phase has ``timeout`` seconds: waiting for the next request line, reading the headers,
-    reading the body (:meth:`read_request_body`), writing the answer (the socket's own timeout,
-    which bounds a whole ``sendall``). Scoring in between is not timed. A phase that runs out
-    closes the connection.
+    Each phase has ``client_timeout`` seconds: waiting for the next request line, reading the
+    headers, reading the body (:meth:`read_request_body`), writing the answer (the socket's own
+    timeout, which bounds a whole ``sendall``). Scoring in between is not timed. A phase that
+    runs out closes the connection.
     """
 
     protocol_version = "HTTP/1.1"
@@ -381,12 +395,12 @@ class LimitedHandler(BaseHTTPRequestHandler):
     def setup(self) -> None:
         """Every blocking socket call times out (a ``sendall`` as a whole)."""
         super().setup()
-        self.connection.settimeout(self.limits.timeout)
+        self.connection.settimeout(self.limits.client_timeout)
 
     def handle_one_request(self) -> None:
         """One request; the wait for it and any socket error end the connection quietly."""
         watchdog = self.server.watchdog  # type: ignore[attr-defined]
-        watchdog.arm(self, self.limits.timeout)
+        watchdog.arm(self, self.limits.client_timeout)
         try:
             super().handle_one_request()
         except OSError:  # reset, broken pipe, timed out, shut down by the watchdog
@@ -397,9 +411,9 @@ class LimitedHandler(BaseHTTPRequestHandler):
             self.close_connection = True
 
     def parse_request(self) -> bool:
-        """Headers within ``timeout`` of the request line; False when they did not arrive."""
+        """Headers within the client timeout; False when they did not arrive."""
         watchdog = self.server.watchdog  # type: ignore[attr-defined]
-        watchdog.arm(self, self.limits.timeout)
+        watchdog.arm(self, self.limits.client_timeout)
         ok = super().parse_request()
         watchdog.disarm(self)
         if self.timed_out:
@@ -414,8 +428,8 @@ class LimitedHandler(BaseHTTPRequestHandler):
         except BodyError as e:
             self.send_refusal(e.status, e.message)
             return False
-        if length is not None and length > self.limits.max_body_bytes:
-            self.send_refusal(413, too_large(self.limits.max_body_bytes).message)
+        if length is not None and length > self.limits.body_limit:
+            self.send_refusal(413, too_large(self.limits.body_limit).message)
             return False
         return super().handle_expect_100()
 
@@ -429,16 +443,16 @@ class LimitedHandler(BaseHTTPRequestHandler):
         self.send_unread(status, json.dumps({"error": message}).encode(), "application/json")
 
     def read_request_body(self) -> bytes:
-        """The body within ``timeout`` and the body limit.
+        """The body, within the client timeout and the body limit.
 
         Raises:
             BodyError: refused (answer it with :meth:`send_refusal`, which closes the
                 connection: the rest of the body is never read).
         """
         watchdog = self.server.watchdog  # type: ignore[attr-defined]
-        watchdog.arm(self, self.limits.timeout)
+        watchdog.arm(self, self.limits.client_timeout)
         try:
-            body = read_body(self.headers, self.rfile, self.limits.max_body_bytes)
+            body = read_body(self.headers, self.rfile, self.limits.body_limit)
         finally:
             watchdog.disarm(self)
         if self.timed_out:

@@ -20,11 +20,11 @@ for health checks. NaN/inf results become the dtype's largest finite value, as D
 The request ``id`` is a string, a number or null (JSON-RPC 2.0); anything else is an error
 answer.
 
-Limits (:mod:`dai_mlflow.model.http_limits`; ``--max-body-mb``, ``--timeout``, ``--threads``
-or their ``DAI_MLFLOW_SERVE_*`` variables): bodies over 64 MiB get HTTP 413 unread, a
-connection that sends nothing or sends too slowly is closed after 60 s, at most 128 connections
-are served at once (more wait to be accepted). A bind beyond loopback prints a warning: there
-is no authentication and no TLS.
+Limits (:mod:`dai_mlflow.model.http_limits`; ``--body-limit``, ``--client-timeout``,
+``--max-connections`` or their ``DAI_MLFLOW_SERVE_*`` variables): bodies over 64 MiB get HTTP
+413 unread, a connection that sends nothing or sends too slowly is closed after 60 s, at most
+128 connections are served at once (more wait to be accepted). A bind beyond loopback prints a
+warning: there is no authentication and no TLS.
 
 Where it runs: the scorer needs the model's own env (Python 3.8 for DAI 1.10).
 
@@ -480,8 +480,12 @@ def install_script(folder: Path) -> Path:
 
 
 # ------------------------------------------------------------------------------ loading
-def load_service(model_uri: str) -> ScoringService:
+def load_service(model_uri: str, pyfunc: Any = None) -> ScoringService:
     """Load the logged model in this interpreter and build its scorer once.
+
+    Args:
+        model_uri: the model (a local folder when ``pyfunc`` is given).
+        pyfunc: the model already loaded from that folder (``mlflow.pyfunc.load_model``).
 
     Raises:
         ModelLoadError: the URI does not resolve, the model is not a dai-mlflow model, no
@@ -493,7 +497,8 @@ def load_service(model_uri: str) -> ScoringService:
         from mlflow.models import Model
 
         local = Path(mlflow.artifacts.download_artifacts(artifact_uri=model_uri))
-        pyfunc = mlflow.pyfunc.load_model(str(local))
+        if pyfunc is None:
+            pyfunc = mlflow.pyfunc.load_model(str(local))
     except Exception as e:
         if _is_dai_mlflow_error(e):  # e.g. no license: its message already says what to do
             raise ModelLoadError(" ".join(str(e).split())) from e

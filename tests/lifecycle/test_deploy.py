@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
+import signal
 import time
 import urllib.request
 from dataclasses import dataclass
@@ -282,6 +284,57 @@ def test_a_better_champion_is_swapped_in_under_load_without_a_failed_request(
     state_file = endpoint.state_dir(NAME) / endpoint.STATE_FILE
     assert secret not in state_file.read_text()
     assert oct(state_file.stat().st_mode & 0o777) == "0o600"
+
+
+@pytest.mark.serve
+@pytest.mark.venv
+def test_a_killed_backend_gets_quick_503s_and_the_next_deploy_brings_it_back(
+    local_deployment, monkeypatch, capsys
+):
+    """Every process of the serving version's server is SIGKILLed: clients get a one-line 503
+    at once (none waits for a timeout), ``/deployment`` says down, ``deploy`` starts it again."""
+    import requests
+
+    dep = local_deployment
+    for key, value in dep.env.items():  # the autouse fixture took the license away
+        monkeypatch.setenv(key, value)
+    before = _state(dep)["current"]
+    version = before["version"]
+    sample = dep.samples[version]
+    body = {"dataframe_split": {"columns": sample.columns, "data": sample.data[:3]}}
+    assert requests.post(dep.url + "/invocations", json=body, timeout=60).status_code == 200
+
+    os.killpg(int(before["pids"][0]), signal.SIGKILL)  # the server and its workers
+    for _ in range(5):
+        resp = requests.post(dep.url + "/invocations", json=body, timeout=10)
+        assert resp.status_code == 503, resp.text[:500]
+        error = resp.json()["error"]
+        assert f"version {version} of {NAME} is down" in error
+        assert f"-P model_name={NAME}" in error
+        assert "\n" not in error
+    deadline = time.monotonic() + 10
+    while _get_json(dep.url + "/deployment")["status"] != "down" and time.monotonic() < deadline:
+        time.sleep(0.1)
+    deployment = _get_json(dep.url + "/deployment")
+    assert (deployment["status"], deployment["version"]) == ("down", version)
+
+    champion = dep.store.client().get_model_version_by_alias(NAME, "champion").version
+    capsys.readouterr()
+    result = deploy(DeployRequest(NAME, port=dep.port))
+    assert (result.status, result.version) == ("deployed", champion)
+    if champion == version:
+        assert "does not answer; starting it again" in capsys.readouterr().err
+    deployment = _get_json(dep.url + "/deployment")
+    assert (deployment["status"], deployment["version"]) == ("serving", champion)
+    load = LoadClients(dep.url, dep.samples, clients=1).start()
+    try:
+        load.wait_for(champion, 5)
+    finally:
+        load.stop()
+    assert [a.error for a in load.answers if a.error] == []
+    assert load.count(champion) >= 5
+    assert not Path(before["folder"]).exists()
+    assert _processes_mentioning(before["folder"]) == []
 
 
 @pytest.mark.serve

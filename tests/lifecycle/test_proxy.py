@@ -169,16 +169,16 @@ def test_each_request_is_served_wholly_from_the_route_it_started_on():
 def test_malformed_lengths_and_bodies_over_the_limit_are_refused_unread():
     backend = _backend()
     try:
-        with _proxy(_route("1", backend), Limits(max_body_bytes=4096)) as servers:
+        with _proxy(_route("1", backend), Limits(body_limit=4096)) as servers:
             port = servers.port
             # The client keeps its side open: a proxy that reads "until the end" never answers.
-            for value in ("-5", "+5", "0x10"):
+            for value in ("-1", "-5", "+5", "0x10"):
                 head = f"POST /invocations HTTP/1.1\r\nContent-Length: {value}\r\n\r\nabc"
                 status, body = _raw(port, head.encode())
                 assert status == 400, value
                 assert "Content-Length" in body["error"]
             chunked = b"POST /invocations HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n"
-            for size in (b"-5", b"-1", b"zz"):
+            for size in (b"-1", b"-5", b"zz"):
                 status, body = _raw(port, chunked + size + b"\r\nhello\r\n")
                 assert status == 400, size
                 assert "chunk size" in body["error"]
@@ -195,7 +195,7 @@ def test_malformed_lengths_and_bodies_over_the_limit_are_refused_unread():
 def test_a_client_that_sends_nothing_is_dropped_after_the_timeout():
     backend = _backend()
     try:
-        with _proxy(_route("1", backend), Limits(timeout=0.5)) as servers:
+        with _proxy(_route("1", backend), Limits(client_timeout=0.5)) as servers:
             sock = socket.create_connection(("127.0.0.1", servers.port), timeout=CLIENT_TIMEOUT)
             assert sock.recv(1) == b""  # closed by the proxy
             sock.close()
@@ -208,7 +208,7 @@ def test_a_client_that_stops_reading_its_answer_does_not_stay_in_flight():
     """What deploy's drain waits for is the backend's work, not a client's reading."""
     backend = _backend(answer_bytes=64 * 1024 * 1024)  # more than every socket buffer holds
     try:
-        with _proxy(_route("1", backend), Limits(timeout=0.5)) as servers:
+        with _proxy(_route("1", backend), Limits(client_timeout=0.5)) as servers:
             sock = socket.create_connection(("127.0.0.1", servers.port), timeout=CLIENT_TIMEOUT)
             sock.sendall(b"POST /invocations HTTP/1.1\r\nContent-Length: 1\r\n\r\nx")
             router = servers.router
