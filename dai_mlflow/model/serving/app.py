@@ -49,6 +49,8 @@ class ServerConfig:
         log_requests: Optional[str] = None,
         body_limit: int = 64 * 1024 * 1024,
         timeout: Optional[float] = None,
+        connection_timeout: float = 60.0,
+        max_connections: int = 1024,
     ) -> None:
         self.model_path = model_path
         self.max_batch_rows = max_batch_rows
@@ -57,6 +59,8 @@ class ServerConfig:
         self.log_requests = log_requests
         self.body_limit = body_limit
         self.timeout = timeout
+        self.connection_timeout = connection_timeout
+        self.max_connections = max_connections
 
 
 def error_json(status: int, message: str) -> bytes:
@@ -162,7 +166,7 @@ class Worker:
         except Exception:  # noqa: BLE001 - not a PythonModel: MLflow's path only
             self.direct = None
         self.version = mlflow.__version__.encode()
-        self.service = rpc.load_service(config.model_path)
+        self.service = rpc.load_service(config.model_path, pyfunc=self.model)
         self.rpc = rpc
         self._warm_up()
         self.batcher = Batcher(
@@ -196,6 +200,9 @@ class Worker:
             error_json,
             self._answered,
             body_limit=self.config.body_limit,
+            request_timeout=self.config.connection_timeout,
+            keepalive_timeout=self.config.connection_timeout,
+            max_connections=self.config.max_connections,
         )
         self.batcher.start()
         await self.http.start(sock)
@@ -218,7 +225,7 @@ class Worker:
         if path == "/rpc":
             if method != "POST":
                 message = f"Method not allowed: {method}; POST to /rpc"
-                return request.respond(405, self._rpc_json(self.rpc._error(None, message)))
+                return request.respond(405, self._rpc_error(message))
             return self._rpc(request)
         if method != "GET":
             if method == "POST":
@@ -386,21 +393,22 @@ class Worker:
     # ---------------------------------------------------------------- /rpc
     def _rpc(self, request: Request) -> None:
         future = self.loop.run_in_executor(
-            self._rpc_pool, self.rpc.handle, self.batched_rpc, request.body
+            self._rpc_pool, self.rpc.answer, self.batched_rpc, request.body
         )
         future.add_done_callback(lambda f: self._rpc_done(request, f))
 
     def _rpc_done(self, request: Request, future: Any) -> None:
         try:
-            status, payload = future.result()
-        except BaseException as e:  # noqa: BLE001 - handle never raises; be safe anyway
-            status, payload = 500, self.rpc._error(None, f"{type(e).__name__}: {e}")
-        request.rpc_error = "error" in payload
-        request.respond(status, self._rpc_json(payload))
+            status, body = future.result()
+        except BaseException as e:  # noqa: BLE001 - answer never raises; be safe anyway
+            status, body = 500, self._rpc_error(f"Internal error: {type(e).__name__}: {e}")
+        # An error object (DAI answers most errors with HTTP 200) counts as an error.
+        request.rpc_error = status != 200 or b'"error": {"code"' in body
+        request.respond(status, body)
 
-    @staticmethod
-    def _rpc_json(payload: Dict[str, Any]) -> bytes:
-        return json.dumps(payload, allow_nan=False).encode()
+    def _rpc_error(self, message: str) -> bytes:
+        error = {"code": self.rpc.ERROR_CODE, "message": message}
+        return json.dumps({"jsonrpc": "2.0", "id": None, "error": error}).encode()
 
 
 class _timed:
@@ -447,13 +455,11 @@ class BatchedRpc:
 
     def score(self, row: Any, output_margin: Any = False, pred_contribs: Any = False) -> Any:
         """One row, scored with other clients' rows in one ``score_batch``."""
-        flags = self.service._flags(output_margin, pred_contribs)
-        values = self.service._row_values(row)
 
         def alone() -> Any:
             return [self.service.score(row, output_margin, pred_contribs)]
 
-        return self._wait(flags, [values], alone)[0]
+        return self._wait((output_margin, pred_contribs), [row], alone)[0]
 
     def score_batch(
         self, rows: Any, output_margin: Any = False, pred_contribs: Any = False
@@ -463,12 +469,11 @@ class BatchedRpc:
         def alone() -> Any:
             return self.service.score_batch(rows, output_margin, pred_contribs)
 
-        flags = self.service._flags(output_margin, pred_contribs)
         if not isinstance(rows, list) or not rows:
             return alone()
-        return self._wait(flags, rows, alone)
+        return self._wait((output_margin, pred_contribs), rows, alone)
 
-    def _wait(self, flags: Dict[str, bool], rows: List[Any], alone: Callable[[], Any]) -> Any:
+    def _wait(self, flags: Tuple[Any, Any], rows: List[Any], alone: Callable[[], Any]) -> Any:
         event = threading.Event()
         box: List[Any] = [None, None]
 
@@ -476,7 +481,10 @@ class BatchedRpc:
             box[0], box[1] = result, error
             event.set()
 
-        key = ("rpc", tuple(sorted(flags.items())))
+        try:  # flags as sent: only requests with equal flags share a call
+            key: Any = ("rpc", json.dumps(flags))
+        except (TypeError, ValueError):
+            key = None
         self.batcher.submit(Item(key, len(rows), (rows, flags, alone), done))
         event.wait()
         if box[1] is not None:
@@ -485,14 +493,14 @@ class BatchedRpc:
 
     def run(self, items: List[Item], metrics: Any, log: Any) -> None:
         """Score ``items`` (scorer thread): merged, or one by one when the merged call fails."""
-        flags = items[0].payload[1]
+        output_margin, pred_contribs = items[0].payload[1]
         rows: List[Any] = []
         for item in items:
             rows.extend(item.payload[0])
-        if len(items) > 1:
+        if items[0].key is not None:
             try:
                 with _timed(metrics, len(rows)):
-                    result = self.service.score_batch(rows, **flags)
+                    result = self.service.score_batch(rows, output_margin, pred_contribs)
                 if len(result) != len(rows):
                     raise ValueError("score_batch did not answer one row per row")
             except Exception:  # noqa: BLE001 - each alone below: its own error, as alone

@@ -30,7 +30,7 @@ import time
 import traceback
 from typing import Dict, List, Optional, Sequence, Tuple
 
-from .http import DEFAULT_BODY_LIMIT
+from dai_mlflow.model import http_limits as limits
 
 PROG = "python -m dai_mlflow_model_hooks.serve"
 NOTE = "[dai-mlflow]"
@@ -74,14 +74,19 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     parser.add_argument(
         "--log-requests", metavar="DIR", default=None, help="append served rows to DIR (parquet)"
     )
+    limits.add_arguments(parser)  # --body-limit, --client-timeout, --max-connections
     parser.add_argument(
-        "--body-limit",
-        type=int,
-        default=DEFAULT_BODY_LIMIT,
-        help=f"largest request body in bytes (default {DEFAULT_BODY_LIMIT})",
+        "--timeout",
+        type=float,
+        default=None,
+        metavar="SECONDS",
+        help="answer 504 to a request still waiting for the scorer after this long",
     )
-    parser.add_argument("--timeout", type=float, default=None, help="answer 504 after S seconds")
     args = parser.parse_args(argv)
+    try:
+        args.limits = limits.from_arguments(args)
+    except limits.LimitsError as e:
+        parser.error(str(e))
     if not 0 <= args.port <= 65535:
         parser.error(f"--port must be 0..65535, got {args.port}")
     if args.workers is not None and args.workers < 1:
@@ -90,21 +95,9 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
         parser.error(f"--max-batch-rows must be at least 1, got {args.max_batch_rows}")
     if args.max_wait_ms < 0:
         parser.error(f"--max-wait-ms must be 0 or more, got {args.max_wait_ms}")
-    if args.body_limit < 1:
-        parser.error(f"--body-limit must be at least 1, got {args.body_limit}")
     if args.timeout is not None and args.timeout <= 0:
         parser.error(f"--timeout must be more than 0, got {args.timeout}")
     return args
-
-
-def is_loopback(host: str) -> bool:
-    """Whether ``host`` is a loopback name or address."""
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 def _reuseport() -> bool:
@@ -178,8 +171,10 @@ def run_worker(args: argparse.Namespace, reserved: socket.socket, own: bool, rea
             max_wait_ms=args.max_wait_ms,
             batching=not args.no_batching,
             log_requests=args.log_requests,
-            body_limit=args.body_limit,
+            body_limit=args.limits.body_limit,
             timeout=args.timeout,
+            connection_timeout=args.limits.client_timeout,
+            max_connections=args.limits.max_connections,
         )
         info = model_info(config.model_path)
         metrics = Metrics(info)
@@ -404,13 +399,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if not os.path.isfile(os.path.join(args.model_path, "MLmodel")):
         print(f"Error: {args.model_path} is not a model folder (no MLmodel)", file=sys.stderr)
         return 1
-    if not is_loopback(args.host):
-        print(
-            f"{NOTE} warning: listening on {args.host}, beyond this machine: anyone who can "
-            "reach it can score with this model; put it behind an authenticating proxy",
-            file=sys.stderr,
-            flush=True,
-        )
+    warning = limits.bind_warning(args.host, args.port)
+    if warning:
+        print(f"{NOTE} {warning}", file=sys.stderr, flush=True)
     try:
         reserved, own = reserve_port(args.host, args.port)
     except OSError as e:

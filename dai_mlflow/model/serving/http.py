@@ -23,13 +23,15 @@ import socket
 import time
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
-DEFAULT_BODY_LIMIT = 64 * 1024 * 1024
+from dai_mlflow.model import http_limits as limits
+
+DEFAULT_BODY_LIMIT = limits.DEFAULT_BODY_LIMIT
 HEADER_LIMIT = 64 * 1024
-# A request must arrive whole within this long once it started; idle keep-alive connections
-# are closed after KEEPALIVE_TIMEOUT (load balancers usually keep theirs for 60 s or less).
-REQUEST_TIMEOUT = 30.0
-KEEPALIVE_TIMEOUT = 75.0
-MAX_CONNECTIONS = 2048
+# A request must arrive whole within this long once it started, and an idle keep-alive
+# connection is closed after as long (the other servers' default: http_limits).
+REQUEST_TIMEOUT = limits.DEFAULT_CLIENT_TIMEOUT
+KEEPALIVE_TIMEOUT = limits.DEFAULT_CLIENT_TIMEOUT
+MAX_CONNECTIONS = limits.DEFAULT_MAX_CONNECTIONS
 REASONS = {
     100: "Continue",
     200: "OK",
@@ -192,7 +194,7 @@ class HttpConnection(asyncio.Protocol):
         else:
             length = _content_length(headers.get("content-length", "0") or "0")
             if length > self.server.body_limit:
-                raise HttpError(413, f"Bad request: body over {self.server.body_limit} bytes")
+                raise HttpError(413, limits.too_large(self.server.body_limit).message)
             if len(buf) - start < length:
                 self._maybe_continue(headers, version)
                 return None
@@ -238,7 +240,7 @@ class HttpConnection(asyncio.Protocol):
             except ValueError as e:
                 raise HttpError(400, f"Bad request: malformed chunk size {size_text[:20]!r}") from e
             if len(body) + size > self.server.body_limit:
-                raise HttpError(413, f"Bad request: body over {self.server.body_limit} bytes")
+                raise HttpError(413, limits.too_large(self.server.body_limit).message)
             data_start = line_end + 2
             if size == 0:
                 trailer_end = buf.find(b"\r\n\r\n", line_end)
