@@ -25,7 +25,7 @@ import subprocess
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterator, List, Optional
+from typing import Callable, Iterator, List, Optional, Tuple
 
 from dai_mlflow.envs.processes import (
     free_port,
@@ -62,10 +62,25 @@ def sqlite_path(uri: str) -> Optional[Path]:
     return Path(uri[len("sqlite:///") :].split("?")[0])
 
 
-def _known_revisions() -> List[str]:
-    import mlflow.store.db_migrations as migrations
+def _mlflow_location() -> Tuple[str, Optional[Path]]:
+    """This env's mlflow version and package folder, found without importing mlflow (seconds
+    that the bridge server's start-up can use instead)."""
+    from importlib import metadata, util
 
-    versions = Path(migrations.__file__).parent / "versions"
+    spec = util.find_spec("mlflow")
+    folder = Path(spec.origin).parent if spec is not None and spec.origin else None
+    for dist in ("mlflow", "mlflow-skinny"):
+        try:
+            return metadata.version(dist), folder
+        except metadata.PackageNotFoundError:
+            continue
+    import mlflow
+
+    return mlflow.__version__, Path(mlflow.__file__).parent
+
+
+def _known_revisions(package: Optional[Path]) -> List[str]:
+    versions = (package or Path()) / "store" / "db_migrations" / "versions"
     return [p.name.split("_")[0] for p in versions.glob("*.py") if not p.name.startswith("__")]
 
 
@@ -87,19 +102,28 @@ def needs_bridge(uri: str) -> bool:
     An mlflow older than 3 bridges when the store is newer than its migrations, and also when
     the store does not exist yet: a store it created would be too old for the 3.x tools.
     """
-    import mlflow
-
     db = sqlite_path(uri)
-    if db is None or int(mlflow.__version__.split(".")[0]) >= 3:
+    if db is None:
+        return False
+    version, package = _mlflow_location()
+    if int(version.split(".")[0]) >= 3:
         return False
     revision = store_revision(db)
-    return revision is None or revision not in _known_revisions()
+    return revision is None or revision not in _known_revisions(package)
+
+
+# The version from the package metadata: importing mlflow to ask would cost seconds.
+_VERSION_PROGRAM = (
+    "from importlib import metadata as m\n"
+    "try:\n    print(m.version('mlflow'))\n"
+    "except m.PackageNotFoundError:\n    print(m.version('mlflow-skinny'))\n"
+)
 
 
 def _mlflow_major(python: str) -> int:
     try:
         out = subprocess.run(
-            [python, "-c", "import mlflow; print(mlflow.__version__)"],
+            [python, "-c", _VERSION_PROGRAM],
             capture_output=True,
             text=True,
             timeout=60,
@@ -250,7 +274,9 @@ def bridge_server(uri: str, python: Optional[str] = None) -> Iterator[TrackingSt
     try:
         yield TrackingStore(url, _wait)
     finally:
-        stop_session(proc)
+        # Every request has been answered; a graceful stop would wait for the client's idle
+        # keep-alive connections to time out (seconds at the end of every run).
+        stop_session(proc, grace=0.5)
         with contextlib.suppress(OSError):
             log.unlink()
 
@@ -267,15 +293,18 @@ def tracking_store(wait: bool = True) -> Iterator[TrackingStore]:
             background and the caller must call ``wait()`` on the yielded store before its
             first tracking call (the entry point stages and validates the model meanwhile).
     """
-    import mlflow
-
     uri = os.environ.get("MLFLOW_TRACKING_URI") or default_tracking_uri()
     if not needs_bridge(uri):
+        import mlflow
+
         mlflow.set_tracking_uri(uri)
         yield TrackingStore(uri, _no_wait)
         return
     previous = os.environ.get("MLFLOW_TRACKING_URI")
     with bridge_server(uri) as store:
+        # mlflow is imported once the bridge server is starting: the two overlap.
+        import mlflow
+
         os.environ["MLFLOW_TRACKING_URI"] = store.uri
         mlflow.set_tracking_uri(store.uri)
         try:

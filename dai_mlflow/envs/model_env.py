@@ -38,7 +38,7 @@ import shutil
 import subprocess
 import tempfile
 from pathlib import Path
-from typing import Any, Callable, Dict, Optional, Sequence
+from typing import Any, Callable, Dict, Optional, Sequence, Tuple
 
 from dai_mlflow.envs.locks import file_lock
 from dai_mlflow.envs.processes import without_foreign_python
@@ -136,9 +136,15 @@ def model_env_spec(model_dir: Path, installer: str = "uv") -> VenvSpec:
 
 def model_env_dir(model_dir: Path, installer: str = "uv", root: Optional[str] = None) -> Path:
     """The folder the model's env is (or would be) built in."""
+    return _spec_key_dir(model_dir, installer, root)[2]
+
+
+def _spec_key_dir(
+    model_dir: Path, installer: str, root: Optional[str]
+) -> Tuple[VenvSpec, str, Path]:
     spec = model_env_spec(model_dir, installer)
     key = spec_key(spec, find_python(spec.python))
-    return env_root(root) / f"model-py{spec.python}-{installer}-{key}"
+    return spec, key, env_root(root) / f"model-py{spec.python}-{installer}-{key}"
 
 
 def ensure_model_env(
@@ -159,11 +165,10 @@ def ensure_model_env(
         VenvBuildError: the build failed.
         DaiMlflowError: the folder is no dai-mlflow model, or no env root can be written.
     """
-    spec = model_env_spec(model_dir, installer)
-    dest = model_env_dir(model_dir, installer, root)
+    spec, key, dest = _spec_key_dir(model_dir, installer, root)  # hashes the wheels once
     try:
         with file_lock(dest.with_name(dest.name + ".lock")):
-            python, built = ensure_venv(spec, dest, quiet=quiet, progress=progress)
+            python, built = ensure_venv(spec, dest, quiet=quiet, progress=progress, key=key)
     except NoSpaceError as e:
         raise NoSpaceError(
             str(dest),

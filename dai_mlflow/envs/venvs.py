@@ -281,7 +281,11 @@ def _install_group(
 
 
 def ensure_venv(
-    spec: VenvSpec, dest: Path, quiet: bool = False, progress: Progress = say
+    spec: VenvSpec,
+    dest: Path,
+    quiet: bool = False,
+    progress: Progress = say,
+    key: Optional[str] = None,
 ) -> Tuple[Path, bool]:
     """Make ``dest`` a venv that satisfies ``spec``, reusing it when its key is unchanged.
 
@@ -290,6 +294,8 @@ def ensure_venv(
         dest: the venv folder.
         quiet: capture installer output (tests) instead of streaming it (progress for users).
         progress: receives one line per step.
+        key: ``spec_key(spec, ...)`` when the caller has it already (it hashes every wheel the
+            spec names, which can be a gigabyte).
 
     Returns:
         (python executable of the venv, True if it was built now / False if reused).
@@ -301,7 +307,7 @@ def ensure_venv(
     """
     dest = Path(os.path.abspath(dest))
     interpreter = find_python(spec.python)
-    key = spec_key(spec, interpreter)
+    key = key or spec_key(spec, interpreter)
     if is_current(dest, key):
         progress(f"[venv] {dest} is up to date (key {key}, Python {interpreter.version})")
         return venv_python(dest), False

@@ -10,6 +10,7 @@ is one line on stderr and exit code 1; the run then ends FAILED.
 from __future__ import annotations
 
 import sys
+import tempfile
 from pathlib import Path
 
 import click
@@ -17,7 +18,7 @@ import click
 from dai_mlflow.cli import entry_point
 from dai_mlflow.errors import DaiMlflowError
 from dai_mlflow.log.requirements import DEFAULT_EXCLUDE, RequirementsPolicy
-from dai_mlflow.log.run import DEFAULT_ALIAS, LogRequest, log_pipeline, preflight
+from dai_mlflow.tracking import CHALLENGER as DEFAULT_ALIAS
 from dai_mlflow.tracking import tracking_store
 
 PIPELINE = click.option(
@@ -63,15 +64,22 @@ INDEX_OPTIONS = click.option(
 def main(pipeline: Path, model_name: str, alias: str, exclude: str, index_options: str) -> None:
     """Log a DAI Python scoring pipeline as an MLflow pyfunc model (and register it)."""
     try:
-        request = LogRequest(
-            pipeline=pipeline,
-            model_name=model_name.strip() or None,
-            alias=alias.strip() or DEFAULT_ALIAS,
-            policy=RequirementsPolicy.from_csv(exclude, index_options=index_options),
-        )
-        preflight(request)
-        with tracking_store(wait=False) as store:
-            result = log_pipeline(request, tracking_ready=store.wait)
+        policy = RequirementsPolicy.from_csv(exclude, index_options=index_options)
+        # A tracking bridge (if this env needs one) starts first: its server imports MLflow
+        # while this process imports it, opens the pipeline, and stages and checks the model.
+        with tracking_store(wait=False) as store, tempfile.TemporaryDirectory(
+            prefix="dai-mlflow-log-"
+        ) as work:
+            from dai_mlflow.log.run import LogRequest, log_pipeline, preflight
+
+            request = LogRequest(
+                pipeline=pipeline,
+                model_name=model_name.strip() or None,
+                alias=alias.strip() or DEFAULT_ALIAS,
+                policy=policy,
+            )
+            opened = preflight(request, Path(work))
+            result = log_pipeline(request, tracking_ready=store.wait, pipeline=opened)
     except DaiMlflowError as e:
         raise click.ClickException(str(e).replace("\n", " ")) from e
     sys.stdout.flush()

@@ -13,6 +13,7 @@ Run ``python -m dai_mlflow.log.pipeline PATH`` to print what was found. Runs on 
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
 import stat
@@ -189,13 +190,11 @@ def extract_zip(zip_path: Path, dest: Path) -> None:
     fix = "re-download scorer.zip from DAI (Deployments > Download Python Scoring Pipeline)"
     try:
         with zipfile.ZipFile(zip_path) as zf:
-            bad = zf.testzip()
-            if bad is not None:
-                raise PipelineError(f"{zip_path}: member {bad} is corrupt (CRC mismatch); {fix}")
-            members = zf.infolist()
-            for info in members:
+            for info in zf.infolist():
                 _check_member(zip_path, info)
             dest.mkdir(parents=True, exist_ok=True)
+            # One streamed pass: extraction checks every member's CRC as it reads it (a
+            # corrupt member raises BadZipFile), so no separate testzip() read of the bytes.
             zf.extractall(dest)
     except zipfile.BadZipFile as e:
         raise PipelineError(f"{zip_path}: not a readable zip ({e}); {fix}") from e
@@ -356,7 +355,8 @@ def _dai_version_and_python(folder: Path, wheels: Tuple[Wheel, ...]) -> Tuple[Op
 
 
 def copy_pipeline(pipeline: ScoringPipeline, dest: Path) -> Path:
-    """Copy the pipeline folder to ``dest`` (which must not exist), leaving out licenses.
+    """Copy (hard-link where possible) the pipeline folder to ``dest`` (which must not exist),
+    leaving out licenses.
 
     A license must never land in a model, so ``license.sig`` and ``*.lic`` files a user may have
     dropped into the folder are skipped. Credentials in URLs of its requirement files
@@ -366,15 +366,29 @@ def copy_pipeline(pipeline: ScoringPipeline, dest: Path) -> Path:
     def _ignore(_dir: str, names: List[str]) -> List[str]:
         return [n for n in names if _is_license_file_name(n) or n == "__pycache__"]
 
-    shutil.copytree(pipeline.folder, dest, ignore=_ignore)
+    shutil.copytree(pipeline.folder, dest, ignore=_ignore, copy_function=_link_or_copy)
     for path in [*dest.rglob("*.txt"), *dest.rglob("*.in")]:
         try:
             text = path.read_text()
         except (OSError, UnicodeDecodeError):
             continue
         if has_credentials(text):
+            path.unlink()  # it may be a hard link to the user's file: write a new one
             path.write_text(redact_credentials(text))
     return dest
+
+
+def _link_or_copy(src: str, dst: str) -> str:
+    """A hard link where the file system allows one, else a copy.
+
+    The destination is a staging folder that is only read (MLflow copies it into the model), so
+    a gigabyte pipeline is not copied twice.
+    """
+    try:
+        os.link(src, dst)
+    except OSError:
+        shutil.copy2(src, dst)
+    return dst
 
 
 def _is_license_file_name(name: str) -> bool:

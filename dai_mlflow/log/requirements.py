@@ -43,7 +43,7 @@ from typing import Dict, List, Optional, Sequence, Set, Tuple
 from dai_mlflow.envs.installers import has_credentials, redact_credentials
 from dai_mlflow.errors import DaiMlflowError
 from dai_mlflow.log.pipeline import ScoringPipeline, Wheel
-from dai_mlflow.model.pyfunc import PIPELINE_ARTIFACT
+from dai_mlflow.model.experiment import PIPELINE_ARTIFACT  # not model.pyfunc: no mlflow import
 
 ARTIFACT_PREFIX = f"./artifacts/{PIPELINE_ARTIFACT}"
 # The newest mlflow release that supports each Python line (2.17.x is the last for 3.8).

@@ -28,6 +28,7 @@ from __future__ import annotations
 import logging
 import shutil
 import tempfile
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
@@ -55,7 +56,12 @@ from dai_mlflow.log.signature import (
     read_input_spec,
 )
 from dai_mlflow.model.hooks import MODULES
-from dai_mlflow.model.license import LicenseSource, find_license, license_bytes
+from dai_mlflow.model.license import (
+    LicenseSource,
+    export_license_location,
+    find_license,
+    license_bytes,
+)
 from dai_mlflow.model.pyfunc import CONFIG_INPUT_COLUMNS, CONFIG_SCORER_MODULE, PIPELINE_ARTIFACT
 from dai_mlflow.model.serving import MODULES as SERVING_MODULES
 from dai_mlflow.tracking import CHALLENGER, TAG_PREFIX
@@ -84,6 +90,7 @@ BUILD_DEPENDENCIES: Dict[str, Tuple[str, ...]] = {
     "3.8": ("pip==24.3.1", "setuptools==75.3.0", "wheel==0.45.1"),
 }
 BUILD_DEPENDENCIES_DEFAULT = ("pip==25.3", "setuptools==80.9.0", "wheel==0.45.1")
+_SCAN_BLOCK = 1 << 20
 _MODEL_CODE = '''\
 """MLflow models-from-code file of a DAI scoring pipeline (code/dai_mlflow/model/pyfunc.py)."""
 import mlflow
@@ -196,7 +203,10 @@ def _write_python_env(model_dir: Path, python_version: str) -> None:
 
 
 def stage_model(
-    source: Path, work: Path, policy: Optional[RequirementsPolicy] = None
+    source: Path,
+    work: Path,
+    policy: Optional[RequirementsPolicy] = None,
+    pipeline: Optional[ScoringPipeline] = None,
 ) -> StagedModel:
     """Save the pyfunc for ``source`` into ``work/model`` without logging it.
 
@@ -204,6 +214,7 @@ def stage_model(
         source: scorer.zip or scoring-pipeline folder.
         work: an empty scratch folder (extraction, staging, the model folder).
         policy: requirements rules.
+        pipeline: ``source`` already opened (by :func:`preflight`): not extracted again.
 
     Returns:
         The staged model.
@@ -213,7 +224,8 @@ def stage_model(
     """
     import mlflow.pyfunc
 
-    pipeline = open_pipeline(source, work / "extracted")
+    if pipeline is None:
+        pipeline = open_pipeline(source, work / "extracted")
     reqs = shared_requirements(sanitize(pipeline, policy or RequirementsPolicy()), pipeline)
     for note in reqs.notes:
         say(f"requirements: {note}")
@@ -294,14 +306,22 @@ def _check_layout(model_dir: Path, reqs: SanitizedRequirements) -> None:
 
 
 def find_license_leaks(model_dir: Path, secret: bytes) -> List[Path]:
-    """Files under ``model_dir`` whose bytes contain ``secret``."""
+    """Files under ``model_dir`` whose bytes contain ``secret``, read in blocks (a runtime
+    wheel is hundreds of megabytes)."""
     if not secret:
         return []
-    leaks = []
-    for path in sorted(model_dir.rglob("*")):
-        if path.is_file() and secret in path.read_bytes():
-            leaks.append(path)
-    return leaks
+    return [p for p in sorted(model_dir.rglob("*")) if p.is_file() and _contains(p, secret)]
+
+
+def _contains(path: Path, secret: bytes) -> bool:
+    keep = len(secret) - 1  # a match may straddle blocks: keep the last bytes of the previous
+    window = b""
+    with path.open("rb") as f:
+        for block in iter(lambda: f.read(_SCAN_BLOCK), b""):
+            window = (window[-keep:] if keep else b"") + block
+            if secret in window:
+                return True
+    return False
 
 
 def model_env(staged: StagedModel, env_root: Optional[Path] = None) -> Path:
@@ -384,22 +404,32 @@ def _tags(staged: StagedModel) -> Dict[str, str]:
     }
 
 
-def preflight(request: LogRequest) -> None:
+def preflight(request: LogRequest, work: Path) -> ScoringPipeline:
     """Cheap checks before any tracking is touched: license, pipeline, requirements, signature.
+
+    Args:
+        request: what to log.
+        work: a scratch folder; a zip is extracted under it, once (pass the result on to
+            :func:`log_pipeline`).
+
+    Returns:
+        The opened pipeline.
 
     Raises:
         DaiMlflowError: the same one-line errors :func:`log_pipeline` would raise later.
     """
     find_license()
-    with tempfile.TemporaryDirectory(prefix="dai-mlflow-check-") as tmp:
-        pipeline = open_pipeline(request.pipeline, Path(tmp))
-        shared_requirements(sanitize(pipeline, request.policy), pipeline)
-        read_input_spec(pipeline)
-        find_python(pipeline.python)
+    pipeline = open_pipeline(request.pipeline, work / "extracted")
+    shared_requirements(sanitize(pipeline, request.policy), pipeline)
+    read_input_spec(pipeline)
+    find_python(pipeline.python)
+    return pipeline
 
 
 def log_pipeline(
-    request: LogRequest, tracking_ready: Optional[Callable[[], None]] = None
+    request: LogRequest,
+    tracking_ready: Optional[Callable[[], None]] = None,
+    pipeline: Optional[ScoringPipeline] = None,
 ) -> LogResult:
     """Log (and optionally register) a DAI pipeline in the active or a new MLflow run.
 
@@ -410,6 +440,7 @@ def log_pipeline(
     Args:
         request: what to log.
         tracking_ready: blocks until the tracking store answers (e.g. a bridge starting up).
+        pipeline: ``request.pipeline`` already opened by :func:`preflight`.
 
     Returns:
         The URIs and registry coordinates.
@@ -420,12 +451,15 @@ def log_pipeline(
     import mlflow
 
     source = find_license()
+    export_license_location(source)  # the check runs in another folder: a relative path breaks
     say(f"license: found at {source.describe()} (read at scoring time, never stored)")
     with tempfile.TemporaryDirectory(prefix="dai-mlflow-log-") as tmp:
-        staged = stage_model(request.pipeline, Path(tmp), request.policy)
+        started = time.monotonic()
+        staged = stage_model(request.pipeline, Path(tmp), request.policy, pipeline)
         say(
             f"pipeline: {staged.pipeline.module_name} (DAI {staged.pipeline.dai_version or '?'}, "
-            f"Python {staged.python_version}); checking it in the model's own env"
+            f"Python {staged.python_version}), staged in {time.monotonic() - started:.1f}s; "
+            "checking it in the model's own env"
         )
         result = check_model(staged, request.env_root)
         say(f"checked: output columns {result['columns']}")

@@ -47,6 +47,7 @@ from typing import List, Optional
 from dai_mlflow.errors import DaiMlflowError
 
 EXPERIMENT_CACHE_ENV = "DAI_MLFLOW_EXPERIMENT_CACHE"
+PIPELINE_ARTIFACT = "scoring-pipeline"  # the artifact key and its folder under artifacts/
 _COMPLETE_MARKER = ".dai-mlflow-complete"
 
 

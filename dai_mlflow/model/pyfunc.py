@@ -33,7 +33,11 @@ from mlflow.exceptions import MlflowException
 from mlflow.protos.databricks_pb2 import INTERNAL_ERROR, INVALID_PARAMETER_VALUE
 
 from dai_mlflow.errors import DaiMlflowError, one_line
-from dai_mlflow.model.experiment import ExperimentWheelError, activate_experiment
+from dai_mlflow.model.experiment import (
+    PIPELINE_ARTIFACT,
+    ExperimentWheelError,
+    activate_experiment,
+)
 from dai_mlflow.model.license import export_license_location, find_license
 from dai_mlflow.model.runtime import (
     ScorerExitError,
@@ -43,7 +47,6 @@ from dai_mlflow.model.runtime import (
     scorer_workdir,
 )
 
-PIPELINE_ARTIFACT = "scoring-pipeline"  # the artifact key and its folder under artifacts/
 CONFIG_SCORER_MODULE = "scorer_module"
 CONFIG_INPUT_COLUMNS = "input_columns"
 PARAM_DEFAULTS: Dict[str, bool] = {"pred_contribs": False, "output_margin": False}

@@ -83,6 +83,30 @@ def test_the_experiment_wheel_is_not_a_model_requirement(standin, tmp_path: Path
     assert any("loaded from the model's artifacts" in note for note in shared.notes)
 
 
+def test_an_env_check_hashes_each_wheel_once(tmp_path: Path, monkeypatch) -> None:
+    """The env's folder name and its build share one key: a gigabyte runtime wheel is read once
+    per ensure_model_env, not once for the name and again for the build."""
+    from dai_mlflow.envs import pythons, venvs
+
+    model = tmp_path / "model"
+    model.mkdir()
+    (model / "python_env.yaml").write_text(
+        f'python: "{pythons.current().version}"\ndependencies: ["-r requirements.txt"]\n'
+    )
+    (model / "requirements.txt").write_text("./runtime-1.0-py3-none-any.whl\n")
+    (model / "runtime-1.0-py3-none-any.whl").write_bytes(b"not a real wheel")
+    hashed: List[str] = []
+
+    def counting_sha256(path: Path) -> str:
+        hashed.append(Path(path).name)
+        return file_sha256(path)
+
+    monkeypatch.setattr(venvs, "file_sha256", counting_sha256)
+    monkeypatch.setattr(venvs, "is_current", lambda dest, key: True)  # as if built before
+    ensure_model_env(model, "uv", str(tmp_path / "envs"))
+    assert hashed.count("runtime-1.0-py3-none-any.whl") == 1
+
+
 def test_concurrent_extraction_is_atomic_and_keyed_by_content(standin, tmp_path: Path) -> None:
     build = standin("1.10", "binary")
     wheel = build.folder / build.experiment_wheel

@@ -53,6 +53,22 @@ def test_corrupt_zip(standin, tmp_path: Path) -> None:
     assert "re-download" in msg
 
 
+def test_corrupt_member_is_refused_while_extracting(standin, tmp_path: Path) -> None:
+    """No separate testzip() pass: extraction itself checks each member's CRC."""
+    build = standin("1.10", "binary")
+    bad = tmp_path / "scorer.zip"
+    shutil.copy2(build.zip_path, bad)
+    with zipfile.ZipFile(bad) as zf:
+        info = zf.getinfo(f"scoring-pipeline/{build.core_wheel}")
+    data = bytearray(bad.read_bytes())
+    start = info.header_offset + 30 + len(info.filename.encode()) + len(info.extra)
+    data[start + info.file_size // 2] ^= 0xFF  # stored, not deflated: a flipped byte of data
+    bad.write_bytes(bytes(data))
+    with pytest.raises(PipelineError) as e:
+        open_pipeline(bad, tmp_path / "x")
+    assert "re-download" in _one_line(e)
+
+
 def _zip_with(tmp_path: Path, build, name: str, data: bytes = b"x", mode: int = 0) -> Path:
     out = tmp_path / "evil.zip"
     shutil.copy2(build.zip_path, out)
@@ -160,6 +176,25 @@ def test_copy_leaves_licenses_out(standin, tmp_path: Path) -> None:
     dest = copy_pipeline(open_pipeline(folder), tmp_path / "scoring-pipeline")
     assert (dest / build.experiment_wheel).is_file()
     assert not (dest / "license.sig").exists()
+
+
+def test_copy_links_big_files_and_never_writes_through_to_the_source(
+    standin, tmp_path: Path
+) -> None:
+    """The staging copy hard-links (no second gigabyte copy), and a file it rewrites (masked
+    credentials) is a new file: the user's folder is never changed."""
+    build = standin("1.10", "binary")
+    folder = tmp_path / "sp"
+    shutil.copytree(build.folder, folder)
+    secret_line = "--extra-index-url https://user:s3cret@pypi.example.com/simple\n"
+    req = folder / "requirements.txt"
+    req.write_text(secret_line + req.read_text())
+    before = req.read_text()
+    dest = copy_pipeline(open_pipeline(folder), tmp_path / "scoring-pipeline")
+    core = build.core_wheel
+    assert (dest / core).stat().st_ino == (folder / core).stat().st_ino
+    assert req.read_text() == before
+    assert "s3cret" not in (dest / "requirements.txt").read_text()
 
 
 @pytest.mark.parametrize(

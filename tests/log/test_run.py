@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from dai_mlflow.log import run
 from dai_mlflow.log.run import MODEL_SIDE_MODULES, find_license_leaks, stage_model
 from tests.fixtures_model import run_child_json
 
@@ -56,6 +57,29 @@ def test_license_leak_guard(tmp_path: Path) -> None:
     (tmp_path / "g.txt").write_bytes(b"clean")
     assert find_license_leaks(tmp_path, b"SECRET") == [tmp_path / "a" / "f.txt"]
     assert find_license_leaks(tmp_path, b"") == []
+
+
+def test_license_leak_guard_reads_in_blocks(tmp_path: Path, monkeypatch) -> None:
+    """Files are scanned block by block (a runtime wheel is hundreds of megabytes), and a
+    license that straddles two blocks is still found."""
+    monkeypatch.setattr(run, "_SCAN_BLOCK", 8)
+    secret = b"LICENSE-KEY-BYTES"
+    for offset in range(0, 12):
+        (tmp_path / "f.bin").write_bytes(b"x" * offset + secret + b"y" * 5)
+        assert find_license_leaks(tmp_path, secret) == [tmp_path / "f.bin"], offset
+    (tmp_path / "f.bin").write_bytes(b"x" * 20 + secret[:-1] + b"y" * 20)
+    assert find_license_leaks(tmp_path, secret) == []
+
+
+def test_preflight_extracts_once_for_the_whole_run(standin, tmp_path: Path, monkeypatch) -> None:
+    """The zip opened by the preflight is the one staged: not extracted a second time."""
+    build = standin("1.10", "binary")
+    monkeypatch.setenv("DRIVERLESS_AI_LICENSE_FILE", str(build.license_path))
+    opened = run.preflight(run.LogRequest(pipeline=build.zip_path), tmp_path / "pre")
+    assert opened.folder.is_relative_to(tmp_path / "pre")
+    staged = stage_model(build.zip_path, tmp_path / "work", pipeline=opened)
+    assert not (tmp_path / "work" / "extracted").exists()
+    assert (staged.path / "artifacts" / "scoring-pipeline" / build.core_wheel).is_file()
 
 
 _STAGE = r"""
