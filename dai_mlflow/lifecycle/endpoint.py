@@ -46,6 +46,12 @@ from dai_mlflow.errors import say
 from dai_mlflow.lifecycle import proxy
 from dai_mlflow.lifecycle.errors import LifecycleError
 from dai_mlflow.model.http_limits import bind_warning
+from dai_mlflow.model.serving import (
+    MODEL_NAME_ENV,
+    MODEL_VERSION_ENV,
+    SERVER_MODULE,
+    has_own_server,
+)
 from dai_mlflow.serve.rpc import DEFAULT_HOST, install_script
 
 ENDPOINT_ROOT_ENV = "DAI_MLFLOW_ENDPOINT_ROOT"
@@ -282,6 +288,8 @@ def start_servers(
     """
     env = server_env(python, folder)
     started: List[int] = []
+    if has_own_server(model_dir):
+        return _start_own_server(model_dir, python, folder, model_name, version, model_uri, rpc)
     try:
         port = free_port()
         cmd = [str(python), "-m", "mlflow", "models", "serve", "-m", str(model_dir),
@@ -316,6 +324,40 @@ def start_servers(
         for pid in started:
             stop_group(pid, str(folder))
         raise
+
+
+def _start_own_server(
+    model_dir: Path,
+    python: Path,
+    folder: Path,
+    model_name: str,
+    version: str,
+    model_uri: str,
+    rpc: bool,
+) -> Servers:
+    """The model's own server: ``/invocations`` and ``/rpc`` on one port, requests batched."""
+    env = server_env(python, folder)
+    env["PYTHONPATH"] = str(model_dir / "code")
+    env.update({MODEL_NAME_ENV: model_name, MODEL_VERSION_ENV: version})
+    port = free_port()
+    cmd = [str(python), "-m", SERVER_MODULE, "--model-path", str(model_dir),
+           "--host", DEFAULT_HOST, "--port", str(port)]  # fmt: skip
+    log = folder / "invocations.log"
+    pid = _spawn(cmd, folder / "invocations-cwd", env, log)
+    url = f"http://{DEFAULT_HOST}:{port}"
+    servers = Servers(
+        route_id=f"{version}-{uuid.uuid4().hex[:8]}", model_name=model_name, version=version,
+        model_uri=model_uri, folder=str(folder), invocations=url, rpc=url if rpc else None,
+        pids=[pid], since=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    )  # fmt: skip
+    try:
+        wait_serving(url + "/ping", pid, log)
+    except BaseException as e:
+        stop_group(pid, str(folder))
+        if isinstance(e, DeployError):
+            raise DeployError(f"the server of {model_uri} failed: {e}") from e
+        raise
+    return servers
 
 
 def stop_servers(servers: Dict[str, Any], remove: bool = True) -> None:

@@ -635,11 +635,17 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if args.env_manager == "local":
         return _serve_here(args.model_uri, args.host, args.port, args.access_log, server_limits)
     from dai_mlflow.errors import DaiMlflowError
-    from dai_mlflow.serve.server import run_rpc_in_model_env
+    from dai_mlflow.serve.server import run_model_server, run_rpc_in_model_env
 
-    extra = ["--access-log"] if args.access_log else []
-    extra += limits.argv_of(server_limits)
+    extra = limits.argv_of(server_limits)
     try:
+        # The model's own server (/rpc beside /invocations, requests batched); this file as a
+        # script for models logged before it existed.
+        if not args.access_log:
+            code = run_model_server(args.model_uri, args.host, args.port, args.env_manager, extra)
+            if code is not None:
+                return code
+        extra += ["--access-log"] if args.access_log else []
         return run_rpc_in_model_env(
             Path(__file__), args.model_uri, args.host, args.port, args.env_manager, extra
         )

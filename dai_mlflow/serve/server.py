@@ -44,7 +44,13 @@ from dai_mlflow.envs.model_env import (
     model_python_version,
 )
 from dai_mlflow.envs.processes import FOREIGN_PYTHON_VARS, parent_death_signal
-from dai_mlflow.errors import DaiMlflowError
+from dai_mlflow.errors import DaiMlflowError, say
+from dai_mlflow.model.serving import (
+    MODEL_NAME_ENV,
+    MODEL_VERSION_ENV,
+    SERVER_MODULE,
+    has_own_server,
+)
 from dai_mlflow.serve.rpc import install_script
 from dai_mlflow.tracking import download_model
 
@@ -103,7 +109,9 @@ def _restore_lock() -> Any:
     return file_lock(Path(MLFLOW_ENV_ROOT.get()).expanduser() / ".dai-mlflow-restore.lock")
 
 
-def run_in_model_env(environment: Any, argv: Sequence[str]) -> int:
+def run_in_model_env(
+    environment: Any, argv: Sequence[str], extra_env: Optional[Dict[str, str]] = None
+) -> int:
     """Run ``argv`` in the restored env (``exec``, activated), forwarding signals; exit code.
 
     The model is already a local folder, so the server needs no tracking store; it gets a
@@ -116,11 +124,58 @@ def run_in_model_env(environment: Any, argv: Sequence[str]) -> int:
     env = {**os.environ, **dict.fromkeys(FOREIGN_PYTHON_VARS, "")}
     env["MLFLOW_TRACKING_URI"] = (scratch / "mlruns").as_uri()
     env["MLFLOW_ALLOW_FILE_STORE"] = "true"
+    env.update(extra_env or {})
     try:
         proc = environment.execute(command, env, preexec_fn=parent_death_signal, synchronous=False)
         return _wait_forwarding_signals(proc)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
+
+
+def model_identity(model_uri: str) -> Dict[str, str]:
+    """``DAI_MLFLOW_MODEL_NAME``/``_VERSION`` of a ``models:/NAME/VERSION`` or ``@ALIAS`` URI
+    (the server's metrics and inference log name them); empty for other URIs."""
+    if not model_uri.startswith("models:/"):
+        return {}
+    name, _, ref = model_uri[len("models:/") :].partition("/")
+    name, _, alias = name.partition("@")
+    version = ref if ref.isdigit() else ""
+    if alias:
+        try:
+            import mlflow
+
+            version = str(mlflow.MlflowClient().get_model_version_by_alias(name, alias).version)
+        except Exception:  # noqa: BLE001 - names only; the download already resolved the URI
+            version = ""
+    return {MODEL_NAME_ENV: name, MODEL_VERSION_ENV: version}
+
+
+def run_model_server(
+    model_uri: str,
+    host: str,
+    port: int,
+    env_manager: str,
+    options: Sequence[str] = (),
+) -> Optional[int]:
+    """Run the model's own server (``/invocations``, ``/rpc``, ``/metrics``) in its env.
+
+    Returns:
+        The server's exit code, or None when the model carries no server (an older model).
+
+    Raises:
+        ServeError: the URI does not resolve or the env cannot be built.
+    """
+    local = download_model(model_uri)
+    if not has_own_server(local):
+        return None
+    argv = ["-m", SERVER_MODULE, "--model-path", str(local), "--host", host, "--port", str(port)]
+    argv += list(options)
+    extra_env = {"PYTHONPATH": str(local / "code"), **model_identity(model_uri)}
+    if env_manager == "local":
+        env = {**os.environ, **extra_env}
+        return subprocess.call([sys.executable, *argv], env=env)
+    environment = prepare_model_env(local, env_manager)
+    return run_in_model_env(environment, ["python", *argv], extra_env)
 
 
 def serve_model(
@@ -130,12 +185,21 @@ def serve_model(
     env_manager: str,
     workers: Optional[int] = None,
     timeout: Optional[int] = None,
+    options: Sequence[str] = (),
 ) -> int:
-    """``mlflow models serve`` of ``model_uri`` by the MLflow of the model's own env.
+    """Serve ``model_uri`` in its own env: its own server, or (older models) the env's
+    ``mlflow models serve``.
 
     Raises:
         ServeError: the URI does not resolve or the env cannot be built.
     """
+    own = list(options)
+    own += ["--workers", str(workers)] if workers else []
+    own += ["--timeout", str(timeout)] if timeout else []
+    code = run_model_server(model_uri, host, port, env_manager, own)
+    if code is not None:
+        return code
+    say(f"{model_uri} carries no dai-mlflow server (logged before it existed): mlflow models serve")
     local = download_model(model_uri)
     options = ["-h", host, "-p", str(port)]
     options += ["-w", str(workers)] if workers else []
@@ -210,9 +274,10 @@ def serve_command(
 @click.command(
     name="python -m dai_mlflow.serve",
     help=(
-        "mlflow models serve for a logged DAI model, served by the MLflow of the model's own env "
-        "(restored offline with uv or virtualenv): works for DAI 1.10 (MLflow 2.17, Python 3.8) "
-        "and DAI 2 models alike. Same endpoints as mlflow models serve."
+        "Serve a logged DAI model from its own env (restored offline with uv or virtualenv; "
+        "DAI 1.10 on Python 3.8 and DAI 2 alike) with the model's own server: POST "
+        "/invocations (mlflow models serve's protocol and answers), POST /rpc (DAI's JSON-RPC), "
+        "GET /ping /health /version /metrics; concurrent requests share scorer calls."
     ),
 )
 @click.option("-m", "--model-uri", required=True, help="models:/NAME@ALIAS, runs:/..., a path")
@@ -221,6 +286,11 @@ def serve_command(
 @click.option("-w", "--workers", type=int, default=None, help="server workers")
 @click.option("-t", "--timeout", type=int, default=None, help="request timeout (s)")
 @click.option("--env-manager", type=click.Choice(ENV_MANAGERS), default="uv", show_default=True)
+@click.option("--max-batch-rows", type=int, default=None, help="most rows per scorer call")
+@click.option("--max-wait-ms", type=float, default=None, help="longest wait to merge requests")
+@click.option("--no-batching", is_flag=True, help="one scorer call per request")
+@click.option("--log-requests", default=None, metavar="DIR", help="inference log (parquet)")
+@click.option("--body-limit", type=int, default=None, metavar="BYTES", help="(default 64 MiB)")
 def cli(
     model_uri: str,
     host: str,
@@ -228,9 +298,23 @@ def cli(
     workers: Optional[int],
     timeout: Optional[int],
     env_manager: str,
+    max_batch_rows: Optional[int],
+    max_wait_ms: Optional[float],
+    no_batching: bool,
+    log_requests: Optional[str],
+    body_limit: Optional[int],
 ) -> int:
     """Serve until stopped; the server's exit code."""
-    return serve_model(model_uri, host, port, env_manager, workers, timeout)
+    options: List[str] = []
+    for flag, value in (
+        ("--max-batch-rows", max_batch_rows),
+        ("--max-wait-ms", max_wait_ms),
+        ("--log-requests", os.path.abspath(log_requests) if log_requests else None),
+        ("--body-limit", body_limit),
+    ):
+        options += [flag, str(value)] if value is not None else []
+    options += ["--no-batching"] if no_batching else []
+    return serve_model(model_uri, host, port, env_manager, workers, timeout, options)
 
 
 main = entry_point(cli)

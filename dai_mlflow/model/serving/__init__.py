@@ -11,9 +11,13 @@ env by ``python -m dai_mlflow_model_hooks.serve --model-path DIR`` (docs/serving
 * :mod:`.metrics`: Prometheus metrics shared by the workers;
 * :mod:`.inference_log`: the optional parquet log of served rows.
 
+This module also tells launchers how to run it (:func:`has_own_server`, :data:`SERVER_MODULE`).
 Stdlib only at import time (the scorer, MLflow, pandas and prometheus_client are imported by a
 worker); Python 3.8-safe.
 """
+
+import os
+from typing import Any
 
 # This package's modules (what every logged model carries in code/dai_mlflow/model/serving).
 MODULES = (
@@ -26,3 +30,15 @@ MODULES = (
     "inference_log.py",
     "metrics.py",
 )
+# The command: python -m SERVER_MODULE with the model's code/ first on PYTHONPATH (in a model env
+# the hooks wheel's `python -m dai_mlflow_model_hooks.serve` does that itself).
+SERVER_MODULE = "dai_mlflow.model.serving"
+# Names of the served model for metrics and the inference log (launchers know them).
+MODEL_NAME_ENV = "DAI_MLFLOW_MODEL_NAME"
+MODEL_VERSION_ENV = "DAI_MLFLOW_MODEL_VERSION"
+
+
+def has_own_server(model_dir: Any) -> bool:
+    """Whether the model folder carries this server (models logged since it exists)."""
+    cli = os.path.join(str(model_dir), "code", "dai_mlflow", "model", "serving", "cli.py")
+    return os.path.isfile(cli)

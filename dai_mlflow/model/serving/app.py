@@ -28,6 +28,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
+from . import MODEL_NAME_ENV, MODEL_VERSION_ENV
 from .batching import Batcher, Item, RequestTimeout
 from .http import JSON, HttpServer, Request
 
@@ -93,8 +94,8 @@ def model_info(model_path: str) -> Dict[str, str]:
             key, _, value = line.partition(":")
             if key.strip() in ("model_name", "model_version"):
                 info[key.strip()] = value.strip().strip("'\"")
-    info["model_name"] = os.environ.get("DAI_MLFLOW_MODEL_NAME") or info["model_name"]
-    info["model_version"] = os.environ.get("DAI_MLFLOW_MODEL_VERSION") or info["model_version"]
+    info["model_name"] = os.environ.get(MODEL_NAME_ENV) or info["model_name"]
+    info["model_version"] = os.environ.get(MODEL_VERSION_ENV) or info["model_version"]
     return info
 
 

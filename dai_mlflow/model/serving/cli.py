@@ -189,10 +189,10 @@ def run_worker(args: argparse.Namespace, reserved: socket.socket, own: bool, rea
             reserved.close()
         metrics.worker_starts.inc()
     except BaseException as e:  # noqa: BLE001 - one line to the supervisor, whatever it was
+        if not _expected(e):
+            traceback.print_exc(file=sys.stderr)
+        sys.stderr.flush()
         os.write(ready_fd, ("error: " + _one_line(e) + "\n").encode("utf-8", "replace"))
-        if not isinstance(e, Exception) or _one_line(e).startswith("ModelLoadError"):
-            pass
-        traceback.print_exc(file=sys.stderr)
         return 1
 
     async def main() -> None:
@@ -231,6 +231,12 @@ def run_worker(args: argparse.Namespace, reserved: socket.socket, own: bool, rea
         if inference_log is not None:
             inference_log.close()
     return 0
+
+
+def _expected(error: BaseException) -> bool:
+    # The model's own errors (no license, a scorer that will not start) say all in one line.
+    names = {c.__name__ for c in type(error).__mro__}
+    return bool(names & {"ModelLoadError", "DaiMlflowError"})
 
 
 def _one_line(error: BaseException) -> str:
@@ -283,8 +289,8 @@ class Supervisor:
                 break
             error = self._read_ready(0.2)
             if error is not None and not self.announced:
-                print(f"Error: {error}", file=sys.stderr, flush=True)
                 self._stop_all()
+                print(f"Error: {error}", file=sys.stderr, flush=True)
                 return 1
             now = time.monotonic()
             for pid, started in self._reap():
@@ -336,10 +342,10 @@ class Supervisor:
         host = self.args.host
         # DAI's http_server.py prints this line; scripts that wait for it keep working.
         print(f"HTTP scoring service listening on port {port}...", flush=True)
+        version = ".".join(str(v) for v in sys.version_info[:3])
         print(
-            f"{NOTE} serving {self.args.model_path} on http://{host}:{port} "
-            f"(/invocations, /rpc, /metrics; {self.n} worker(s), Python "
-            f"{'.'.join(str(v) for v in sys.version_info[:3])})",
+            f"{NOTE} serving {self.args.model_path} with Python {version} ({sys.executable}) "
+            f"on http://{host}:{port}: /invocations, /rpc, /metrics; {self.n} worker(s)",
             file=sys.stderr,
             flush=True,
         )
@@ -359,8 +365,8 @@ class Supervisor:
                 error = self._read_ready(0)
                 self.workers.pop(pid, None)
                 if error is not None and not self.announced:
-                    print(f"Error: {error}", file=sys.stderr, flush=True)
                     self._stop_all()
+                    print(f"Error: {error}", file=sys.stderr, flush=True)
                     raise SystemExit(1)
             ended.append((pid, started))
         return ended
