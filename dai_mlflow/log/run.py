@@ -419,7 +419,10 @@ def preflight(request: LogRequest, work: Path) -> ScoringPipeline:
         DaiMlflowError: the same one-line errors :func:`log_pipeline` would raise later.
     """
     find_license()
+    started = time.monotonic()
     pipeline = open_pipeline(request.pipeline, work / "extracted")
+    size = sum(p.stat().st_size for p in pipeline.folder.rglob("*") if p.is_file())
+    say(f"opened {request.pipeline} ({size / 1e6:.0f} MB) in {time.monotonic() - started:.1f}s")
     shared_requirements(sanitize(pipeline, request.policy), pipeline)
     read_input_spec(pipeline)
     find_python(pipeline.python)
@@ -478,7 +481,9 @@ def _log_staged(
 
     _set_run_identity(staged, run_id)
     mlflow.set_tags(_tags(staged))
+    started = time.monotonic()
     mlflow.log_artifacts(str(staged.path), MODEL_ARTIFACT_PATH)
+    say(f"logged the model's files in {time.monotonic() - started:.1f}s")
     runs_uri = f"runs:/{run_id}/{MODEL_ARTIFACT_PATH}"
     if request.model_name is None:
         return LogResult(runs_uri, run_id, runs_uri, output_columns=columns)
