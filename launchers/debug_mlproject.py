@@ -29,6 +29,13 @@ from typing import Dict, Iterator, List, Optional, Sequence
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:  # run as a script from launchers/: make dai_mlflow importable
     sys.path.insert(1, str(ROOT))
+# The default store (sqlite, made by MLflow 3) is bridged for this env's MLflow 2.17 through an
+# MLflow 3 interpreter: `mlflow run` finds its own in the process tree; here, this checkout's
+# launcher venv, unless one is named.
+if (ROOT / "venvs" / "launcher" / "bin" / "python").exists():
+    os.environ.setdefault("DAI_MLFLOW_SERVER_PYTHON", str(ROOT / "venvs/launcher/bin/python"))
+
+from dai_mlflow.errors import DaiMlflowError, report_error  # noqa: E402
 
 
 class DebugLaunchError(Exception):
@@ -161,6 +168,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except DebugLaunchError as e:
         print(f"Error: {e}", file=sys.stderr)
         return 2
+    except DaiMlflowError as e:  # e.g. the tracking store cannot be reached or bridged
+        return report_error(e)
     except Exception as e:  # MLflow's own validation errors (missing param, bad path, …)
         if type(e).__name__ in ("ExecutionException", "MlflowException"):
             print(f"Error: {e}", file=sys.stderr)

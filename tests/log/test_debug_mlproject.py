@@ -113,16 +113,41 @@ def test_bad_param_syntax_is_one_line_error(repo_root):
     assert out.stderr.strip() == "Error: -P takes key=value, got 'novalue'"
 
 
-# --- against the real project and the real `mlflow run` ----------------------------------------
+# --- against the real project, as a user runs it ---------------------------------------------
+# README "Debugging step by step" and launch.json's "MLproject entry point" give one command:
+# run from the checkout with venvs/mlproject's python, in a fresh shell (no venv activated, no
+# MLFLOW_TRACKING_URI: the default store), with only the license set. It runs here as written,
+# in a copy of the checkout (tests/docs/shell.py), the pipeline where launch.json expects it.
+
+GENERATED = "data/generated/dai-1.10-binary"
 
 
-def _debug_real_project(repo_root: Path, env: dict, cwd: Path, *params: str):
-    args = [str(repo_root / "venvs" / "mlproject" / "bin" / "python"),
-            str(repo_root / "launchers" / "debug_mlproject.py")]  # fmt: skip
-    for p in params:
-        args += ["-P", p]
-    cwd.mkdir(parents=True, exist_ok=True)
-    return subprocess.run(args, capture_output=True, text=True, env=env, cwd=cwd, timeout=1200)
+def _documented_debug_command():
+    from tests.docs.blocks import doc_commands, launch_commands
+
+    (readme,) = [
+        c for c in doc_commands() if c.file == "README.md" and "debug_mlproject.py" in c.text
+    ]
+    (launch,) = [c for c in launch_commands() if "debug_mlproject.py" in c.text]
+    # The placeholder is the pipeline a user passes: the one launch.json prompts with by default.
+    assert readme.text.replace("/path/to/scorer.zip", f"{GENERATED}/scorer.zip") == launch.text
+    return launch
+
+
+def _debug_as_a_user(build, checkout: Path, pipeline: Path):
+    """Run the documented debug command in the user checkout; returns the finished process."""
+    import shutil
+
+    from tests.docs.shell import Session, user_env
+
+    folder = checkout / GENERATED
+    folder.mkdir(parents=True, exist_ok=True)
+    shutil.copy2(pipeline, folder / "scorer.zip")
+    shutil.copy2(build.license_path, folder / "license.sig")
+    command = _documented_debug_command()
+    session = Session(checkout, user_env())
+    session.run(type(command)("Makefile", 0, "make venvs"), timeout=1200)  # README step 1
+    return session.run(command, timeout=1200, expect_rc=None)
 
 
 def _model_files(model_dir: Path) -> dict:
@@ -155,26 +180,24 @@ def _model_files(model_dir: Path) -> dict:
 
 @pytest.mark.venv
 @pytest.mark.mlflow_run
-def test_debug_run_logs_the_same_model_as_mlflow_run(logged_model, repo_root, tmp_path):
+def test_debug_run_as_documented_logs_the_same_model_as_mlflow_run(logged_model):
     import mlflow
 
-    from tests.fixtures_model import last_stdout_line, run_env
+    from tests.docs.shell import user_checkout
+    from tests.fixtures_model import last_stdout_line
 
     model = logged_model("1.10", "binary")
-    env = run_env({**model.license_env, "MLFLOW_TRACKING_URI": model.tracking_uri})
-    name = f"{model.model_name}_debug"
-    out = _debug_real_project(
-        repo_root, env, tmp_path / "cwd", f"pipeline={model.build.zip_path}", f"model_name={name}"
-    )
-    assert out.returncode == 0, out.stderr[-3000:]
-    assert last_stdout_line(out.stdout).startswith(f"model_uri=models:/{name}/")
-
-    client = mlflow.MlflowClient(tracking_uri=model.tracking_uri, registry_uri=model.tracking_uri)
-    version = client.get_model_version_by_alias(name, "challenger")
-    run = client.get_run(version.run_id)
-    assert run.info.status == "FINISHED"
-    assert run.data.tags["mlflow.project.entryPoint"] == "main"
-    ours = _model_files(Path(run.info.artifact_uri) / "model")
+    with user_checkout() as checkout:
+        out = _debug_as_a_user(model.build, checkout, model.build.zip_path)
+        assert out.returncode == 0, out.stderr[-3000:]
+        uri = last_stdout_line(out.stdout)
+        assert uri.startswith("model_uri=runs:/"), out.stdout[-2000:]
+        store = f"sqlite:///{checkout / 'mlflow.db'}"  # the default store of the checkout
+        client = mlflow.MlflowClient(tracking_uri=store, registry_uri=store)
+        run = client.get_run(uri.split("/")[1])
+        assert run.info.status == "FINISHED"
+        assert run.data.tags["mlflow.project.entryPoint"] == "main"
+        ours = _model_files(Path(run.info.artifact_uri) / "model")
     theirs = _model_files(model.local_dir)
     assert sorted(ours) == sorted(theirs)
     assert ours["requirements.txt"] == theirs["requirements.txt"]
@@ -184,21 +207,19 @@ def test_debug_run_logs_the_same_model_as_mlflow_run(logged_model, repo_root, tm
 
 @pytest.mark.venv
 @pytest.mark.mlflow_run
-def test_debug_run_of_a_bad_pipeline_ends_failed(logged_model, repo_root, tmp_path):
+def test_debug_run_of_a_bad_pipeline_ends_failed(logged_model, tmp_path):
     import mlflow
 
-    from tests.fixtures_model import run_env
+    from tests.docs.shell import user_checkout
 
     model = logged_model("1.10", "binary")
     bad = tmp_path / "scorer.zip"
     bad.write_bytes(b"this is not a zip file")
-    env = run_env({**model.license_env, "MLFLOW_TRACKING_URI": model.tracking_uri})
-    out = _debug_real_project(
-        repo_root, env, tmp_path / "cwd", f"pipeline={bad}", "model_name=never_registered"
-    )
-    assert out.returncode != 0
-    client = mlflow.MlflowClient(tracking_uri=model.tracking_uri, registry_uri=model.tracking_uri)
-    assert not client.search_registered_models("name='never_registered'")
-    (run_id,) = {ln.split()[2] for ln in out.stderr.splitlines() if ln.startswith("=== run ")}
-    assert client.get_run(run_id).info.status == "FAILED"
+    with user_checkout() as checkout:
+        out = _debug_as_a_user(model.build, checkout, bad)
+        assert out.returncode != 0
+        store = f"sqlite:///{checkout / 'mlflow.db'}"
+        client = mlflow.MlflowClient(tracking_uri=store, registry_uri=store)
+        (run_id,) = {ln.split()[2] for ln in out.stderr.splitlines() if ln.startswith("=== run ")}
+        assert client.get_run(run_id).info.status == "FAILED"
     assert "scorer.zip" in out.stderr
