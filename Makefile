@@ -111,9 +111,13 @@ bench-spark: launcher-venv ## rows/s: raw scorer vs spark_udf local and uv (LINE
 bench-switch: launcher-venv ## seconds from model URI to first prediction: cold, new model of a seen DAI line, same model
 	@$(LAUNCHER) benchmarks/model_switch.py
 
+.PHONY: bench-run
+bench-run: launcher-venv ## seconds and peak memory of warm `mlflow run` (light and 1.2 GB pipelines) vs MLflow's floor
+	@$(LAUNCHER) benchmarks/mlflow_run.py
+
 .PHONY: bench-serve
-bench-serve: launcher-venv ## latency and rows/s of /invocations and /rpc under load (LINE=1.10|2)
-	@$(LAUNCHER) benchmarks/serve_load.py --dai-version "$(or $(LINE),1.10)"
+bench-serve: launcher-venv ## the serving targets: the model's server vs plain mlflow models serve, both DAI lines (LINE=1.10|2 for one)
+	@$(LAUNCHER) benchmarks/serve_targets.py --lines "$(or $(LINE),1.10,2)"
 
 .PHONY: bench-deploy
 bench-deploy: launcher-venv ## serve_load.py against a local endpoint while `mlflow run -e deploy` swaps the champion
