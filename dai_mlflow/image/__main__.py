@@ -1,7 +1,9 @@
-"""``python -m dai_mlflow.image`` = the ``dai-mlflow`` console script."""
+"""``python -m dai_mlflow.image build ...`` = ``dai-mlflow image build ...`` (no install needed)."""
 
 import sys
 
-from dai_mlflow.image.cli import main
+from dai_mlflow.cli import entry_point
+from dai_mlflow.image.cli import image
 
-sys.exit(main())
+image.name = "python -m dai_mlflow.image"
+sys.exit(entry_point(image)())
