@@ -29,6 +29,7 @@ import logging
 import shutil
 import tempfile
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
@@ -464,9 +465,13 @@ def log_pipeline(
             f"Python {staged.python_version}), staged in {time.monotonic() - started:.1f}s; "
             "checking it in the model's own env"
         )
-        result = check_model(staged, request.env_root)
-        say(f"checked: output columns {result['columns']}")
-        _guard_license(staged.path, source)
+        # The license scan reads every byte of the model (a gigabyte with a real runtime): it
+        # runs while the check waits for its subprocess.
+        with ThreadPoolExecutor(max_workers=1) as pool:
+            guard = pool.submit(_guard_license, staged.path, source)
+            result = check_model(staged, request.env_root)
+            say(f"checked: output columns {result['columns']}")
+            guard.result()
         _set_output_schema(staged, result["columns"])
         if tracking_ready is not None:
             tracking_ready()
