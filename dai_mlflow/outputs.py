@@ -49,7 +49,7 @@ MONITOR_TABLE = "monitor-table"
 TABLE = "table"  # a table written with no particular kind
 _PARTITION_NAME = re.compile(r"^date=\d{4}-\d{2}-\d{2}$")
 _SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*):")
-_LEFTOVER = re.compile(r"^\.(?P<name>.+)\.(?:staging|previous)-[0-9a-f]+$")
+_LEFTOVER = re.compile(r"^\.(?P<name>.+)\.(?:staging|previous)-[0-9a-f]{8}$")
 _AT_FDCWD = -100
 _RENAME_EXCHANGE = 2
 _SYS_RENAMEAT2_X86_64 = 316
@@ -57,6 +57,10 @@ _SYS_RENAMEAT2_X86_64 = 316
 
 class OutputRefusedError(DaiMlflowError):
     """The output path may not be written or replaced; nothing was changed."""
+
+
+class OutputLocationError(DaiMlflowError):
+    """The folder of the output cannot be written (permissions, a file in the way)."""
 
 
 # ----------------------------------------------------------------------------- paths
@@ -377,21 +381,35 @@ def _remove(path: Path) -> None:
             path.unlink()
 
 
+def _only_data(folder: Path) -> bool:
+    """A real folder holding nothing but what Spark or dai-mlflow write (any depth)."""
+    if folder.is_symlink() or not folder.is_dir():
+        return False
+    for path in folder.rglob("*"):
+        if path.is_symlink() or (path.is_file() and not _is_data_file(path.name)):
+            return False
+    return True
+
+
 def _clear_leftovers_of(parent: Path, name: str) -> None:
     """Remove the hidden siblings of ``name`` a killed writer left (its lock is held).
 
     A writer killed between moving the old ``name`` aside and moving the new one in leaves
-    ``name`` missing and ``.previous-*`` whole: that is put back first.
+    ``name`` missing and ``.previous-*`` whole: that is put back first. Only folders of data
+    files are removed; anything else found there is left alone.
     """
     target = parent / name
     for entry in sorted(parent.glob(f".{name}.previous-*")):
-        if _LEFTOVER.match(entry.name) and not os.path.lexists(str(target)):
+        if not _LEFTOVER.match(entry.name):
+            continue
+        if not os.path.lexists(str(target)):
             with contextlib.suppress(OSError):
                 entry.rename(target)
                 continue
-        _remove(entry)
+        if _only_data(entry):
+            _remove(entry)
     for entry in parent.glob(f".{name}.staging-*"):
-        if _LEFTOVER.match(entry.name):
+        if _LEFTOVER.match(entry.name) and _only_data(entry):
             _remove(entry)
 
 
@@ -419,9 +437,14 @@ def claimed(target: Path) -> Iterator[Path]:
     staging path is removed on exit unless it was swapped in.
     """
     parent = target.parent
-    parent.mkdir(parents=True, exist_ok=True)
     lock = _lock_path(parent, target.name)
-    fd = _try_lock(lock, block=True)
+    try:
+        parent.mkdir(parents=True, exist_ok=True)
+        fd = _try_lock(lock, block=True)
+    except OSError as e:
+        raise OutputLocationError(
+            f"cannot write into {parent}: {e.strerror or e}; choose a folder you can write"
+        ) from e
     assert fd is not None
     try:
         _clear_leftovers_of(parent, target.name)

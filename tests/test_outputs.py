@@ -171,3 +171,10 @@ def test_tables_that_are_not_ours_are_refused(cwd):
     (part / "notes.txt").write_text("mine\n")
     with pytest.raises(OutputRefusedError, match="notes.txt"):
         outputs.check_partition(part, overwrite=False)
+
+
+def test_a_folder_that_cannot_be_written_is_one_line(cwd):
+    (cwd / "a-file").write_text("in the way\n")
+    claim = outputs.claimed(cwd / "a-file" / "out")
+    with pytest.raises(outputs.OutputLocationError, match="choose a folder you can write"):
+        claim.__enter__()

@@ -92,7 +92,6 @@ def replace_partition(
     check_table(table, kind, inputs, overwrite)
     target = partition_dir(table, day)
     outputs.check_partition(target, overwrite)
-    table.mkdir(parents=True, exist_ok=True)
     with outputs.claimed(target) as staging:
         write(staging)
         if not staging.is_dir() or not any(staging.glob("*.parquet")):

@@ -127,6 +127,17 @@ def test_a_writer_killed_between_the_two_renames_gets_its_old_partition_back(tmp
     assert _hidden(table) == []
 
 
+def test_only_leftovers_of_data_are_removed(tmp_path):
+    """A hidden folder that merely looks like a leftover but holds other files is kept."""
+    table = tmp_path / "scored"
+    tables.write_frame(table, DAY, pd.DataFrame({"a": [1]}))
+    lookalike = table / f".date={DAY}.staging-0badc0de"
+    lookalike.mkdir()
+    (lookalike / "notes.txt").write_text("mine\n")
+    tables.write_frame(table, DAY, pd.DataFrame({"a": [2]}))
+    assert (lookalike / "notes.txt").read_text() == "mine\n"
+
+
 def test_tables_refuse_folders_that_are_not_theirs(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     data = tmp_path / "data"
@@ -175,15 +186,16 @@ def test_a_batch_job_killed_while_spark_writes_leaves_the_old_partition(
         cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
     )
     deadline = time.monotonic() + 600
-    try:
-        while not list(table.glob(f".date={DAY}.staging-*")):
+    try:  # a task has opened its part file: the model is scoring into the partition
+        while not list(table.glob(f".date={DAY}.staging-*/**/part-*")):
             assert job.poll() is None, "the job ended before it wrote"
             assert time.monotonic() < deadline, "the job never started writing"
             time.sleep(0.02)
     finally:
         _kill(job)
-    staging = list(table.glob(f".date={DAY}.staging-*"))
-    print(f"killed the job while {staging[0].name} held {sorted(os.listdir(staging[0]))}")
+    (staging,) = table.glob(f".date={DAY}.staging-*")
+    held = sorted(str(p.relative_to(staging)) for p in staging.rglob("*") if p.is_file())
+    print(f"killed the job while {staging.name} held {held}")
 
     assert tables.partitions(table) == [DAY]
     assert sorted(tables.read_partitions(table, [DAY])["a"]) == [1, 2, 3]
