@@ -102,6 +102,16 @@ rpc: launcher-venv ## serve MODEL_URI=<uri> with DAI's JSON-RPC protocol (POST /
 	@test -n "$(MODEL_URI)" || { echo "Error: pass MODEL_URI=<models:/name@alias | runs:/... | path>" >&2; exit 2; }
 	@$(LAUNCHER) -m dai_mlflow.serve.rpc --model-uri "$(MODEL_URI)" --port "$(RPC_PORT)"
 
+# Serving image (docs/image.md): built with `docker build --network=none`; BASE_IMAGE is never pulled.
+TAG        ?=
+BASE_IMAGE ?=
+IMAGE_ARGS ?=
+
+.PHONY: image
+image: launcher-venv ## build a serving image of MODEL_URI=<uri> as TAG=<name:tag> [BASE_IMAGE=...] [IMAGE_ARGS=--bake-model]
+	@test -n "$(MODEL_URI)" && test -n "$(TAG)" || { echo "Error: pass MODEL_URI=<models:/name@alias | runs:/... | path> TAG=<name:tag> [BASE_IMAGE=image] [IMAGE_ARGS=...]" >&2; exit 2; }
+	@$(LAUNCHER) -m dai_mlflow.image build --model-uri "$(MODEL_URI)" --tag "$(TAG)" $(if $(BASE_IMAGE),--base-image "$(BASE_IMAGE)") $(IMAGE_ARGS)
+
 # Benchmarks print figures; none is a test. LINE picks the stand-in's DAI line.
 .PHONY: bench-spark
 bench-spark: launcher-venv ## rows/s: raw scorer vs spark_udf local and uv (LINE=1.10|2, default 2)
