@@ -2,19 +2,24 @@
 
 Every test gets its server from one seam, :func:`start_server`: a factory that serves a service
 (an object with ``call(method, params)``, what :class:`dai_mlflow.serve.rpc.ScoringService` is)
-under given :class:`~dai_mlflow.model.http_limits.Limits` and yields the base URL. Another
-server that answers ``POST /rpc`` joins these tests by adding its own factory to
-:data:`FACTORIES`. The service here is a fake: these tests are about HTTP, not scoring.
+under given :class:`~dai_mlflow.model.http_limits.Limits` and yields the base URL. Two are
+in :data:`FACTORIES`: ``python -m dai_mlflow.serve.rpc``'s stdlib server, and the HTTP layer of
+the server each model carries with ``/rpc`` routed as its worker routes it; a server that
+answers ``POST /rpc`` joins by adding its factory there. Where the model's server differs from
+the contract the tests state, they are expected failures that name the difference. The service
+is a fake: these tests are about HTTP, not scoring.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import http.client
 import json
 import socket
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Callable, ContextManager, Dict, Iterator, List, Tuple
 
 import pytest
@@ -41,7 +46,69 @@ def stdlib_rpc_server(service: Any, limits: Limits) -> Iterator[str]:
         thread.join(timeout=10)
 
 
-FACTORIES = [pytest.param(stdlib_rpc_server, id="serve.rpc")]
+@contextlib.contextmanager
+def model_server_http(service: Any, limits: Limits) -> Iterator[str]:
+    """The HTTP layer of the server each model carries (``dai_mlflow.model.serving.http``) in
+    a thread's event loop, ``/rpc`` routed as its worker routes it (``rpc.answer`` on a pool)."""
+    from dai_mlflow.model.serving.app import error_json
+    from dai_mlflow.model.serving.http import HttpServer
+
+    loop = asyncio.new_event_loop()
+    pool = ThreadPoolExecutor(16)
+
+    def route(request: Any) -> None:
+        if request.path != "/rpc":
+            request.respond(404, error_json(404, f"Not found: {request.path}"))
+            return
+        future = loop.run_in_executor(pool, rpc.answer, service, request.body)
+        future.add_done_callback(lambda f: request.respond(*f.result()))
+
+    server = HttpServer(route, error_json, lambda *_: None, body_limit=limits.body_limit,
+                        request_timeout=limits.client_timeout,
+                        keepalive_timeout=limits.client_timeout,
+                        max_connections=limits.max_connections)  # fmt: skip
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    sock.listen(http_limits.LISTEN_BACKLOG)
+    started = threading.Event()
+
+    def run() -> None:
+        asyncio.set_event_loop(loop)
+        loop.run_until_complete(server.start(sock))
+        started.set()
+        loop.run_forever()
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    started.wait(30)
+    try:
+        yield f"http://127.0.0.1:{sock.getsockname()[1]}"
+    finally:
+        loop.call_soon_threadsafe(server.close)
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(timeout=10)
+        pool.shutdown(wait=False)
+        sock.close()
+
+
+FACTORIES = [
+    pytest.param(stdlib_rpc_server, id="serve.rpc"),
+    pytest.param(model_server_http, id="model-server"),
+]
+# Where the model's server differs from these tests' contract (reported, not yet settled).
+REFUSALS_NOT_JSON_RPC = (
+    "the model's server answers its own 400/413 on /rpc with MLflow's error body, "
+    "not DAI's JSON-RPC error object"
+)
+
+
+def _refusal(factory: Factory, answer: Dict[str, Any]) -> str:
+    """The message of DAI's error object in a refusal (status checked before)."""
+    error = answer.get("error")
+    if not isinstance(error, dict) and factory is model_server_http:
+        pytest.xfail(REFUSALS_NOT_JSON_RPC)
+    assert error["code"] == rpc.ERROR_CODE
+    return error["message"]
 
 
 @pytest.fixture(params=FACTORIES)
@@ -108,6 +175,7 @@ GET_HASH = {"id": 1, "method": "get_hash", "params": {}}
 
 
 def test_a_negative_or_malformed_content_length_is_400_not_an_unbounded_read(start_server):
+    answers = []
     with start_server(FakeService(), Limits()) as url:
         for value in ("-1", "-5", "+5", "0x10", "1e3", "5, 6"):
             sock = _connect(url)
@@ -116,8 +184,10 @@ def test_a_negative_or_malformed_content_length_is_400_not_an_unbounded_read(sta
             status, answer = _read_response(sock)
             sock.close()
             assert status == 400, value
-            assert "Content-Length" in answer["error"]["message"]
+            answers.append(answer)
         assert _post(url, GET_HASH)[0] == 200
+    for answer in answers:
+        assert "Content-Length" in _refusal(start_server, answer)
 
 
 def test_chunked_bodies_are_read_and_a_negative_chunk_size_is_400(start_server):
@@ -128,22 +198,24 @@ def test_chunked_bodies_are_read_and_a_negative_chunk_size_is_400(start_server):
         sock.sendall(head + b"%x\r\n%s\r\n0\r\n\r\n" % (len(body), body))
         assert _read_response(sock) == (200, {"jsonrpc": "2.0", "id": 1, "result": {
             "method": "get_hash", "params": {}}})  # fmt: skip
+        answers = []
         for size in (b"-1", b"-5", b"-0x10", b"zz", b"+5"):
             sock = _connect(url)
             sock.sendall(head + size + b"\r\n" + body)
             status, answer = _read_response(sock)
             sock.close()
             assert status == 400, size
-            assert "chunk size" in answer["error"]["message"]
+            answers.append(answer)
+    for answer in answers:
+        assert "chunk size" in _refusal(start_server, answer)
 
 
 def test_a_body_over_the_limit_is_413_without_being_read(start_server):
     with start_server(FakeService(), Limits(body_limit=4096)) as url:
         sock = _connect(url)
         sock.sendall(b"POST /rpc HTTP/1.1\r\nContent-Length: 200000000\r\n\r\n")  # no body sent
-        status, answer = _read_response(sock)
+        status, first = _read_response(sock)
         assert status == 413
-        assert http_limits.BODY_LIMIT_ENV in answer["error"]["message"]
         # A client that sends its whole body first (no Expect) reads the 413 too, not a reset.
         status, answer = _post(url, {**GET_HASH, "params": {"pad": "x" * 10000}})
         assert status == 413
@@ -152,6 +224,7 @@ def test_a_body_over_the_limit_is_413_without_being_read(start_server):
         sock.sendall(b"POST /rpc HTTP/1.1\r\nContent-Length: 10000\r\nExpect: 100-continue\r\n\r\n")
         assert _read_response(sock)[0] == 413
         assert _post(url, GET_HASH)[0] == 200
+    assert http_limits.BODY_LIMIT_ENV in _refusal(start_server, first)
 
 
 def test_a_client_that_sends_nothing_is_dropped_after_the_timeout(start_server):
@@ -224,6 +297,8 @@ def test_handle_never_raises_on_deep_nesting(body, status):
 
 
 def test_connections_beyond_the_thread_bound_wait_and_are_all_served(start_server):
+    if start_server is model_server_http:
+        pytest.xfail("the model's server answers 503 to connections beyond --max-connections")
     service = FakeService(delay=0.2)
     results: List[int] = []
     with start_server(service, Limits(max_connections=3)) as url:
