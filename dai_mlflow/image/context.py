@@ -138,7 +138,7 @@ def read_model(model_dir: Path) -> ModelFacts:
     )
 
 
-def _local_path(line: str) -> Optional[str]:
+def local_path(line: str) -> Optional[str]:
     """The path of a requirement line that names a local file, else None."""
     target = line.split(" #")[0].strip()
     if target.startswith((".", "/")) or target.endswith((".whl", ".tar.gz", ".zip")):
@@ -164,7 +164,7 @@ def write_requirements(model_dir: Path, facts: ModelFacts, folder: Path) -> List
                 lines.append(f"{flag} {name}")
                 break
         else:
-            path = _local_path(line)
+            path = local_path(line)
             if path is None:
                 lines.append(line)
                 continue

@@ -162,10 +162,11 @@ def monitor(model_name: str, table: str, output: str, day: str, days: int, overw
 @MODEL_NAME
 @click.option(
     "--target",
-    type=click.Choice(["local", "databricks"]),
+    type=click.Choice(["local", "docker", "databricks"]),
     default="local",
     show_default=True,
-    help="local: an endpoint on a stable port here; databricks: a Model Serving endpoint",
+    help="local: an endpoint on a stable port here; docker: the same, served by a container of "
+    "the model's DAI image (docs/image.md); databricks: a Model Serving endpoint",
 )
 @click.option("--port", type=int, default=5050, show_default=True, help="local: stable port")
 @click.option("--host", default="127.0.0.1", show_default=True, help="local: address to bind")

@@ -34,7 +34,9 @@ from dai_mlflow.lifecycle import drift, endpoint, registry, smoke
 from dai_mlflow.lifecycle.endpoint import DeployError
 from dai_mlflow.lifecycle.errors import LifecycleError
 
-TARGETS = ("local", "databricks")
+TARGETS = ("local", "docker", "databricks")
+# Targets served here behind the front proxy: by processes, or by a container of the DAI image.
+ENDPOINT_TARGETS = ("local", "docker")
 DEPLOYED_TAG = registry.TAG_PREFIX + "deployed."
 DEPLOY_RUN_TAG = registry.TAG_PREFIX + "deploy_run"
 DEPLOYED = "deployed"
@@ -110,13 +112,13 @@ def deploy(request: DeployRequest) -> DeployResult:
             "model_version": ref.version,
             "model_uri": ref.uri,
         }
-        if request.target == "local":
+        if request.target in ENDPOINT_TARGETS:
             params.update(port=request.port, host=request.host, rpc=str(request.rpc).lower())
         else:
             params.update(license_secret=request.license_reference)
         registry.log_params_once(params)
         say(f"deploying {ref.uri} ({request.model_name}@champion) to {request.target}")
-        if request.target == "local":
+        if request.target in ENDPOINT_TARGETS:
             url, previous, status = deploy_local(ref, request)
         else:
             from dai_mlflow.lifecycle.databricks_serving import deploy_serving_endpoint
@@ -195,6 +197,7 @@ def deploy_local(
         keeps = f"v{previous} keeps serving at {url}" if previous else f"nothing serves at {url}"
         served = ((live or {}).get("route") or {}).get("version")
         same = served == previous == ref.version and bool(current.get("rpc")) == request.rpc
+        same = same and bool(current.get("container")) == (request.target == "docker")
         if same and endpoint.serves(url, live):
             say(f"{ref.uri} already serves at {url}; nothing to do")
             return url, previous, ALREADY
@@ -207,12 +210,21 @@ def deploy_local(
         try:
             model_dir = registry.download(ref, vfolder / "download")
             sample = load_sample(ref, model_dir)
-            python = ensure_model_env(model_dir)
-            say(f"starting {ref.uri} beside {('v' + previous) if previous else 'nothing'}")
-            clock = time.monotonic()
-            servers = endpoint.start_servers(
-                model_dir, python, vfolder, ref.name, ref.version, ref.uri, request.rpc
-            )
+            if request.target == "docker":
+                from dai_mlflow.image.backend import start_servers as start_container_servers
+
+                say(f"starting {ref.uri} beside {('v' + previous) if previous else 'nothing'}")
+                clock = time.monotonic()
+                servers = start_container_servers(
+                    model_dir, vfolder, ref.name, ref.version, ref.uri, request.rpc
+                )
+            else:
+                python = ensure_model_env(model_dir)
+                say(f"starting {ref.uri} beside {('v' + previous) if previous else 'nothing'}")
+                clock = time.monotonic()
+                servers = endpoint.start_servers(
+                    model_dir, python, vfolder, ref.name, ref.version, ref.uri, request.rpc
+                )
             say(f"{ref.uri} serves on its own port after {time.monotonic() - clock:.1f}s")
             say(f"smoke test of {ref.uri}: {len(sample.data)} rows ({sample.source})")
             clock = time.monotonic()
@@ -282,7 +294,8 @@ def undeploy(model_name: str, state_root: Optional[Path] = None) -> UndeployResu
     if version:
         ref = registry.ModelVersionRef(model_name, str(version), "")
         try:
-            registry.delete_version_tag(ref, DEPLOYED_TAG + "local")
+            kind = "docker" if current.get("container") else "local"
+            registry.delete_version_tag(ref, DEPLOYED_TAG + kind)
         except Exception as e:  # the endpoint is stopped either way; say what is left
             raise DeployError(
                 f"{state['url']} is stopped, but the tag {DEPLOYED_TAG}local of {ref.uri} could "

@@ -87,6 +87,7 @@ class Servers:
     rpc: Optional[str] = None  # base URL of the JSON-RPC server
     pids: List[int] = field(default_factory=list)  # process group leaders
     since: str = ""
+    container: Optional[str] = None  # target=docker: the container serving this version
 
     def route(self) -> Dict[str, Any]:
         """The proxy's route to these servers."""
@@ -364,6 +365,10 @@ def stop_servers(servers: Dict[str, Any], remove: bool = True) -> None:
     """Stop a version's servers (``Servers`` as a dict) and remove its folder."""
     for pid in servers.get("pids", []):
         stop_group(int(pid), str(servers["folder"]))
+    if servers.get("container"):
+        from dai_mlflow.image.backend import stop_container
+
+        stop_container(servers["container"])
     if remove and servers.get("folder"):
         shutil.rmtree(servers["folder"], ignore_errors=True)
 

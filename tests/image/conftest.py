@@ -16,6 +16,7 @@
 from __future__ import annotations
 
 import base64
+import fcntl
 import json
 import os
 import shutil
@@ -71,8 +72,16 @@ def docker_host() -> Iterator[str]:
     # A short folder: the socket path must stay under 108 bytes.
     run_dir = Path(tempfile.mkdtemp(prefix="dai-mlflow-dockerd-"))
     CACHE.mkdir(parents=True, exist_ok=True)
+    # The cached data root (image layers kept across sessions) serves one daemon at a time;
+    # a second test worker gets a daemon of its own with a fresh one.
+    lock = open(CACHE / "root.lock", "w")  # noqa: SIM115 (held for the session)
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        data_root = CACHE / "root"
+    except OSError:
+        data_root = run_dir / "data"
     proc = subprocess.run(
-        ["bash", str(SCRIPT), "start", str(run_dir), str(CACHE / "root")],
+        ["bash", str(SCRIPT), "start", str(run_dir), str(data_root)],
         capture_output=True,
         text=True,
         timeout=120,
@@ -88,6 +97,7 @@ def docker_host() -> Iterator[str]:
     finally:
         subprocess.run(["bash", str(SCRIPT), "stop", str(run_dir)], timeout=120)
         shutil.rmtree(run_dir, ignore_errors=True)
+        lock.close()
         if saved is None:
             os.environ.pop("DOCKER_HOST", None)
         else:
@@ -236,7 +246,8 @@ class Containers:
         port = free_port()
         name = f"dai-mlflow-test-{port}-{len(self.names)}"
         cmd = ["docker", "run", "-d", "--name", name, "--network", "host", "--read-only",
-               "--tmpfs", "/tmp", "-e", f"PORT={port}", "-e", "WORKERS=1", *args, image]  # fmt: skip
+               "--tmpfs", "/tmp", "-e", f"PORT={port}", "-e", "WORKERS=1",
+               *args, image]  # fmt: skip
         proc = subprocess.run(
             cmd, capture_output=True, text=True, timeout=120, env={**os.environ, **(env or {})}
         )
