@@ -7,6 +7,7 @@ import base64
 import os
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -80,6 +81,24 @@ def test_preflight_extracts_once_for_the_whole_run(standin, tmp_path: Path, monk
     staged = stage_model(build.zip_path, tmp_path / "work", pipeline=opened)
     assert not (tmp_path / "work" / "extracted").exists()
     assert (staged.path / "artifacts" / "scoring-pipeline" / build.core_wheel).is_file()
+
+
+_IMPORTS = r"""
+import json, sys
+import dai_mlflow.log.entry
+from dai_mlflow.tracking import needs_bridge
+needs_bridge("sqlite:///" + sys.argv[1])
+print("RESULT=" + json.dumps({"mlflow": "mlflow" in sys.modules}))
+"""
+
+
+def test_the_entry_point_starts_its_bridge_before_importing_mlflow(tmp_path: Path) -> None:
+    """Importing the entry point and deciding on a bridge import no MLflow: the bridge server's
+    start-up (seconds of imports) overlaps this process's own import of MLflow."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
+    env["PYTHONPATH"] = str(REPO)
+    cmd = [sys.executable, "-c", _IMPORTS, tmp_path / "mlflow.db"]
+    assert run_child_json(cmd, tmp_path, env, "RESULT") == {"mlflow": False}
 
 
 _STAGE = r"""
