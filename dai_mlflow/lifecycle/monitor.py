@@ -66,6 +66,7 @@ class MonitorRequest(registry.ModelRequest):
             MONITOR_TABLE,
             [str(tables.local_table(self.table))],
             self.overwrite,
+            "output",
         )
 
     def window(self, day: str) -> List[str]:

@@ -109,14 +109,18 @@ def replace_partition(
 
 
 def check_table(
-    table: Path, kind: Optional[str], inputs: Sequence[str] = (), overwrite: bool = False
+    table: Path,
+    kind: Optional[str],
+    inputs: Sequence[str] = (),
+    overwrite: bool = False,
+    option: str = "table",
 ) -> None:
     """Refuse a table folder that is not ours, or that is or holds an input (one line).
 
     Raises:
         OutputRefusedError: with what to do (``-P overwrite=true`` where that is allowed).
     """
-    outputs.check_table(table, kind, inputs, overwrite)
+    outputs.check_table(table, kind, inputs, overwrite, option)
 
 
 def write_frame(
