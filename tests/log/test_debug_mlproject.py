@@ -220,6 +220,8 @@ def test_debug_run_of_a_bad_pipeline_ends_failed(logged_model, tmp_path):
         assert out.returncode != 0
         store = f"sqlite:///{checkout / 'mlflow.db'}"
         client = mlflow.MlflowClient(tracking_uri=store, registry_uri=store)
-        (run_id,) = {ln.split()[2] for ln in out.stderr.splitlines() if ln.startswith("=== run ")}
+        ended = {ln.split()[2] for ln in out.stderr.splitlines() if ln.startswith("=== run ")}
+        assert len(ended) == 1, out.stderr[-3000:]
+        (run_id,) = ended
         assert client.get_run(run_id).info.status == "FAILED"
     assert "scorer.zip" in out.stderr
