@@ -3,7 +3,7 @@
     python spark_inference/score.py --model-uri URI --input PATH --output PATH \
         [--env-manager local|uv|virtualenv] [--master local[*] | spark://HOST:PORT]
         [--conf KEY=VALUE ...] [--python EXECUTOR_PYTHON] [--env-root DIR] [--batch-size N]
-        [--add-metadata]
+        [--add-metadata] [--overwrite]
 
 ``--env-manager local`` (default) scores in the executors' own env: run it from
 ``venvs/spark_inference`` (``make spark-venv MODEL_URI=URI``). ``uv``/``virtualenv`` build the
