@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -37,6 +38,7 @@ LINES = [("1.10", "binary"), ("2", "multiclass")]
 IDS = [f"{line}-{problem}" for line, problem in LINES]
 TIMEOUT = 120
 START_TIMEOUT = 600
+_SET = re.compile(r"\{((?:'[^']*'(?:, )?)+)\}")
 
 
 @dataclass
@@ -75,13 +77,19 @@ def start_own_server(
            "--port", str(port), "--workers", "2", "--log-requests", str(table),
            *options]  # fmt: skip
     log = folder / "server.log"
+    # From this thread: the server gets SIGTERM when the thread that started it ends.
     proc = start_logged(cmd, env, log, cwd=folder)
-    url = f"http://127.0.0.1:{port}"
-    why = wait_answering(f"{url}/ping", lambda: proc.poll() is None, START_TIMEOUT)
+    return OwnServer(model, f"http://127.0.0.1:{port}", proc, log, table, python)
+
+
+def wait_own_server(server: OwnServer) -> OwnServer:
+    """Wait until ``server`` answers ``/ping`` (stop it and fail if it does not)."""
+    proc = server.proc
+    why = wait_answering(f"{server.url}/ping", lambda: proc.poll() is None, START_TIMEOUT)
     if why:
         stop_session(proc)
-        pytest.fail(f"the model's server {why}: {log.read_text(errors='replace')[-3000:]}")
-    return OwnServer(model, url, proc, log, table, python)
+        pytest.fail(f"the model's server {why}: {server.log_text()[-3000:]}")
+    return server
 
 
 @pytest.fixture(scope="module")
@@ -91,9 +99,10 @@ def own(tmp_path_factory) -> Iterator[Dict[str, OwnServer]]:
     servers: Dict[str, OwnServer] = {}
     try:
         models = [get_logged_model(line, problem) for line, problem in LINES]
-        with ThreadPoolExecutor(2) as pool:
-            started = list(pool.map(lambda m: start_own_server(m, folder / m.model_name), models))
-        servers = dict(zip(IDS, started))
+        for key, model in zip(IDS, models):
+            servers[key] = start_own_server(model, folder / model.model_name)
+        for server in servers.values():
+            wait_own_server(server)
         yield servers
     finally:
         for server in servers.values():
@@ -143,6 +152,10 @@ def _bodies(truth: Dict[str, Any], csv_text: str) -> Dict[str, Dict[str, Any]]:
     }
 
 
+def _sorted_set(match: Any) -> str:
+    return "{" + ", ".join(sorted(match.group(1).split(", "))) + "}"
+
+
 def _answer(resp: requests.Response) -> Any:
     try:
         body = resp.json()
@@ -150,6 +163,8 @@ def _answer(resp: requests.Response) -> Any:
         return resp.text
     if isinstance(body, dict):
         body.pop("stack_trace", None)  # MLflow's traceback differs by frame, not by meaning
+        if isinstance(body.get("message"), str):  # a set's order differs by process
+            body["message"] = _SET.sub(_sorted_set, body["message"])
     return body
 
 
@@ -383,6 +398,7 @@ def test_monitor_reads_the_inference_log_as_its_window(own, lifecycle_store, tmp
     server = start_own_server(
         model, tmp_path / "server", "--workers", "1", name=name, version=version
     )
+    wait_own_server(server)
     try:
         frame = pd.read_csv(model.build.sample_input_csv)
         rows = frame.astype(object).where(frame.notna(), None).to_dict("records")
