@@ -118,8 +118,8 @@ bench-spark: launcher-venv ## rows/s: raw scorer vs spark_udf local and uv (LINE
 	@$(LAUNCHER) benchmarks/spark_throughput.py --dai-version "$(or $(LINE),2)"
 
 .PHONY: bench-switch
-bench-switch: launcher-venv ## seconds from model URI to first prediction: cold, new model of a seen DAI line, same model
-	@$(LAUNCHER) benchmarks/model_switch.py
+bench-switch: launcher-venv ## seconds from model URI to first prediction: cold, new model of a seen DAI line, same model [SWITCH_ARGS="--runtime-mb 800"]
+	@$(LAUNCHER) benchmarks/model_switch.py $(SWITCH_ARGS)
 
 .PHONY: bench-run
 bench-run: launcher-venv ## seconds and peak memory of warm `mlflow run` (light and 1.2 GB pipelines) vs MLflow's floor

@@ -9,7 +9,8 @@ How (MLflow's public API only; plain ``mlflow.pyfunc.spark_udf`` stays the docum
 docs/model-hooks.md):
 
 * on the driver, before any task: the model is downloaded, its signature read, the input's
-  columns checked; the model folder, this package and the driver's license are shipped to the
+  columns checked; the model (its thin part, and its runtime wheels once per application when
+  executors may build its env), this package and the driver's license are shipped to the
   executors through Spark (:mod:`.shipping`);
 * on the executors, a pandas UDF (:mod:`.worker`): ``env_manager="local"`` loads the model once
   per Python worker, in the worker's own env (it must be the model's env, e.g.
@@ -238,20 +239,24 @@ def plan(
 ) -> worker.ScoringPlan:
     """Ship what the executors need and describe it for them (see :mod:`.shipping`)."""
     shipping.ship_package(spark)
-    model_file, key = shipping.ship_model(spark, local_dir)
+    # The runtime wheels go only where an env may have to be built.
+    shipped = shipping.ship_model(spark, local_dir, runtime=env_manager != "local")
     licensed = shipping.ship_license(spark, env)
     # A shipped license leaves the closure; license variables that shipped nothing (empty, or a
     # missing file: no secret) still override the executors' own, as the caller asked.
     license_vars = (worker.LICENSE_KEY_ENV, worker.LICENSE_FILE_ENV) if licensed else ()
     others = {k: v for k, v in (env or {}).items() if k not in license_vars}
     return worker.ScoringPlan(
-        model_file=model_file,
-        model_key=key,
+        model_file=shipped.model_file,
+        model_key=shipped.model_key,
         env_manager=env_manager,
         env_root=env_root,
         license=licensed,
         env=tuple(sorted(others.items())),
         threads=_task_cpus(spark),
+        runtime=shipped.runtime,
+        runtime_key=shipped.runtime_key,
+        env_id=shipped.env_id,
     )
 
 

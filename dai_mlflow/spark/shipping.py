@@ -3,9 +3,24 @@
 Executors are other machines: they see nothing of the driver's files or variables unless Spark
 ships them. Per ``SparkContext``, each thing is shipped once:
 
-* the model folder, zipped (stored, not deflated: fast), with ``SparkContext.addFile``; its
-  name carries a content key (``MLmodel``'s bytes and every file's path and size), which is also
-  the folder executors extract it to, once;
+* the model in two parts (:func:`split_model`), decided from the model's own files:
+
+  - its *thin* part, zipped (stored, not deflated: fast) with ``SparkContext.addFile``:
+    ``MLmodel``, ``code/``, the experiment wheel, every small file; everything but the runtime.
+    Its name carries a content key (``MLmodel``'s bytes and every file's path and size), which
+    is also the folder executors extract it to, once. This is all a model needs to load in an
+    env that exists;
+  - its *runtime*: the wheels its ``requirements.txt`` names (the shared wheels of its DAI
+    version, ``h2oaicore`` and the like: hundreds of megabytes), not the experiment wheel, and
+    nothing under ``code/``. Only an env build needs them. They are sent as they are (hard
+    links into the driver's scratch folder, else copies; no zip), under names that carry a
+    content key of the runtime (paths, sizes, and each wheel's zip index: every member's name,
+    size and CRC), once per Spark application and key, whichever model brought them. A second
+    model of the same DAI version ships its thin part only. Spark fetches every added file to
+    every executor at its next task, so the runtime still travels once per executor and
+    application; it is linked into a complete model folder only on an executor that must build
+    the env (:mod:`.worker`). ``score(env_manager="local")`` never ships it: the executors'
+    Python is the model's env;
 * this package, zipped, with ``SparkContext.addPyFile``, so that Python workers import the same
   dai_mlflow as the driver whether or not the executors have it installed
   (``DAI_MLFLOW_SHIP_PACKAGE=0`` when the cluster installs the wheel itself);
@@ -27,6 +42,7 @@ Driver side; Python 3.8-safe.
 from __future__ import annotations
 
 import atexit
+import contextlib
 import hashlib
 import os
 import re
@@ -34,10 +50,13 @@ import shutil
 import tempfile
 import uuid
 import zipfile
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Dict, Mapping, Optional, Tuple
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
+from dai_mlflow.envs.venvs import PYTHON_ENV_FILE_NAME, REQUIREMENTS_FILE_NAME
 from dai_mlflow.errors import DaiMlflowError
+from dai_mlflow.model.experiment import file_sha256
 from dai_mlflow.model.license import (
     LICENSE_FILE_ENV,
     LICENSE_KEY_ENV,
@@ -82,14 +101,147 @@ def model_key(model_dir: Path) -> str:
 
 
 def _zip_folder(folder: Path, dest: Path, prefix: str = "") -> Path:
+    files = sorted(p for p in folder.rglob("*") if p.is_file() and "__pycache__" not in p.parts)
+    return _zip_files(folder, [p.relative_to(folder).as_posix() for p in files], dest, prefix)
+
+
+def _zip_files(folder: Path, names: Sequence[str], dest: Path, prefix: str = "") -> Path:
     tmp = dest.with_name(dest.name + ".part")
     with zipfile.ZipFile(str(tmp), "w", zipfile.ZIP_STORED) as zf:
-        for path in sorted(p for p in folder.rglob("*") if p.is_file()):
-            if "__pycache__" in path.parts:
-                continue
-            zf.write(str(path), prefix + path.relative_to(folder).as_posix())
+        for name in names:
+            zf.write(str(folder / name), prefix + name)
     tmp.replace(dest)
     return dest
+
+
+# ------------------------------------------------------------------------------ thin / runtime
+_ARCHIVES = (".whl", ".tar.gz", ".zip")
+_NESTED = ("-r", "--requirement", "-c", "--constraint")
+
+
+@dataclass(frozen=True)
+class ModelParts:
+    """How a model folder is shipped: paths relative to it (posix).
+
+    Attributes:
+        thin: what every executor gets (all but ``runtime``).
+        runtime: the shared wheels, needed only to build the model's env.
+        runtime_key: content key of ``runtime`` ("" when there is none).
+        env_id: ``runtime_key`` plus the bytes of every other input of the env's spec
+            (``python_env.yaml``, ``requirements.txt``, the files they name): executors remember
+            the env they built under it ("" when there is no runtime).
+    """
+
+    thin: Tuple[str, ...]
+    runtime: Tuple[str, ...] = ()
+    runtime_key: str = ""
+    env_id: str = ""
+
+
+def _named_files(lines: Sequence[str], base: Path, root: Path) -> List[Tuple[str, bool]]:
+    """Local files inside ``root`` that requirement lines name: (path, named by -r/-c)."""
+    found: List[Tuple[str, bool]] = []
+    for raw in lines:
+        line = raw.split(" #")[0].strip()
+        if not line or line.startswith("#"):
+            continue
+        nested = next(
+            (line[len(f) + 1 :].strip() for f in _NESTED if line.startswith((f + " ", f + "="))),
+            None,
+        )
+        target = (nested or line).split(";")[0].strip()
+        if nested is None and not (target.startswith((".", "/")) or target.endswith(_ARCHIVES)):
+            continue  # a pin or a URL, nothing in the folder
+        path = (base / target).resolve()
+        try:
+            rel = path.relative_to(root).as_posix()
+        except ValueError:
+            continue
+        if path.is_file():
+            found.append((rel, nested is not None))
+            if nested is not None:
+                found.extend(_named_files(path.read_text().splitlines(), path.parent, root))
+    return found
+
+
+def _experiment_project(model_dir: Path) -> str:
+    """Canonical project name of the model's experiment wheel (its scorer module), or ""."""
+    import yaml
+
+    try:
+        data = yaml.safe_load((model_dir / "MLmodel").read_text()) or {}
+    except (OSError, yaml.YAMLError):
+        return ""
+    meta = data.get("metadata") or {}
+    module = meta.get("scorer_module")
+    if not module:
+        config = (data.get("flavors") or {}).get("python_function", {}).get("config") or {}
+        module = config.get("scorer_module")
+    return _canonical(str(module)) if module else ""
+
+
+def _canonical(name: str) -> str:
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
+def _fingerprint(path: Path) -> str:
+    """A wheel's zip index (every member's name, size and CRC-32: its contents, read from the
+    end of the file only); the sha256 of the bytes for anything that is not a zip."""
+    try:
+        with zipfile.ZipFile(str(path)) as zf:
+            index = [(i.filename, i.file_size, i.CRC) for i in zf.infolist()]
+        return hashlib.sha256(repr(index).encode()).hexdigest()
+    except zipfile.BadZipFile:
+        return file_sha256(path)
+
+
+def split_model(model_dir: Path) -> ModelParts:
+    """Split a model folder into its thin part and its runtime (see the module docstring).
+
+    The runtime is what the model's env installs from the model folder: the archives its
+    ``requirements.txt`` names (directly or through ``-r``/``-c`` files), except the experiment
+    wheel (the model loads it itself) and anything under ``code/`` (MLflow puts that folder on
+    ``sys.path``; it travels whole).
+    """
+    model_dir = model_dir.resolve()
+    files = sorted(
+        p.relative_to(model_dir).as_posix()
+        for p in model_dir.rglob("*")
+        if p.is_file() and "__pycache__" not in p.parts
+    )
+    requirements = model_dir / REQUIREMENTS_FILE_NAME
+    if not requirements.is_file():
+        return ModelParts(thin=tuple(files))
+    named = _named_files(requirements.read_text().splitlines(), model_dir, model_dir)
+    experiment = _experiment_project(model_dir)
+    runtime = sorted(
+        {
+            rel
+            for rel, nested in named
+            if not nested
+            and rel.endswith(_ARCHIVES)
+            and not rel.startswith("code/")
+            and _canonical(rel.rsplit("/", 1)[-1].split("-")[0]) != experiment
+        }
+    )
+    if not runtime:
+        return ModelParts(thin=tuple(files))
+    digest = hashlib.sha256()
+    for rel in runtime:
+        path = model_dir / rel
+        digest.update(f"{rel}\0{path.stat().st_size}\0{_fingerprint(path)}\n".encode())
+    runtime_key = digest.hexdigest()[:20]
+    spec = hashlib.sha256(runtime_key.encode())
+    inputs = {PYTHON_ENV_FILE_NAME, REQUIREMENTS_FILE_NAME} | {rel for rel, _ in named}
+    for rel in sorted(inputs - set(runtime)):
+        if (model_dir / rel).is_file():
+            spec.update(f"{rel}\0{file_sha256(model_dir / rel)}\n".encode())
+    return ModelParts(
+        thin=tuple(f for f in files if f not in set(runtime)),
+        runtime=tuple(runtime),
+        runtime_key=runtime_key,
+        env_id=spec.hexdigest()[:20],
+    )
 
 
 def _once(spark: object, name: str, ship: Callable[[], str]) -> str:
@@ -99,16 +251,72 @@ def _once(spark: object, name: str, ship: Callable[[], str]) -> str:
     return shipped[name]
 
 
-def ship_model(spark: object, model_dir: Path) -> Tuple[str, str]:
-    """Send the model folder to the executors; (SparkFiles name, content key)."""
-    key = model_key(model_dir)
+@dataclass(frozen=True)
+class ShippedModel:
+    """What :func:`ship_model` sent, as executors find it.
 
-    def _ship() -> str:
-        archive = _zip_folder(model_dir, _scratch_dir() / f"dai-mlflow-model-{key}.zip")
+    Attributes:
+        model_file: ``SparkFiles`` name of the thin part (a zip).
+        model_key: content key of the model (the folder executors extract it to).
+        runtime: (``SparkFiles`` name, path in the model folder) of each runtime wheel; empty
+            when none was needed or the model has none.
+        runtime_key: see :class:`ModelParts`.
+        env_id: see :class:`ModelParts`.
+    """
+
+    model_file: str
+    model_key: str
+    runtime: Tuple[Tuple[str, str], ...] = ()
+    runtime_key: str = ""
+    env_id: str = ""
+
+
+def _link_or_copy(source: Path, dest: Path) -> None:
+    """``dest`` as a hard link to ``source`` (no bytes copied), else a copy."""
+    if dest.is_file() and dest.stat().st_size == source.stat().st_size:
+        return
+    tmp = dest.with_name(dest.name + ".part")
+    with contextlib.suppress(FileNotFoundError):
+        tmp.unlink()
+    try:
+        os.link(str(source), str(tmp))
+    except OSError:  # another file system, or links not allowed
+        shutil.copyfile(str(source), str(tmp))
+    tmp.replace(dest)
+
+
+def ship_model(spark: object, model_dir: Path, runtime: bool = True) -> ShippedModel:
+    """Send a model to the executors: its thin part, and its runtime unless already sent.
+
+    Args:
+        spark: the session.
+        model_dir: the downloaded model folder.
+        runtime: whether executors may have to build the model's env (``uv``/``virtualenv``);
+            False sends the thin part only.
+    """
+    key = model_key(model_dir)
+    parts = split_model(model_dir)
+
+    def _ship_thin() -> str:
+        archive = _zip_files(model_dir, parts.thin, _scratch_dir() / f"dai-mlflow-model-{key}.zip")
         spark.sparkContext.addFile(str(archive))
         return archive.name
 
-    return _once(spark, f"model:{key}", _ship), key
+    model_file = _once(spark, f"model:{key}", _ship_thin)
+    if not runtime or not parts.runtime:
+        return ShippedModel(model_file, key)
+    shipped = []
+    for i, rel in enumerate(parts.runtime):
+        name = f"dai-mlflow-runtime-{parts.runtime_key}-{i}-{rel.rsplit('/', 1)[-1]}"
+
+        def _ship(rel: str = rel, name: str = name) -> str:
+            dest = _scratch_dir() / name
+            _link_or_copy(model_dir / rel, dest)  # kept by key: a later application re-sends it
+            spark.sparkContext.addFile(str(dest))
+            return name
+
+        shipped.append((_once(spark, f"runtime:{name}", _ship), rel))
+    return ShippedModel(model_file, key, tuple(shipped), parts.runtime_key, parts.env_id)
 
 
 def ship_package(spark: object) -> Optional[str]:

@@ -4,13 +4,19 @@ A scoring job sends each executor a :class:`ScoringPlan` inside its pandas UDF (
 driver's machine is assumed: the model, the license and this package reach executors through
 Spark's own ``addFile``/``addPyFile``). In each Python worker, on the first batch:
 
-1. the model folder is taken from ``SparkFiles`` (a zip) and extracted once per content key
-   under the executor's env root (:func:`dai_mlflow.envs.model_env.env_root`; atomic rename);
+1. the model's thin part (everything but its shared runtime wheels, see
+   :mod:`dai_mlflow.spark.shipping`) is taken from ``SparkFiles`` (a zip) and extracted once
+   per content key under the executor's env root (:func:`dai_mlflow.envs.model_env.env_root`;
+   atomic rename). It is all a model needs to load;
 2. ``env_manager="local"``: the model is loaded in this worker (its Python *is* the model's env)
    and kept for every later batch and job of the application;
 3. ``uv``/``virtualenv``: the model's own env is built or reused on this executor
-   (:func:`dai_mlflow.envs.model_env.ensure_model_env`, file-locked, offline interpreter discovery),
-   and one model server per worker runs in it (:mod:`dai_mlflow.model.hooks.arrow_server`):
+   (:func:`dai_mlflow.envs.model_env.ensure_model_env`, file-locked, offline interpreter discovery).
+   The executor remembers the env it built for a runtime (``<env root>/runtimes/``, keyed by the
+   driver's ``env_id``): when that env is still there, the runtime wheels are not touched; only
+   an executor without it links the thin folder and the shipped runtime wheels into a complete
+   model folder (hard links, else copies), builds from it and removes it. One model server per
+   worker runs in the env (:mod:`dai_mlflow.model.hooks.arrow_server`):
    batches go to it as Arrow IPC over a pipe and come back the same way. The server keeps the
    model loaded for the next job of the same model. As it starts, a *spare* server of the same
    env is started too: it does its imports while the first loads the model, then waits with no
@@ -50,8 +56,11 @@ from dai_mlflow.envs.model_env import (
     ensure_model_env,
     env_root,
     hooks_package,
+    model_env_spec,
 )
 from dai_mlflow.envs.processes import parent_death_signal, without_foreign_python
+from dai_mlflow.envs.pythons import find_python
+from dai_mlflow.envs.venvs import is_current, read_stamp, venv_python
 from dai_mlflow.errors import say
 from dai_mlflow.model.hooks import PACKAGE
 from dai_mlflow.model.hooks.stdin_server import ERROR_MARKER
@@ -86,6 +95,10 @@ class ScoringPlan:
             None: executors use their own (environment, ``~/.driverlessai/license.sig``).
         env: other variables for the model.
         threads: BLAS/OpenMP threads of the model (``spark.task.cpus``).
+        runtime: (``SparkFiles`` name, path in the model folder) of the runtime wheels the
+            thin ``model_file`` lacks; empty when ``model_file`` is a complete model folder.
+        runtime_key: content key of the runtime.
+        env_id: key of the model's env inputs, under which executors remember the env built.
     """
 
     model_file: str
@@ -95,6 +108,9 @@ class ScoringPlan:
     license: Optional[Tuple[str, str]] = None
     env: Tuple[Tuple[str, str], ...] = ()
     threads: int = 1
+    runtime: Tuple[Tuple[str, str], ...] = ()
+    runtime_key: str = ""
+    env_id: str = ""
 
 
 def _say(message: str) -> None:
@@ -130,9 +146,87 @@ def extract_once(archive: Path, dest: Path) -> Path:
 
 
 def model_dir(plan: ScoringPlan) -> Path:
-    """This executor's copy of the plan's model folder."""
+    """This executor's copy of the plan's model folder (its thin part when ``plan.runtime``)."""
     root = env_root(plan.env_root)
     return extract_once(_spark_file(plan.model_file), root / "models" / plan.model_key)
+
+
+def _link_or_copy(source: Path, dest: Path) -> None:
+    try:
+        os.link(str(source), str(dest))
+    except OSError:  # another file system, or links not allowed
+        shutil.copyfile(str(source), str(dest))
+
+
+def complete_dir(plan: ScoringPlan, thin: Path) -> Path:
+    """A complete model folder: the thin folder's files and the shipped runtime wheels.
+
+    Files are hard-linked where the file system allows (no bytes copied), else copied; the
+    folder appears whole or not at all (atomic rename).
+    """
+    dest = thin.with_name(f"{plan.model_key}-complete")
+    done = dest / ".dai-mlflow-complete"
+    with file_lock(dest.with_name(dest.name + ".lock")):
+        if done.is_file():
+            return dest
+        tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}-", dir=str(dest.parent)))
+        try:
+            sources = [
+                (p, p.relative_to(thin).as_posix())
+                for p in thin.rglob("*")
+                if p.is_file() and p.name != done.name
+            ]
+            sources += [(_spark_file(name), rel) for name, rel in plan.runtime]
+            for source, rel in sources:
+                (tmp / rel).parent.mkdir(parents=True, exist_ok=True)
+                _link_or_copy(source, tmp / rel)
+            (tmp / done.name).write_text(plan.model_key + "\n")
+            shutil.rmtree(str(dest), ignore_errors=True)
+            os.rename(str(tmp), str(dest))
+        finally:
+            shutil.rmtree(str(tmp), ignore_errors=True)
+    return dest
+
+
+def _recorded_env(record: Path, thin: Path, installer: str) -> Optional[Path]:
+    """The python of the env recorded for a runtime, if it is still there, whole, and of the
+    interpreter this executor would build with today."""
+    try:
+        data = json.loads(record.read_text())
+    except (OSError, ValueError):
+        return None
+    dest = Path(str(data.get("env", "")))
+    if not data.get("env") or not is_current(dest, str(data.get("key", ""))):
+        return None
+    spec = model_env_spec(thin, installer)  # finds the interpreter offline, as a build would
+    if find_python(spec.python).version != data.get("python"):
+        return None
+    return venv_python(dest)
+
+
+def runtime_env(plan: ScoringPlan, thin: Path, installer: str) -> Path:
+    """The python of the plan's model env; the runtime is used only when the env must be
+    built here (or was built before this executor kept a record of it)."""
+    records = env_root(plan.env_root) / "runtimes"
+    records.mkdir(parents=True, exist_ok=True)
+    record = records / f"{plan.env_id}-{installer}.json"
+    with file_lock(records / f"{plan.env_id}-{installer}.lock"):
+        python = _recorded_env(record, thin, installer)
+        if python is not None:
+            _say(f"model env reused: {python.parent.parent} (runtime {plan.runtime_key} not used)")
+            return python
+        complete = complete_dir(plan, thin)
+        try:
+            python = ensure_model_env(complete, installer, plan.env_root, progress=_say)
+        finally:
+            shutil.rmtree(str(complete), ignore_errors=True)
+        dest = python.parent.parent
+        stamp = read_stamp(dest) or {}
+        data = {"env": str(dest), "key": stamp.get("key"), "python": stamp.get("python")}
+        tmp = record.with_name(record.name + ".part")
+        tmp.write_text(json.dumps(data) + "\n")
+        os.replace(str(tmp), str(record))
+    return python
 
 
 # ------------------------------------------------------------------------------ license
@@ -339,7 +433,10 @@ def _model_python(plan: ScoringPlan, folder: Path) -> Path:
     key = (plan.model_key, plan.env_manager, str(env_root(plan.env_root)))
     if key not in _envs:
         installer = INSTALLERS[plan.env_manager]
-        _envs[key] = ensure_model_env(folder, installer, plan.env_root, progress=_say)
+        if plan.runtime:
+            _envs[key] = runtime_env(plan, folder, installer)
+        else:
+            _envs[key] = ensure_model_env(folder, installer, plan.env_root, progress=_say)
     return _envs[key]
 
 
