@@ -171,13 +171,15 @@ def complete_dir(plan: ScoringPlan, thin: Path) -> Path:
             return dest
         tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}-", dir=str(dest.parent)))
         try:
-            sources = [
-                (p, p.relative_to(thin).as_posix())
+            sources = {
+                p.relative_to(thin).as_posix(): p
                 for p in thin.rglob("*")
                 if p.is_file() and p.name != done.name
-            ]
-            sources += [(_spark_file(name), rel) for name, rel in plan.runtime]
-            for source, rel in sources:
+            }
+            # One link per path: a thin folder extracted by an older dai-mlflow holds the
+            # runtime too, and a copy over a link would write into the thin folder's file.
+            sources.update({rel: _spark_file(name) for name, rel in plan.runtime})
+            for rel, source in sources.items():
                 (tmp / rel).parent.mkdir(parents=True, exist_ok=True)
                 _link_or_copy(source, tmp / rel)
             (tmp / done.name).write_text(plan.model_key + "\n")

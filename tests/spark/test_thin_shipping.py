@@ -240,6 +240,19 @@ def test_the_env_is_built_from_a_complete_folder_only_where_it_is_missing(execut
     assert runtime_names <= set(executor.fetched)
 
 
+def test_a_thin_folder_that_holds_the_runtime_is_left_as_it_is(executor) -> None:
+    """A model folder extracted whole by an older dai-mlflow under the same key: the complete
+    folder takes the shipped runtime, and the folder's own file is not written through a link."""
+    plan = executor.plans["first"]
+    thin = worker.model_dir(plan)
+    own = thin / RUNTIME[1]
+    own.write_bytes(b"the older extraction's copy")
+    complete = worker.complete_dir(plan, thin)
+    assert own.read_bytes() == b"the older extraction's copy"
+    shipped = {rel: name for name, rel in plan.runtime}[RUNTIME[1]]
+    assert (complete / RUNTIME[1]).read_bytes() == worker._spark_file(shipped).read_bytes()
+
+
 def test_another_interpreter_is_not_the_recorded_env(executor, monkeypatch) -> None:
     plan = executor.plans["first"]
     thin = worker.model_dir(plan)
