@@ -269,7 +269,8 @@ def license_file(name: str) -> Path:
             os.chmod(str(fetched), 0o600)
         return fetched
     dest = folder / name
-    with file_lock(folder / f"{name}.lock"):
+    # Hidden: the empty lock file is no copy of the license and is not named like one.
+    with file_lock(folder / f".{name}.lock"):
         if not dest.is_file() and fetched.is_file():
             os.chmod(str(fetched), 0o600)
             try:
