@@ -24,6 +24,7 @@ _sock() { echo "$1/docker.sock"; }
 _start() {
   local dir=$1 data=${2:-$1/data}
   mkdir -p "$dir" "$data"
+  echo "$data" >"$dir/data-root"  # for _stop, which unmounts what the daemon left mounted
   local sock; sock=$(_sock "$dir")
   if [ -S "$sock" ] && docker -H "unix://$sock" info >/dev/null 2>&1; then
     echo "DOCKER_HOST=unix://$sock"
@@ -62,6 +63,21 @@ _stop() {
     kill -0 "$pid" 2>/dev/null && kill -KILL "$pid" || true
   fi
   rm -f "$dir/dockerd.pid"
+  # A daemon that ends leaves its network-namespace file (and the data root it bind-mounts onto
+  # itself) mounted; unmount whatever is still mounted below its folders, deepest first, so that
+  # the folders can be removed.
+  local data="" mnt
+  [ -f "$dir/data-root" ] && data=$(cat "$dir/data-root")
+  for mnt in $(awk '{print $2}' /proc/self/mounts | sort -r); do
+    case "$mnt" in
+      "$dir"/* | "$dir") umount "$mnt" 2>/dev/null || umount -l "$mnt" 2>/dev/null || true ;;
+    esac
+    if [ -n "$data" ]; then
+      case "$mnt" in
+        "$data"/* | "$data") umount "$mnt" 2>/dev/null || umount -l "$mnt" 2>/dev/null || true ;;
+      esac
+    fi
+  done
 }
 
 # The machine's Debian mirror: the first URIs/deb line of apt's sources that serves bookworm.

@@ -19,6 +19,7 @@ Used by :mod:`dai_mlflow.log.entry`; not model-side.
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import sqlite3
 import subprocess
@@ -226,6 +227,10 @@ def _no_wait() -> None:
     return None
 
 
+def _raise(error: Exception) -> None:
+    raise error
+
+
 @contextlib.contextmanager
 def bridge_server(uri: str, python: Optional[str] = None) -> Iterator[TrackingStore]:
     """Start ``mlflow server`` on loopback over the store ``uri``; yield its http URL.
@@ -300,8 +305,17 @@ def tracking_store(wait: bool = True) -> Iterator[TrackingStore]:
         mlflow.set_tracking_uri(uri)
         yield TrackingStore(uri, _no_wait)
         return
+    try:
+        python = server_python()
+    except TrackingError as e:
+        if wait:
+            raise
+        # The caller checks its inputs first: a bad pipeline is reported as such, and this
+        # error only when the store is needed.
+        yield TrackingStore(uri, functools.partial(_raise, e))
+        return
     previous = os.environ.get("MLFLOW_TRACKING_URI")
-    with bridge_server(uri) as store:
+    with bridge_server(uri, python) as store:
         # mlflow is imported once the bridge server is starting: the two overlap.
         import mlflow
 

@@ -10,6 +10,9 @@
   its node configuration names the local interpreters (``DAI_MLFLOW_PYTHON_3_8``/``_3_11``),
   its model env root and uv's package cache, as an admin would set them on a node. Stopped (the
   whole process group) at the end of the session.
+  Spark authenticates (a secret made at run time) and encrypts its connections, as a cluster
+  that is sent a license must: master and worker read it from their ``spark-defaults.conf``;
+  drivers get the same file through ``SPARK_CONF_DIR=cluster.conf_dir`` (or ``--conf``).
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import secrets
 import shutil
 import signal
 import subprocess
@@ -50,6 +54,15 @@ class Cluster:
     env_root: Path
     logs: Path
     executor_python: Path
+    conf_dir: Path
+    work_dir: Path
+    local_dir: Path
+    worker_pid: int
+
+    def secure_conf(self) -> Dict[str, str]:
+        """The confs a driver needs (authentication, its secret, encryption)."""
+        lines = (self.conf_dir / "spark-defaults.conf").read_text().splitlines()
+        return dict(ln.split(None, 1) for ln in lines if ln.strip())
 
 
 def _run(cmd, **kwargs) -> subprocess.CompletedProcess:  # noqa: ANN001
@@ -146,8 +159,16 @@ def cluster(installed_venv: Path, tmp_path_factory) -> Iterator[Cluster]:
     """A master and a worker on loopback (see the module docstring)."""
     folder = tmp_path_factory.mktemp("cluster")
     spark_class = _spark_home() / "bin" / "spark-class"
+    conf_dir = folder / "conf"
+    conf_dir.mkdir()
+    (conf_dir / "spark-defaults.conf").write_text(
+        "spark.authenticate true\n"
+        f"spark.authenticate.secret {secrets.token_hex(16)}\n"
+        "spark.network.crypto.enabled true\n"
+    )
     port, ui_port, worker_ui = free_port(), free_port(), free_port()
     master_env = _clean_env(folder / "master-home")
+    master_env["SPARK_CONF_DIR"] = str(conf_dir)
     master = _start(
         [spark_class, "org.apache.spark.deploy.master.Master", "--host", "127.0.0.1"]
         + ["--port", port, "--webui-port", ui_port],
@@ -157,6 +178,10 @@ def cluster(installed_venv: Path, tmp_path_factory) -> Iterator[Cluster]:
     worker_home = folder / "worker-home"
     env_root = CLUSTER_CACHE / "node-envs"  # a node's disk outlives one test session
     worker_env = _clean_env(worker_home)
+    worker_env["SPARK_CONF_DIR"] = str(conf_dir)
+    local_dir = folder / "local"  # executors' scratch space (Spark's default: /tmp)
+    local_dir.mkdir()
+    worker_env["SPARK_LOCAL_DIRS"] = str(local_dir)
     worker_env["PATH"] = os.pathsep.join([str(installed_venv.parent), worker_env["PATH"]])
     uv = find_uv()
     worker_env["UV_CACHE_DIR"] = _run([uv, "cache", "dir"]).stdout.strip()
@@ -175,7 +200,18 @@ def cluster(installed_venv: Path, tmp_path_factory) -> Iterator[Cluster]:
     ui_url = f"http://127.0.0.1:{ui_port}"
     try:
         _wait_for_worker(ui_url, (master, worker))
-        yield Cluster(master_url, ui_url, worker_home, env_root, folder, installed_venv)
+        yield Cluster(
+            master_url,
+            ui_url,
+            worker_home,
+            env_root,
+            folder,
+            installed_venv,
+            conf_dir,
+            folder / "work",
+            local_dir,
+            worker.pid,
+        )
     finally:
         for proc in (worker, master):
             try:

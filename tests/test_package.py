@@ -19,11 +19,16 @@ from typing import Dict, List
 import dai_mlflow
 
 
+def _ours(module: str) -> bool:
+    return module.split(".")[0] == "dai_mlflow"
+
+
 def _module_aliases(tree: ast.AST) -> Dict[str, types.ModuleType]:
     """Local name -> dai_mlflow module, for every import of one in the file (top or nested)."""
     aliases: Dict[str, types.ModuleType] = {}
     for node in ast.walk(tree):
-        if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("dai_mlflow"):
+        # Only the package itself: dai_mlflow_http_limits & co. are script copies beside a model.
+        if isinstance(node, ast.ImportFrom) and _ours(node.module or ""):
             for name in node.names:
                 try:
                     obj = importlib.import_module(f"{node.module}.{name.name}")
@@ -33,7 +38,7 @@ def _module_aliases(tree: ast.AST) -> Dict[str, types.ModuleType]:
                     aliases[name.asname or name.name] = obj
         elif isinstance(node, ast.Import):
             for name in node.names:
-                if name.name.startswith("dai_mlflow") and name.asname:
+                if _ours(name.name) and name.asname:
                     aliases[name.asname] = importlib.import_module(name.name)
     return aliases
 

@@ -254,6 +254,19 @@ def forward(
     raise AssertionError("unreachable")
 
 
+def refuses(target: Tuple[str, int], tries: int = 5, pause: float = 0.05) -> bool:
+    """Whether ``target`` refuses connections (a few tries: a dying server's socket closes late)."""
+    for _ in range(tries):
+        try:
+            socket.create_connection(target, timeout=1.0).close()
+        except ConnectionRefusedError:
+            return True
+        except OSError:
+            return False
+        time.sleep(pause)
+    return False
+
+
 class _PublicHandler(limits.LimitedHandler):
     server_version = "dai-mlflow-proxy"
     disable_nagle_algorithm = True
@@ -293,13 +306,15 @@ class _PublicHandler(limits.LimitedHandler):
         headers = {k: v for k, v in self.headers.items() if k.lower() not in _HOP}
         try:
             status, out_headers, data = forward(target, self.command, self.path, headers, body)
-        except ConnectionRefusedError:
+        except (OSError, http.client.HTTPException) as e:
+            # A backend killed a moment ago can still accept a connection and then reset it;
+            # it is down as soon as nothing listens on its port any more.
+            if not isinstance(e, ConnectionRefusedError) and not refuses(target):
+                msg = {"error": f"backend of version {route.version} failed: {e}"}
+                return 502, [], json.dumps(msg).encode(), "application/json"
             why = down_message(route, name, target)
             router.mark(route, name, why)
             return 503, [], json.dumps({"error": why}).encode(), "application/json"
-        except (OSError, http.client.HTTPException) as e:
-            msg = {"error": f"backend of version {route.version} failed: {e}"}
-            return 502, [], json.dumps(msg).encode(), "application/json"
         router.mark(route, name, None)
         kept = [(k, v) for k, v in out_headers if k.lower() not in _HOP]
         return status, kept, data, None

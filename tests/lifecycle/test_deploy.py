@@ -5,8 +5,10 @@ the fixture with the worse stand-in model as champion v1; the better model is va
 promoted to v2. Then the real ``mlflow run . -e deploy`` (project env: Python 3.8 / MLflow 2.17)
 swaps v2 in while four clients keep posting validation-sample rows: no request may fail, each
 answer must equal the validated predictions of exactly the version the proxy says answered, and
-no client sees v1 again once it has seen v2. A champion that answers NaN (its smoke test fails)
-is refused with one line and leaves v2 serving.
+no client sees v1 again once it has seen v2. The serving version's server is then SIGKILLed:
+requests get a quick one-line 503, ``/deployment`` says down, and ``deploy`` brings it back. A
+champion that answers NaN (its smoke test fails) is refused with one line and leaves v2 serving.
+The proxy alone, with stand-in backends: tests/lifecycle/test_proxy.py.
 
 Databricks (unmarked): the real databricks-sdk against a fake workspace on loopback
 (``fake_workspace``): create, update, a failed update; the license only as a secret reference.
@@ -304,9 +306,11 @@ def test_a_killed_backend_gets_quick_503s_and_the_next_deploy_brings_it_back(
     body = {"dataframe_split": {"columns": sample.columns, "data": sample.data[:3]}}
     assert requests.post(dep.url + "/invocations", json=body, timeout=60).status_code == 200
 
+    killed = time.monotonic()
     os.killpg(int(before["pids"][0]), signal.SIGKILL)  # the server and its workers
     for _ in range(5):
         resp = requests.post(dep.url + "/invocations", json=body, timeout=10)
+        answered = time.monotonic()
         assert resp.status_code == 503, resp.text[:500]
         error = resp.json()["error"]
         assert f"version {version} of {NAME} is down" in error
@@ -317,10 +321,14 @@ def test_a_killed_backend_gets_quick_503s_and_the_next_deploy_brings_it_back(
         time.sleep(0.1)
     deployment = _get_json(dep.url + "/deployment")
     assert (deployment["status"], deployment["version"]) == ("down", version)
+    down = time.monotonic()
 
-    champion = dep.store.client().get_model_version_by_alias(NAME, "champion").version
+    champion = str(dep.store.client().get_model_version_by_alias(NAME, "champion").version)
     capsys.readouterr()
     result = deploy(DeployRequest(NAME, port=dep.port))
+    print(f"killed v{version}: 5 requests answered 503 within {answered - killed:.2f}s, "
+          f"/deployment down after {down - killed:.2f}s, deploy serving again after "
+          f"{time.monotonic() - down:.1f}s")  # fmt: skip
     assert (result.status, result.version) == ("deployed", champion)
     if champion == version:
         assert "does not answer; starting it again" in capsys.readouterr().err

@@ -155,3 +155,51 @@ def test_spares_can_be_turned_off(shipped, monkeypatch) -> None:
     monkeypatch.setenv(worker.WARM_SERVERS_ENV, "0")
     worker.server_for(shipped["binary"])
     assert worker._spares == {}
+
+
+# ------------------------------------------------------------------------------ faults
+def _pids(scorer) -> int:
+    return scorer.server.proc.pid
+
+
+def test_a_server_killed_mid_job_is_replaced_and_the_batch_scored_again(
+    shipped, logged_model, expected_scores
+) -> None:
+    model = logged_model("1.10", "binary")
+    score_batch = worker.scorer(shipped["binary"])
+    first = _pids(score_batch)
+    os.kill(first, signal.SIGKILL)
+    got = score_batch(_batch(model))
+    pd.testing.assert_frame_equal(got, _expected(model, expected_scores), rtol=1e-12)
+    assert _pids(score_batch) != first
+
+
+def test_a_model_error_is_not_retried(shipped, logged_model) -> None:
+    model = logged_model("1.10", "binary")
+    score_batch = worker.scorer(shipped["binary"])
+    server = score_batch.server
+    dropped = model.build.input_columns[0]
+    with pytest.raises(worker.ModelError, match=f"missing 1 column.*{dropped}") as info:
+        score_batch(_batch(model).drop(columns=[dropped]))
+    assert not isinstance(info.value, worker.ServerDied)
+    assert score_batch.server is server
+    assert server.alive()
+
+
+def test_a_batch_that_kills_every_server_fails_after_bounded_restarts(
+    shipped, logged_model, monkeypatch
+) -> None:
+    model = logged_model("1.10", "binary")
+    score_batch = worker.scorer(shipped["binary"])
+    started = []
+    real_score = worker.ModelServer.score
+
+    def deadly(server, frame, params):  # the batch's effect: the server dies on it
+        started.append(server.proc.pid)
+        os.kill(server.proc.pid, signal.SIGKILL)
+        return real_score(server, frame, params)
+
+    monkeypatch.setattr(worker.ModelServer, "score", deadly)
+    with pytest.raises(worker.ServerDied, match="exited with code -9"):
+        score_batch(_batch(model))
+    assert len(set(started)) == worker.SERVER_RESTARTS + 1

@@ -156,6 +156,9 @@ class Worker:
         self.metrics = metrics
         self.log = inference_log
         self.scoring_server = scoring_server
+        # MLflow 3.x's server hands invocations the body's bytes, 2.x's the decoded text; the
+        # same here, so that error messages read alike.
+        self.body_bytes = int(mlflow.__version__.split(".")[0]) >= 3
         self.model = mlflow.pyfunc.load_model(config.model_path, suppress_warnings=True)
         self.schema = self.model.metadata.get_input_schema()
         from dai_mlflow.model.hooks.stdin_server import schema_columns
@@ -368,7 +371,7 @@ class Worker:
             )
             return 415, message.encode(), "text/plain"
         data: Any = body
-        if mime != "application/vnd.apache.parquet":
+        if mime != "application/vnd.apache.parquet" and not self.body_bytes:
             try:
                 data = body.decode("utf-8")
             except UnicodeDecodeError as e:

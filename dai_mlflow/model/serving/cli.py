@@ -212,6 +212,12 @@ def run_worker(args: argparse.Namespace, reserved: socket.socket, own: bool, rea
         os.write(ready_fd, READY)
         os.close(ready_fd)
         await stop.wait()
+        # Stopping: a second SIGTERM (the supervisor's after the group's) must not end this
+        # process while it finishes answers and writes its inference log; the supervisor
+        # SIGKILLs it after its grace. (Removing asyncio's handler later would restore SIG_DFL.)
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.remove_signal_handler(signum)
+            signal.signal(signum, signal.SIG_IGN)
         if worker.http is not None:  # stop accepting; let answers in progress leave
             for server in worker.http._servers:
                 server.close()

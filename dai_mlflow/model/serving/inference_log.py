@@ -152,6 +152,8 @@ class InferenceLog:
         from mlflow.pyfunc import scoring_server
 
         mime = (content_type or "").split(";", 1)[0].strip()
+        if isinstance(data, bytes):  # MLflow 3.x's server parses the body's bytes
+            data = data.decode("utf-8", errors="replace")
         if mime == "text/csv":
             return scoring_server.parse_csv_input(io.StringIO(data))
         if mime == "application/json":
