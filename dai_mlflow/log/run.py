@@ -422,11 +422,13 @@ def preflight(request: LogRequest, work: Path) -> ScoringPipeline:
     find_license()
     started = time.monotonic()
     pipeline = open_pipeline(request.pipeline, work / "extracted")
-    size = sum(p.stat().st_size for p in pipeline.folder.rglob("*") if p.is_file())
-    say(f"opened {request.pipeline} ({size / 1e6:.0f} MB) in {time.monotonic() - started:.1f}s")
     shared_requirements(sanitize(pipeline, request.policy), pipeline)
     read_input_spec(pipeline)
     find_python(pipeline.python)
+    # After the checks: a bad pipeline gets its one error line and nothing else.
+    size = sum(p.stat().st_size for p in pipeline.folder.rglob("*") if p.is_file())
+    seconds = time.monotonic() - started
+    say(f"opened and checked {request.pipeline} ({size / 1e6:.0f} MB) in {seconds:.1f}s")
     return pipeline
 
 

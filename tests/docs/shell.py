@@ -91,6 +91,22 @@ def user_checkout() -> Iterator[Path]:
         yield CHECKOUT
 
 
+def store_client(checkout: Path):  # noqa: ANN201 - an mlflow.MlflowClient
+    """A client over a copy of the checkout's ``mlflow.db`` under a name never used before.
+
+    MLflow keeps one store (and its open sqlite connections) per URI for the process: a client
+    for the checkout's own path would still read the file an earlier test deleted.
+    """
+    import tempfile
+
+    import mlflow
+
+    folder = Path(tempfile.mkdtemp(prefix="dai-mlflow-store-copy-"))
+    shutil.copy2(checkout / "mlflow.db", folder / "mlflow.db")
+    uri = f"sqlite:///{folder / 'mlflow.db'}"
+    return mlflow.MlflowClient(tracking_uri=uri, registry_uri=uri)
+
+
 def substitute(text: str, subs: Sequence[Tuple[str, str]]) -> str:
     """Placeholders replaced by stand-in values (literal, in order; ``re:`` for a pattern)."""
     for old, new in subs:

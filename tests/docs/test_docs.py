@@ -26,7 +26,7 @@ from typing import Dict, List, Tuple
 import pytest
 
 from tests.docs.blocks import Command, all_commands, unlabelled_commands
-from tests.docs.shell import Session, user_checkout, user_env
+from tests.docs.shell import Session, store_client, user_checkout, user_env
 
 SESSION = "the README session (test_readme_on_your_pipeline)"
 CLOUD = "a Databricks workspace: argument parsing only (test_databricks_commands_parse)"
@@ -374,6 +374,8 @@ def _curl(session: Session, command: Command, build) -> dict:  # noqa: ANN001
         ("[{...}, {...}]", f"[{two}]"), ("[{…}, {…}]", f"[{two}]"), ("[{...}]", f"[{one}]"),
         ('"Day Mins": "237.7", …}', f'"Day Mins": "237.7", {rest}}}'),
     ]  # fmt: skip
+    # The bodies sit in single quotes: a column such as Int'l Plan closes and reopens them.
+    extra = [(old, new.replace("'", "'\\''")) for old, new in extra]
     saved = session.subs
     session.subs = saved + extra
     try:
@@ -468,6 +470,7 @@ def _serves(s: Session, checkout: Path, build, ports: Dict[str, str]) -> None:  
     # In the model's own env (venvs/spark_inference), the model folder on disk.
     model_dir = _model_dir(checkout, "churn", "1")
     spark_session = Session(s.cwd, s.env, [*s.subs, ("/path/to/artifacts/model", str(model_dir))])
+    spark_session.prelude = list(s.prelude)  # the same terminal: the license export holds
     spark_session.keep(doc(S, "source venvs/spark_inference/bin/activate"))
     local = doc(S, "mlflow models serve -m /path/to/artifacts/model --env-manager local -p 5000")
     with spark_session.serving(local, f"http://127.0.0.1:{p5000}/ping"):
@@ -480,10 +483,7 @@ def _serves(s: Session, checkout: Path, build, ports: Dict[str, str]) -> None:  
 
 
 def _model_dir(checkout: Path, name: str, version: str) -> Path:
-    import mlflow
-
-    store = f"sqlite:///{checkout / 'mlflow.db'}"
-    client = mlflow.MlflowClient(tracking_uri=store, registry_uri=store)
+    client = store_client(checkout)
     run = client.get_run(client.get_model_version(name, version).run_id)
     return Path(run.info.artifact_uri) / "model"
 

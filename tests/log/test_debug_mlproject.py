@@ -181,9 +181,8 @@ def _model_files(model_dir: Path) -> dict:
 @pytest.mark.venv
 @pytest.mark.mlflow_run
 def test_debug_run_as_documented_logs_the_same_model_as_mlflow_run(logged_model):
-    import mlflow
 
-    from tests.docs.shell import user_checkout
+    from tests.docs.shell import store_client, user_checkout
     from tests.fixtures_model import last_stdout_line
 
     model = logged_model("1.10", "binary")
@@ -192,8 +191,7 @@ def test_debug_run_as_documented_logs_the_same_model_as_mlflow_run(logged_model)
         assert out.returncode == 0, out.stderr[-3000:]
         uri = last_stdout_line(out.stdout)
         assert uri.startswith("model_uri=runs:/"), out.stdout[-2000:]
-        store = f"sqlite:///{checkout / 'mlflow.db'}"  # the default store of the checkout
-        client = mlflow.MlflowClient(tracking_uri=store, registry_uri=store)
+        client = store_client(checkout)  # the default store of the checkout
         run = client.get_run(uri.split("/")[1])
         assert run.info.status == "FINISHED"
         assert run.data.tags["mlflow.project.entryPoint"] == "main"
@@ -208,9 +206,8 @@ def test_debug_run_as_documented_logs_the_same_model_as_mlflow_run(logged_model)
 @pytest.mark.venv
 @pytest.mark.mlflow_run
 def test_debug_run_of_a_bad_pipeline_ends_failed(logged_model, tmp_path):
-    import mlflow
 
-    from tests.docs.shell import user_checkout
+    from tests.docs.shell import store_client, user_checkout
 
     model = logged_model("1.10", "binary")
     bad = tmp_path / "scorer.zip"
@@ -218,8 +215,7 @@ def test_debug_run_of_a_bad_pipeline_ends_failed(logged_model, tmp_path):
     with user_checkout() as checkout:
         out = _debug_as_a_user(model.build, checkout, bad)
         assert out.returncode != 0
-        store = f"sqlite:///{checkout / 'mlflow.db'}"
-        client = mlflow.MlflowClient(tracking_uri=store, registry_uri=store)
+        client = store_client(checkout)
         ended = {ln.split()[2] for ln in out.stderr.splitlines() if ln.startswith("=== run ")}
         assert len(ended) == 1, out.stderr[-3000:]
         (run_id,) = ended
