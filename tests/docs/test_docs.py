@@ -27,6 +27,7 @@ import pytest
 
 from tests.docs.blocks import Command, all_commands, unlabelled_commands
 from tests.docs.shell import Session, store_client, user_checkout, user_env
+from tests.fixtures_model import model_python
 
 SESSION = "the README session (test_readme_on_your_pipeline)"
 CLOUD = "a Databricks workspace: argument parsing only (test_databricks_commands_parse)"
@@ -57,7 +58,8 @@ RUNNERS: Dict[Tuple[str, str], str] = {
     (
         "README.md",
         "dai-mlflow-score --master spark://HOST:7077 --env-manager uv "
-        "--model-uri models:/churn@champion --input hdfs:///in --output hdfs:///scored",
+        "--model-uri models:/churn@champion --input hdfs:///in --input-format parquet "
+        "--output hdfs:///scored",
     ): SESSION,
     (
         "README.md",
@@ -212,6 +214,7 @@ RUNNERS: Dict[Tuple[str, str], str] = {
         "spark_inference/README.md",
         "python spark_inference/score.py --master spark://HOST:7077 "
         "--env-manager uv --model-uri models:/churn@champion --input hdfs:///in/2026-12-01 "
+        "--input-format parquet "
         "--output hdfs:///scored/2026-12-01",
     ): SESSION,
 }
@@ -489,7 +492,7 @@ def _model_dir(checkout: Path, name: str, version: str) -> Path:
 
 
 def _model_hooks(s: Session, model) -> None:  # noqa: ANN001
-    python = Path(model.model_python())
+    python = model_python(model)
     hooks = Session(s.cwd, s.env, [("<model env>", str(python.parent.parent))])
     out = hooks.run(doc("docs/model-hooks.md", "<model env>/bin/python -m dai_mlflow_model_hooks"))
     assert out.stdout.strip() or out.stderr.strip()
@@ -518,16 +521,19 @@ def _lifecycle(s: Session, checkout: Path, ports: Dict[str, str]) -> None:
     cluster = Session(s.cwd, s.env, [*s.subs, ("spark://HOST:7077", "local[2]"),
                                      ("hdfs:///", f"{checkout}/data/hdfs/")])  # fmt: skip
     cluster.prelude = list(s.prelude)
-    (checkout / "data" / "hdfs" / "in").mkdir(parents=True)
-    shutil.copy2(checkout / "data" / "in.parquet", checkout / "data/hdfs/in/2026-12-01.parquet")
+    day = checkout / "data" / "hdfs" / "in" / "2026-12-01"  # a day's folder of parquet parts
+    day.mkdir(parents=True)
+    shutil.copy2(checkout / "data" / "in.parquet", day / "part-00000.parquet")
     cluster.run(
         doc(
             S,
             "python spark_inference/score.py --master spark://HOST:7077 "
             "--env-manager uv --model-uri models:/churn@champion "
-            "--input hdfs:///in/2026-12-01 --output hdfs:///scored/2026-12-01",
+            "--input hdfs:///in/2026-12-01 --input-format parquet "
+            "--output hdfs:///scored/2026-12-01",
         )
     )
+    undeployed = False
     try:
         s.run(doc(R, "mlflow run . -e deploy -P model_name=churn"))
         deployment = _ping("http://127.0.0.1:5050/deployment")
@@ -539,9 +545,11 @@ def _lifecycle(s: Session, checkout: Path, ports: Dict[str, str]) -> None:
         bare = Session(s.cwd, s.env, [*s.subs, (r"re: \[[A-Z_]+=[^\]]*\]", "")])
         bare.prelude = list(s.prelude)
         bare.run(make_deploy)
+        s.run(doc(R, "make undeploy MODEL_NAME=churn"))
+        undeployed = True
     finally:
-        s.run(doc(R, "make undeploy MODEL_NAME=churn"), expect_rc=None)
-    s.run(doc(R, "make undeploy MODEL_NAME=churn"))
+        if not undeployed:  # a failed step above: stop what it left serving
+            s.run(doc(R, "make undeploy MODEL_NAME=churn"), expect_rc=None)
     s.ran += cluster.ran + bare.ran
     s.run(doc(R, "mlflow run . -e batch -P model_name=churn -P input=data/in.parquet "
               "-P table=data/output/scored -P date=2026-11-20"))  # fmt: skip
@@ -559,8 +567,11 @@ def _pip_installed(s: Session, checkout: Path, tmp_path: Path) -> None:
 
     R = "README.md"
     installed = get_installed_venv()  # the wheel of these sources, installed (cached)
+    # Its own file system root: README's /in and /scored, apart from spark_inference's.
     node = Session(s.cwd, s.env, [*s.subs, ("spark://HOST:7077", "local[2]"),
-                                  ("hdfs:///", f"{checkout}/data/hdfs/")])  # fmt: skip
+                                  ("hdfs:///", f"{checkout}/data/hdfs-node/")])  # fmt: skip
+    (checkout / "data" / "hdfs-node" / "in").mkdir(parents=True)
+    shutil.copy2(checkout / "data" / "in.parquet", checkout / "data/hdfs-node/in/part-0.parquet")
     node.prelude = [f"source {shlex.quote(str(installed.parent / 'activate'))}",
                     *[line for line in s.prelude if line.startswith("export ")]]  # fmt: skip
     node.run(doc(R, "uv build --wheel"), timeout=600)
@@ -573,7 +584,8 @@ def _pip_installed(s: Session, checkout: Path, tmp_path: Path) -> None:
         doc(
             R,
             "dai-mlflow-score --master spark://HOST:7077 --env-manager uv "
-            "--model-uri models:/churn@champion --input hdfs:///in --output hdfs:///scored",
+            "--model-uri models:/churn@champion --input hdfs:///in --input-format parquet "
+            "--output hdfs:///scored",
         )
     )
     s.ran += node.ran
