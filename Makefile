@@ -133,6 +133,10 @@ bench-serve: launcher-venv ## the serving targets: the model's server vs plain m
 bench-deploy: launcher-venv ## serve_load.py against a local endpoint while `mlflow run -e deploy` swaps the champion
 	@$(LAUNCHER) benchmarks/deploy_switch.py
 
+.PHONY: bench-image
+bench-image: launcher-venv ## serving images per DAI line: size, cold and cached build, start to first answer (mounted, baked, 2nd model); LINE=1.10|2 for one
+	@$(LAUNCHER) benchmarks/image_build.py $(if $(LINE),--lines "$(LINE)")
+
 .PHONY: report-images
 report-images: launcher-venv ## docs/img/{validation,drift}_report.png: real reports of the stand-in models, shot by headless Chromium
 	@$(LAUNCHER) docs/report_images.py

@@ -167,6 +167,10 @@ RUNNERS: Dict[Tuple[str, str], str] = {
         "docs/serving.md",
         "venvs/launcher/bin/python benchmarks/serve_load.py --dai-version 1.10",
     ): BENCH,
+    (
+        "docs/image.md",
+        "venvs/launcher/bin/python benchmarks/image_build.py --lines 1.10,2",
+    ): BENCH,
     ("docs/model-hooks.md", "<model env>/bin/python -m dai_mlflow_model_hooks"): SESSION,
     (
         "docs/model-hooks.md",

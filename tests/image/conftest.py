@@ -58,6 +58,24 @@ def _unavailable(why: str) -> None:
     pytest.skip(why)
 
 
+def start_dockerd(run_dir: Path, data_root: Path) -> str:
+    """Start a private dockerd (``.ci/dockerd.sh``) and return its ``DOCKER_HOST``."""
+    proc = subprocess.run(
+        ["bash", str(SCRIPT), "start", str(run_dir), str(data_root)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    if proc.returncode != 0:
+        raise RuntimeError(f"dockerd did not start: {proc.stderr.strip()[-300:]}")
+    return proc.stdout.strip().splitlines()[-1].split("=", 1)[1]
+
+
+def stop_dockerd(run_dir: Path) -> None:
+    """Remove the containers of the daemon started in ``run_dir`` and stop it."""
+    subprocess.run(["bash", str(SCRIPT), "stop", str(run_dir)], timeout=120)
+
+
 @pytest.fixture(scope="session")
 def docker_host() -> Iterator[str]:
     """``DOCKER_HOST`` of a running daemon (see the module docstring)."""
@@ -80,22 +98,17 @@ def docker_host() -> Iterator[str]:
         data_root = CACHE / "root"
     except OSError:
         data_root = run_dir / "data"
-    proc = subprocess.run(
-        ["bash", str(SCRIPT), "start", str(run_dir), str(data_root)],
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    if proc.returncode != 0:
+    try:
+        host = start_dockerd(run_dir, data_root)
+    except RuntimeError as e:
         shutil.rmtree(run_dir, ignore_errors=True)
-        _unavailable(f"dockerd did not start: {proc.stderr.strip()[-300:]}")
-    host = proc.stdout.strip().splitlines()[-1].split("=", 1)[1]
+        _unavailable(str(e))
     saved = os.environ.get("DOCKER_HOST")
     os.environ["DOCKER_HOST"] = host
     try:
         yield host
     finally:
-        subprocess.run(["bash", str(SCRIPT), "stop", str(run_dir)], timeout=120)
+        stop_dockerd(run_dir)
         shutil.rmtree(run_dir, ignore_errors=True)
         lock.close()
         if saved is None:
@@ -114,6 +127,11 @@ def docker(*args: str, timeout: float = 600, check: bool = True) -> subprocess.C
 @pytest.fixture(scope="session")
 def base_image(docker_host: str) -> str:
     """A Debian bookworm minbase image with no Python at all."""
+    return import_base_image()
+
+
+def import_base_image() -> str:
+    """Import the base image into ``DOCKER_HOST``'s daemon (debootstrap once, then the tarball)."""
     proc = subprocess.run(
         ["bash", str(SCRIPT), "base-image", BASE_IMAGE, str(BASE_TARBALL)],
         capture_output=True,
