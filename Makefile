@@ -127,7 +127,7 @@ bench-run: launcher-venv ## seconds and peak memory of warm `mlflow run` (light 
 
 .PHONY: bench-serve
 bench-serve: launcher-venv ## the serving targets: the model's server vs plain mlflow models serve, both DAI lines (LINE=1.10|2 for one)
-	@$(LAUNCHER) benchmarks/serve_targets.py --lines "$(or $(LINE),1.10,2)"
+	@$(LAUNCHER) benchmarks/serve_targets.py $(if $(LINE),--lines "$(LINE)")
 
 .PHONY: bench-deploy
 bench-deploy: launcher-venv ## serve_load.py against a local endpoint while `mlflow run -e deploy` swaps the champion
