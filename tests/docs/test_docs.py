@@ -201,13 +201,14 @@ RUNNERS: Dict[Tuple[str, str], str] = {
     (
         "spark_inference/README.md",
         "venvs/spark_inference/bin/python spark_inference/score.py "
-        "--model-uri models:/dai_model@champion --input data/in.csv --output data/output/scored",
+        "--model-uri models:/dai_model@champion --input data/in.csv "
+        "--output data/output/predictions",
     ): SESSION,
     (
         "spark_inference/README.md",
         "venvs/launcher/bin/python spark_inference/score.py "
         "--env-manager uv --model-uri models:/dai_model@champion --input data/in.parquet "
-        "--output data/output/scored",
+        "--output data/output/predictions",
     ): SESSION,
     ("spark_inference/README.md", "uv build --wheel"): SESSION,
     (
@@ -516,12 +517,12 @@ def _lifecycle(s: Session, checkout: Path, ports: Dict[str, str]) -> None:
         doc(
             S,
             "venvs/spark_inference/bin/python spark_inference/score.py --model-uri "
-            "models:/dai_model@champion --input data/in.csv --output data/output/scored",
+            "models:/dai_model@champion --input data/in.csv --output data/output/predictions",
         )
     )
     s.run(doc(S, "venvs/launcher/bin/python spark_inference/score.py --env-manager uv "
               "--model-uri models:/dai_model@champion --input data/in.parquet "
-              "--output data/output/scored"))  # fmt: skip
+              "--output data/output/predictions"))  # fmt: skip
     cluster = Session(s.cwd, s.env, [*s.subs, ("spark://HOST:7077", "local[2]"),
                                      ("hdfs:///", f"{checkout}/data/hdfs/")])  # fmt: skip
     cluster.prelude = list(s.prelude)
@@ -542,8 +543,11 @@ def _lifecycle(s: Session, checkout: Path, ports: Dict[str, str]) -> None:
         s.run(doc(R, "mlflow run . -e deploy -P model_name=churn"))
         deployment = _ping("http://127.0.0.1:5050/deployment")
         assert deployment.get("version") in (1, "1"), deployment
+        undeploy = doc(R, "make undeploy MODEL_NAME=churn")
+        s.run(undeploy)  # deploy.md's variants are alternatives: one endpoint per model
         s.run(doc(D, "mlflow run . -e deploy -P model_name=churn -P rpc=true -P port=6000"))
         _ping(f"http://127.0.0.1:{ports['6000']}/deployment")
+        s.run(undeploy)
         make_deploy = doc(D, "make deploy MODEL_NAME=churn [TARGET=databricks] "
                           "[DEPLOY_PORT=6000] [RPC=true]")  # fmt: skip
         bare = Session(s.cwd, s.env, [*s.subs, (r"re: \[[A-Z_]+=[^\]]*\]", "")])
