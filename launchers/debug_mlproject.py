@@ -103,6 +103,18 @@ def _tracking_context() -> contextlib.AbstractContextManager:
     return tracking_store()
 
 
+def _experiment_id(name: Optional[str], experiment_id: Optional[str]) -> str:
+    """As `mlflow run` picks it: the named experiment (made if missing), the given id, or the
+    default experiment."""
+    from mlflow import MlflowClient
+
+    if name:
+        client = MlflowClient()
+        found = client.get_experiment_by_name(name)
+        return found.experiment_id if found else client.create_experiment(name)
+    return experiment_id or "0"
+
+
 def debug_run(
     entry_point: str,
     params: Dict[str, str],
@@ -117,7 +129,6 @@ def debug_run(
         The entry point's exit code (0 when the run ended FINISHED).
     """
     from mlflow import tracking
-    from mlflow.projects import _resolve_experiment_id
     from mlflow.projects import utils as project_utils
     from mlflow.utils.mlflow_tags import MLFLOW_RUN_NAME
 
@@ -126,7 +137,7 @@ def debug_run(
             str(project_dir), None, entry_point, params
         )
         project = project_utils.load_project(work_dir)
-        experiment_id = _resolve_experiment_id(experiment_name, experiment_id)
+        experiment_id = _experiment_id(experiment_name, experiment_id)
         run = project_utils.get_or_create_run(
             None, str(project_dir), experiment_id, work_dir, None, entry_point, params
         )

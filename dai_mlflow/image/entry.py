@@ -402,8 +402,8 @@ def serve(environ: Dict[str, str]) -> int:
     except OSError as e:
         raise EntryError(f"cannot listen on {host}:{port} ({e.strerror}); set PORT") from e
     ports = {"invocations": free_port(), "rpc": free_port()}
-    backends = Backends(server_commands(model, ports, workers), ports, server_environ(environ))
-    front.backends = backends
+    pool = Backends(server_commands(model, ports, workers), ports, server_environ(environ))
+    front.backends = pool
     stopping = threading.Event()
 
     def _stop(_signum: int, _frame: Any) -> None:
@@ -416,27 +416,27 @@ def serve(environ: Dict[str, str]) -> int:
     started = time.monotonic()
     code = 0
     while not stopping.is_set():
-        gone = backends.exited()
+        gone = pool.exited()
         if gone:
-            print(f"Error: the {gone} server stopped: {backends.last_error(gone)}", file=sys.stderr)
+            print(f"Error: the {gone} server stopped: {pool.last_error(gone)}", file=sys.stderr)
             code = 1
             break
-        if not backends.ready:
-            if backends.answers():
-                backends.ready = True
+        if not pool.ready:
+            if pool.answers():
+                pool.ready = True
                 say(f"ready after {time.monotonic() - started:.1f}s")
             elif time.monotonic() - started > START_TIMEOUT:
                 print(f"Error: the servers did not answer within {START_TIMEOUT:.0f}s",
                       file=sys.stderr)  # fmt: skip
                 code = 1
                 break
-        stopping.wait(0.1 if not backends.ready else 1.0)
-    backends.ready = False
+        stopping.wait(0.1 if not pool.ready else 1.0)
+    pool.ready = False
     front.shutdown()  # no new connection is accepted; requests in flight go on
     deadline = time.monotonic() + STOP_GRACE
     while front.inflight and time.monotonic() < deadline:
         time.sleep(0.05)
-    backends.stop()
+    pool.stop()
     front.server_close()
     say("stopped")
     return code
