@@ -148,7 +148,10 @@ def extract_once(archive: Path, dest: Path) -> Path:
 def model_dir(plan: ScoringPlan) -> Path:
     """This executor's copy of the plan's model folder (its thin part when ``plan.runtime``)."""
     root = env_root(plan.env_root)
-    return extract_once(_spark_file(plan.model_file), root / "models" / plan.model_key)
+    # A thin part has its own folder: a whole copy of the same model (shipped by a driver with
+    # env_manager="local", or an older dai-mlflow) lives under the bare key on the same node.
+    name = f"{plan.model_key}-thin" if plan.runtime else plan.model_key
+    return extract_once(_spark_file(plan.model_file), root / "models" / name)
 
 
 def _link_or_copy(source: Path, dest: Path) -> None:

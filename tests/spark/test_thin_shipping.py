@@ -329,4 +329,4 @@ def test_on_spark_a_second_model_ships_its_thin_part_and_both_score_like_score_b
     assert env.parent == root
     assert (env / ".dai-mlflow-venv.json").is_file()
     for rel in parts[0].runtime:
-        assert not (root / "models" / keys[0] / rel).exists()  # the thin copy stays thin
+        assert not (root / "models" / f"{keys[0]}-thin" / rel).exists()  # it stays thin
