@@ -51,7 +51,7 @@ import mlflow.pyfunc
 import pandas as pd
 model = mlflow.pyfunc.load_model(sys.argv[1], suppress_warnings=True)
 frame = pd.read_csv(sys.argv[2]).head(1)
-model.predict(frame)
+model.predict(frame.astype({c: "float64" for c in frame.select_dtypes("integer").columns}))
 from dai_mlflow.model.pyfunc import get_scorer
 scorer = get_scorer(model.metadata.metadata["scorer_module"])
 columns = list(scorer.get_column_names())

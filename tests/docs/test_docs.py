@@ -165,7 +165,7 @@ RUNNERS: Dict[Tuple[str, str], str] = {
     ): BENCH,
     (
         "docs/serving.md",
-        "venvs/launcher/bin/python benchmarks/serve_load.py --dai-version 1.10",
+        "venvs/launcher/bin/python benchmarks/serve_targets.py --lines 1.10,2",
     ): BENCH,
     (
         "docs/image.md",
