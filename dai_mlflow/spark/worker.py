@@ -124,9 +124,13 @@ def _spark_file(name: str) -> Path:
 
 
 # ------------------------------------------------------------------------------ model folder
-def extract_once(archive: Path, dest: Path) -> Path:
-    """Extract ``archive`` to ``dest`` unless a complete copy is there (atomic rename)."""
-    done = dest / ".dai-mlflow-complete"
+COMPLETE_MARKER = ".dai-mlflow-complete"  # written last into a folder made whole
+
+
+def _build_once(dest: Path, fill: Callable[[Path], None], stamp: str) -> Path:
+    """``dest`` as ``fill(folder)`` makes it, unless a complete copy is there: filled beside it
+    under a lock, marked complete, renamed into place (whole or not at all)."""
+    done = dest / COMPLETE_MARKER
     if done.is_file():
         return dest
     dest.parent.mkdir(parents=True, exist_ok=True)
@@ -135,14 +139,23 @@ def extract_once(archive: Path, dest: Path) -> Path:
             return dest
         tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}-", dir=str(dest.parent)))
         try:
-            with zipfile.ZipFile(str(archive)) as zf:
-                zf.extractall(str(tmp))
-            (tmp / done.name).write_text(archive.name + "\n")
+            fill(tmp)
+            (tmp / done.name).write_text(stamp + "\n")
             shutil.rmtree(str(dest), ignore_errors=True)
             os.rename(str(tmp), str(dest))
         finally:
             shutil.rmtree(str(tmp), ignore_errors=True)
     return dest
+
+
+def extract_once(archive: Path, dest: Path) -> Path:
+    """Extract ``archive`` to ``dest`` unless a complete copy is there (atomic rename)."""
+
+    def extract(folder: Path) -> None:
+        with zipfile.ZipFile(str(archive)) as zf:
+            zf.extractall(str(folder))
+
+    return _build_once(dest, extract, archive.name)
 
 
 def model_dir(plan: ScoringPlan) -> Path:
@@ -167,30 +180,21 @@ def complete_dir(plan: ScoringPlan, thin: Path) -> Path:
     Files are hard-linked where the file system allows (no bytes copied), else copied; the
     folder appears whole or not at all (atomic rename).
     """
-    dest = thin.with_name(f"{plan.model_key}-complete")
-    done = dest / ".dai-mlflow-complete"
-    with file_lock(dest.with_name(dest.name + ".lock")):
-        if done.is_file():
-            return dest
-        tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}-", dir=str(dest.parent)))
-        try:
-            sources = {
-                p.relative_to(thin).as_posix(): p
-                for p in thin.rglob("*")
-                if p.is_file() and p.name != done.name
-            }
-            # One link per path: a thin folder extracted by an older dai-mlflow holds the
-            # runtime too, and a copy over a link would write into the thin folder's file.
-            sources.update({rel: _spark_file(name) for name, rel in plan.runtime})
-            for rel, source in sources.items():
-                (tmp / rel).parent.mkdir(parents=True, exist_ok=True)
-                _link_or_copy(source, tmp / rel)
-            (tmp / done.name).write_text(plan.model_key + "\n")
-            shutil.rmtree(str(dest), ignore_errors=True)
-            os.rename(str(tmp), str(dest))
-        finally:
-            shutil.rmtree(str(tmp), ignore_errors=True)
-    return dest
+
+    def assemble(folder: Path) -> None:
+        sources = {
+            p.relative_to(thin).as_posix(): p
+            for p in thin.rglob("*")
+            if p.is_file() and p.name != COMPLETE_MARKER
+        }
+        # One link per path: a thin folder extracted by an older dai-mlflow holds the runtime
+        # too, and a copy over a link would write into the thin folder's file.
+        sources.update({rel: _spark_file(name) for name, rel in plan.runtime})
+        for rel, source in sources.items():
+            (folder / rel).parent.mkdir(parents=True, exist_ok=True)
+            _link_or_copy(source, folder / rel)
+
+    return _build_once(thin.with_name(f"{plan.model_key}-complete"), assemble, plan.model_key)
 
 
 def _recorded_env(record: Path, thin: Path, installer: str) -> Optional[Path]:

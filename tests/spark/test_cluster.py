@@ -70,7 +70,6 @@ try:
         local = os.environ.get("SPARK_LOCAL_DIRS", "").split(",")[0]
         private = os.path.join(local, "dai-mlflow-private")
         found = glob.glob("dai-mlflow-license-*") + glob.glob(private + "/dai-mlflow-license-*")
-        found = [p for p in found if not p.endswith(".lock")]  # the copy's lock: empty
         return [(p, oct(os.stat(p).st_mode & 0o777)) for p in found + [private]]
 
     print("executor license files:", json.dumps(spark.sparkContext.parallelize([0], 1)
