@@ -161,9 +161,10 @@ def extract_once(archive: Path, dest: Path) -> Path:
 def model_dir(plan: ScoringPlan) -> Path:
     """This executor's copy of the plan's model folder (its thin part when ``plan.runtime``)."""
     root = env_root(plan.env_root)
-    # A thin part has its own folder: a whole copy of the same model (shipped by a driver with
-    # env_manager="local", or an older dai-mlflow) lives under the bare key on the same node.
-    name = f"{plan.model_key}-thin" if plan.runtime else plan.model_key
+    # Named after the shipped archive, not the model key alone: the same model can reach a node
+    # as a thin part (the driver's archive) and whole (another archive), and neither may be
+    # taken for the other.
+    name = Path(plan.model_file).name.rsplit(".", 1)[0]
     return extract_once(_spark_file(plan.model_file), root / "models" / name)
 
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import sys
 import zipfile
 from pathlib import Path
@@ -213,7 +214,9 @@ def executor(tmp_path, monkeypatch):
     monkeypatch.setattr(worker, "ensure_model_env", build)
     monkeypatch.setattr(worker, "model_env_spec", lambda *_: SimpleNamespace(python="3.8"))
     monkeypatch.setattr(worker, "find_python", lambda _v: SimpleNamespace(version="3.8.18"))
-    return SimpleNamespace(plans=plans, fetched=fetched, builds=builds, root=tmp_path / "envs")
+    return SimpleNamespace(
+        plans=plans, fetched=fetched, builds=builds, root=tmp_path / "envs", files=files
+    )
 
 
 def test_the_env_is_built_from_a_complete_folder_only_where_it_is_missing(executor) -> None:
@@ -251,6 +254,36 @@ def test_a_thin_folder_that_holds_the_runtime_is_left_as_it_is(executor) -> None
     assert own.read_bytes() == b"the older extraction's copy"
     shipped = {rel: name for name, rel in plan.runtime}[RUNTIME[1]]
     assert (complete / RUNTIME[1]).read_bytes() == worker._spark_file(shipped).read_bytes()
+
+
+def test_a_thin_part_and_a_whole_copy_of_one_model_keep_apart(executor, tmp_path) -> None:
+    """The same model reaches a node thin (a driver's ``env_manager="local"`` job ships no
+    runtime) and then whole: neither extraction is taken for the other (CI, 2026-12-07)."""
+    plan = executor.plans["first"]
+    local = worker.ScoringPlan(
+        model_file=plan.model_file,
+        model_key=plan.model_key,
+        env_manager="local",
+        env_root=plan.env_root,
+    )
+    thin = worker.model_dir(local)
+    assert not (thin / RUNTIME[1]).exists()
+    whole = Path(
+        shutil.make_archive(
+            str(tmp_path / f"model-{plan.model_key}"), "zip", str(tmp_path / "first")
+        )
+    )
+    executor.files[whole.name] = whole
+    complete = worker.model_dir(
+        worker.ScoringPlan(
+            model_file=whole.name,
+            model_key=plan.model_key,
+            env_manager="uv",
+            env_root=plan.env_root,
+        )
+    )
+    assert complete != thin
+    assert (complete / RUNTIME[1]).is_file()
 
 
 def test_another_interpreter_is_not_the_recorded_env(executor, monkeypatch) -> None:
@@ -329,4 +362,4 @@ def test_on_spark_a_second_model_ships_its_thin_part_and_both_score_like_score_b
     assert env.parent == root
     assert (env / ".dai-mlflow-venv.json").is_file()
     for rel in parts[0].runtime:
-        assert not (root / "models" / f"{keys[0]}-thin" / rel).exists()  # it stays thin
+        assert not (root / "models" / f"dai-mlflow-model-{keys[0]}" / rel).exists()  # stays thin
