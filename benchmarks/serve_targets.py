@@ -18,6 +18,10 @@ client, pre-encoded bodies, every answer parsed and checked) runs for ``--second
 
 The client shares the machine's cores with the servers, as the targets ask. Any failed answer
 is reported and makes the exit code 1. Nothing is asserted on the figures.
+
+``--profile DIR`` samples the model's server (every process) with py-spy (``uvx py-spy``, fetched
+from the package index on first use) during each of its phases, writes the stacks to DIR and
+prints where the CPU time goes, by layer and by function.
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ import argparse
 import asyncio
 import json
 import os
+import re
 import subprocess
 import sys
 import tempfile
@@ -200,7 +205,9 @@ def _start(cmd: List[str], env: Dict[str, str], log: Path) -> Tuple[str, Any]:
     return url, proc
 
 
-def measure_line(line: str, seconds: float, folder: Path) -> Dict[str, Any]:
+def measure_line(
+    line: str, seconds: float, folder: Path, profile: Optional[Path] = None
+) -> Dict[str, Any]:
     """Both servers of one DAI line, every phase; figures and errors."""
     from dai_mlflow.envs.model_env import model_python_version
     from dai_mlflow.envs.processes import stop_session
@@ -235,21 +242,86 @@ def measure_line(line: str, seconds: float, folder: Path) -> Dict[str, Any]:
                  "-p", "{PORT}", "--env-manager", "uv"]  # fmt: skip
     for name, cmd in (("ours", ours_cmd), ("plain", plain_cmd)):
         url, proc = _start(cmd, env, folder / f"{line}-{name}.log")
+        loads = {
+            "inv_1": (singles_inv, CLIENTS),
+            "inv_1000": ([_invocations(batch, columns)], BATCH_CLIENTS),
+            "one_client": (singles_inv, 1),
+        }
+        if name == "ours":
+            loads["rpc_1"] = (singles_rpc, CLIENTS)
+            loads["rpc_1000"] = ([_rpc(batch)], BATCH_CLIENTS)
+        phases = {}
         try:
-            phases = {
-                "inv_1": run_load(url, singles_inv, CLIENTS, seconds),
-                "inv_1000": run_load(url, [_invocations(batch, columns)], BATCH_CLIENTS, seconds),
-                "one_client": run_load(url, singles_inv, 1, seconds),
-            }
-            if name == "ours":
-                phases["rpc_1"] = run_load(url, singles_rpc, CLIENTS, seconds)
-                phases["rpc_1000"] = run_load(url, [_rpc(batch)], BATCH_CLIENTS, seconds)
+            for phase, (requests, clients) in loads.items():
+                sampler = None
+                if profile is not None and name == "ours":
+                    sampler = start_profile(proc.pid, profile / f"{line}-{phase}.txt", seconds)
+                phases[phase] = run_load(url, requests, clients, seconds)
+                if sampler is not None:
+                    sampler.wait(timeout=120)
+                    figures.setdefault("profiles", {})[phase] = profile / f"{line}-{phase}.txt"
         finally:
             stop_session(proc)
         figures[name] = phases
         for phase, result in phases.items():
             figures["errors"] += [f"{name} {phase}: {e}" for e in result.errors[:3]]
     return figures
+
+
+# ------------------------------------------------------------------------------ profile
+# Layers a sampled frame belongs to, by its module path as py-spy shows it ("json/encoder.py"),
+# the first match wins; the rest (the scorer, its libraries, the interpreter) is "other".
+LAYERS = (
+    ("json (stdlib)", ("(json/",)),
+    ("HTTP + event loop", ("serving/http.py", "(asyncio/", "(selectors.py", "(socket.py")),
+    ("batching + threads", ("serving/batching.py", "(threading.py", "(concurrent/")),
+    ("MLflow (schema, pyfunc)", ("(mlflow/",)),
+    ("pandas + numpy", ("(pandas/", "(numpy/")),
+    ("dai-mlflow (app, pyfunc)", ("(dai_mlflow/",)),
+)
+_LINE = re.compile(r":\d+\)$")
+
+
+def start_profile(pid: int, out: Path, seconds: float) -> subprocess.Popen:
+    """py-spy sampling ``pid`` and its children for ``seconds`` (collapsed stacks to ``out``)."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    cmd = [str(LAUNCHER_BIN / "uvx"), "py-spy", "record", "--pid", str(pid), "--subprocesses",
+           "--nonblocking", "--format", "raw", "--rate", "250", "--duration",
+           str(max(1, int(seconds))), "--output", str(out)]  # fmt: skip
+    return subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
+def _layer(frame: str) -> str:
+    for name, marks in LAYERS:
+        if any(mark in frame for mark in marks):
+            return name
+    return "other (the scorer, its libraries, the interpreter)"
+
+
+def summarize_profile(path: Path, top: int = 8) -> List[str]:
+    """Lines saying where the sampled CPU time went: by layer (of the innermost frame) and the
+    functions with the most samples of their own."""
+    if not path.is_file():
+        return [f"  (no profile: {path} was not written; is py-spy allowed to trace here?)"]
+    layers: Dict[str, int] = {}
+    functions: Dict[str, int] = {}
+    total = 0
+    for raw in path.read_text().splitlines():
+        stack, _, count = raw.rpartition(" ")
+        if not stack or not count.isdigit():
+            continue
+        leaf = _LINE.sub(")", stack.rsplit(";", 1)[-1])
+        n = int(count)
+        total += n
+        layers[_layer(leaf)] = layers.get(_layer(leaf), 0) + n
+        functions[leaf] = functions.get(leaf, 0) + n
+    if not total:
+        return ["  (no samples)"]
+    ranked = sorted(layers.items(), key=lambda kv: -kv[1])
+    lines = ["  by layer: " + ", ".join(f"{k} {100 * v / total:.0f}%" for k, v in ranked)]
+    for leaf, n in sorted(functions.items(), key=lambda kv: -kv[1])[:top]:
+        lines.append(f"    {100 * n / total:5.1f}%  {leaf[:110]}")
+    return lines
 
 
 def print_table(figures: Dict[str, Any]) -> None:
@@ -279,18 +351,24 @@ def print_table(figures: Dict[str, Any]) -> None:
         print(f"| {label} | {a} | {b} | {target} |")
     for error in figures["errors"][:10]:
         print(f"  error: {error}")
+    for phase, path in figures.get("profiles", {}).items():
+        print(f"\nprofile of the model's server, {phase} ({path}):")
+        print("\n".join(summarize_profile(path)))
 
 
 def main(argv: Optional[List[str]] = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--lines", default="1.10,2", help="DAI lines, comma-separated")
     parser.add_argument("--seconds", type=float, default=10.0, help="per phase")
+    parser.add_argument(
+        "--profile", type=Path, metavar="DIR", help="sample the model's server with py-spy into DIR"
+    )
     args = parser.parse_args(argv)
     folder = Path(tempfile.mkdtemp(prefix="dai-mlflow-serve-targets-"))
     print(f"server logs in {folder}", flush=True)
     failed = False
     for line in [x.strip() for x in args.lines.split(",") if x.strip()]:
-        figures = measure_line(line, args.seconds, folder)
+        figures = measure_line(line, args.seconds, folder, args.profile)
         print_table(figures)
         failed = failed or bool(figures["errors"])
     return 1 if failed else 0

@@ -304,6 +304,41 @@ def test_a_bad_row_among_good_ones_fails_only_its_own_request(own, scorer_truth)
                 assert got == truth["batch"]["values"][i]
 
 
+def test_a_bad_rpc_row_among_good_ones_gets_its_own_error_alone(own, scorer_truth) -> None:
+    """/rpc score calls merged from the event loop: the bad one gets the error object it gets
+    alone (same id), the others their rows; ids of every JSON kind come back as sent."""
+    server = own[IDS[-1]]
+    truth = scorer_truth(server.model)
+    records = _records(truth, 10)
+    numeric = next(c for c, v in records[0].items() if isinstance(v, float))
+    bad = {c: v for c, v in records[0].items() if c != numeric}  # a column missing
+    url = f"{server.url}/rpc"
+    alone = requests.post(
+        url, json={"id": "b", "method": "score", "params": {"row": bad}}, timeout=TIMEOUT
+    ).json()
+    assert alone["id"] == "b"
+    assert numeric in alone["error"]["message"]
+
+    def client(i: int) -> Any:
+        request_id = "b" if i == 5 else [i, f"c{i}", i + 0.5, None][i % 4]
+        row = bad if i == 5 else records[i]
+        body = {"id": request_id, "method": "score", "params": {"row": row}}
+        return request_id, requests.post(url, json=body, timeout=TIMEOUT).json()
+
+    for _ in range(3):  # sent together, so that they are merged
+        with ThreadPoolExecutor(10) as pool:
+            results = list(pool.map(client, range(10)))
+        for i, (request_id, answer) in enumerate(results):
+            if i == 5:
+                assert answer == alone
+            else:
+                assert answer == {
+                    "jsonrpc": "2.0",
+                    "id": request_id,
+                    "result": truth["batch"]["values"][i],
+                }
+
+
 def _metrics_text(server: OwnServer) -> str:
     resp = requests.get(f"{server.url}/metrics", timeout=TIMEOUT)
     assert resp.status_code == 200

@@ -19,6 +19,7 @@ error reaches only its own client, with the message it gets alone).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime
 import json
 import os
@@ -395,6 +396,42 @@ class Worker:
 
     # ---------------------------------------------------------------- /rpc
     def _rpc(self, request: Request) -> None:
+        """A plain ``score``/``score_batch`` call goes to the batcher from the event loop and is
+        answered from the scorer thread; anything else (and any failure) runs ``rpc.answer`` in
+        the RPC pool, so its answer is exactly the one the JSON-RPC server gives."""
+        fast = rpc_item(request.body) if self.config.batching else None
+        if fast is None:
+            self._rpc_in_pool(request)
+            return
+        request_id, method, rows, flags = fast
+        service = self.service
+        if method == "score":
+
+            def alone() -> Any:
+                return [service.score(rows[0], *flags)]
+        else:
+
+            def alone() -> Any:
+                return service.score_batch(rows, *flags)
+
+        def done(result: Any, error: Optional[BaseException]) -> None:  # the scorer thread
+            body = None
+            if error is None:
+                value = result[0] if method == "score" else result
+                answer = {"jsonrpc": "2.0", "id": request_id, "result": None}
+                with contextlib.suppress(ValueError, TypeError, RecursionError):
+                    answer["result"] = self.rpc.to_jsonable(value)
+                    body = json.dumps(answer, allow_nan=False).encode("utf-8")
+            if body is None:  # its own error (or result), as the JSON-RPC server gives it
+                self.loop.call_soon_threadsafe(self._rpc_in_pool, request)
+            else:
+                self._answers.append((request, 200, body, JSON))
+
+        item = Item(("rpc", json.dumps(flags)), len(rows), (rows, flags, alone), done)
+        item.arrived = request.started
+        self.batcher.submit(item)
+
+    def _rpc_in_pool(self, request: Request) -> None:
         future = self.loop.run_in_executor(
             self._rpc_pool, self.rpc.answer, self.batched_rpc, request.body
         )
@@ -412,6 +449,38 @@ class Worker:
     def _rpc_error(self, message: str) -> bytes:
         error = {"code": self.rpc.ERROR_CODE, "message": message}
         return json.dumps({"jsonrpc": "2.0", "id": None, "error": error}).encode()
+
+
+_RPC_PARAMS = {"score": "row", "score_batch": "rows"}
+_RPC_FLAGS = ("output_margin", "pred_contribs")
+
+
+def rpc_item(body: bytes) -> Optional[Tuple[Any, str, List[Any], Tuple[Any, Any]]]:
+    """``(id, method, rows, flags)`` of a well-formed ``score``/``score_batch`` request whose
+    rows can share a scorer call, else None (``rpc.answer`` then reads it, errors and all)."""
+    try:
+        request = json.loads(body.decode("utf-8"))
+    except (ValueError, RecursionError):  # UnicodeDecodeError is a ValueError
+        return None
+    if type(request) is not dict or "id" not in request:
+        return None
+    request_id, method, params = request["id"], request.get("method"), request.get("params")
+    if request_id is not None and type(request_id) not in (str, int, float):
+        return None
+    if method not in _RPC_PARAMS or type(params) is not dict:
+        return None
+    name = _RPC_PARAMS[method]
+    if name not in params or not set(params) <= {name, *_RPC_FLAGS}:
+        return None
+    rows = [params[name]] if method == "score" else params[name]
+    if type(rows) is not list or not rows:
+        return None
+    flags = (params.get("output_margin", False), params.get("pred_contribs", False))
+    try:
+        json.dumps(flags)
+    except (TypeError, ValueError):
+        return None
+    return request_id, method, rows, flags
 
 
 def prediction_records(result: Any) -> List[str]:
