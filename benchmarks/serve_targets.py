@@ -17,7 +17,8 @@ client, pre-encoded bodies, every answer parsed and checked) runs for ``--second
   of one row, timed in the model env (the floor: "scorer call + 1.5 ms").
 
 The client shares the machine's cores with the servers, as the targets ask. Any failed answer
-is reported and makes the exit code 1. Nothing is asserted on the figures.
+is reported; one from the model's own server makes the exit code 1. Nothing is asserted on the
+figures.
 
 ``--profile DIR`` samples the model's server (every process) with py-spy (``uvx py-spy``, fetched
 from the package index on first use) during each of its phases, writes the stacks to DIR and
@@ -272,6 +273,8 @@ def measure_line(
 # Layers a sampled frame belongs to, by its module path as py-spy shows it ("json/encoder.py"),
 # the first match wins; the rest (the scorer, its libraries, the interpreter) is "other".
 LAYERS = (
+    # py-spy --nonblocking cannot tell a thread blocked in C from a busy one: these are waits.
+    ("waiting (select, condition)", ("select (selectors.py", "wait (threading.py")),
     ("json (stdlib)", ("(json/",)),
     ("HTTP + event loop", ("serving/http.py", "(asyncio/", "(selectors.py", "(socket.py")),
     ("batching + threads", ("serving/batching.py", "(threading.py", "(concurrent/")),
@@ -298,27 +301,54 @@ def _layer(frame: str) -> str:
     return "other (the scorer, its libraries, the interpreter)"
 
 
+# Steps of a request in a worker, by the functions whose samples (children included) they own.
+STEPS = (
+    ("HTTP read + parse", ("data_received",)),
+    ("body JSON parsed", ("fast_item", "rpc_item")),
+    ("frame built", ("_direct_frame", "_rows_frame")),
+    ("the model's predict", ("predict",)),
+    ("  of which input prepared", ("prepare_input",)),
+    ("answer encoded", ("prediction_records", "done")),
+    ("HTTP write + wake-ups", ("finish", "_write_to_self")),
+)
+
+
 def summarize_profile(path: Path, top: int = 8) -> List[str]:
-    """Lines saying where the sampled CPU time went: by layer (of the innermost frame) and the
-    functions with the most samples of their own."""
+    """Where the sampled CPU time of the server's workers went: by step of a request, by layer
+    (of the innermost frame) and the functions with the most samples of their own. Samples of
+    the supervisor and the launcher (idle, waiting on their children) are left out."""
     if not path.is_file():
         return [f"  (no profile: {path} was not written; is py-spy allowed to trace here?)"]
-    layers: Dict[str, int] = {}
-    functions: Dict[str, int] = {}
-    total = 0
+    stacks: List[Tuple[List[str], int]] = []
     for raw in path.read_text().splitlines():
         stack, _, count = raw.rpartition(" ")
-        if not stack or not count.isdigit():
+        if stack and count.isdigit():
+            stacks.append((stack.split(";"), int(count)))
+    deepest = max((sum(f.startswith("process ") for f in fr) for fr, _ in stacks), default=0)
+    layers: Dict[str, int] = {}
+    functions: Dict[str, int] = {}
+    steps: Dict[str, int] = {}
+    total = 0
+    for frames, n in stacks:
+        if sum(f.startswith("process ") for f in frames) < deepest:
             continue
-        leaf = _LINE.sub(")", stack.rsplit(";", 1)[-1])
-        n = int(count)
         total += n
+        leaf = _LINE.sub(")", frames[-1])
         layers[_layer(leaf)] = layers.get(_layer(leaf), 0) + n
         functions[leaf] = functions.get(leaf, 0) + n
+        names = {f.split(" (", 1)[0].rsplit(".", 1)[-1] for f in frames}
+        for step, owners in STEPS:
+            if names.intersection(owners):
+                steps[step] = steps.get(step, 0) + n
     if not total:
         return ["  (no samples)"]
+
+    def pct(n: int) -> str:
+        return f"{100 * n / total:.0f}%"
+
+    lines = ["  by step: " + ", ".join(f"{k.strip()} {pct(steps.get(k, 0))}" for k, _ in STEPS)]
     ranked = sorted(layers.items(), key=lambda kv: -kv[1])
-    lines = ["  by layer: " + ", ".join(f"{k} {100 * v / total:.0f}%" for k, v in ranked)]
+    lines.append("  by layer: " + ", ".join(f"{k} {pct(v)}" for k, v in ranked))
     for leaf, n in sorted(functions.items(), key=lambda kv: -kv[1])[:top]:
         lines.append(f"    {100 * n / total:5.1f}%  {leaf[:110]}")
     return lines
@@ -370,7 +400,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     for line in [x.strip() for x in args.lines.split(",") if x.strip()]:
         figures = measure_line(line, args.seconds, folder, args.profile)
         print_table(figures)
-        failed = failed or bool(figures["errors"])
+        # Plain MLflow's resets under load are reported, not counted: they are its figures.
+        failed = failed or any(e.startswith("ours ") for e in figures["errors"])
     return 1 if failed else 0
 
 

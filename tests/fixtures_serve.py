@@ -101,6 +101,8 @@ def _command(spec: ServerSpec, model: LoggedDaiModel, port: int, workdir: Path) 
     }
     env = run_env(licenses[spec.license])
     env["HOME"] = str(workdir)  # no ~/.driverlessai/license.sig of the developer's
+    # The tool folders restored envs point at live as long as the env root (the test cache).
+    env["XDG_CACHE_HOME"] = str(CACHE / "xdg")
     if spec.kind == "serve-local":
         python = model_python(model)
         env["PATH"] = os.pathsep.join([str(python.parent), env["PATH"]])

@@ -527,11 +527,25 @@ def load_service(model_uri: str, pyfunc: Any = None) -> ScoringService:
     except Exception as e:  # LicenseNotFoundError, ScorerImportError: one line says which
         raise ModelLoadError(str(e) or one_line(e)) from e
     columns = [str(c) for c in scorer.get_column_names()]
+    predict, prepare = pyfunc.predict, lambda frame: prepare_input(frame, columns, types)
+    try:
+        own = pyfunc.unwrap_python_model()
+    except Exception:  # noqa: BLE001 - not a PythonModel: MLflow's predict
+        own = None
+    if own is not None:
+        # The model's own predict reorders and coerces (prepare_input) and scores: MLflow's
+        # schema checks in front of it would only repeat what that makes true, at a cost.
+        def predict(frame: Any, params: Any = None) -> Any:
+            return own.predict(None, frame, params)
+
+        def prepare(frame: Any) -> Any:
+            return frame
+
     return ScoringService(
         scorer,
         str(module),
-        predict=pyfunc.predict,
-        prepare=lambda frame: prepare_input(frame, columns, types),
+        predict=predict,
+        prepare=prepare,
         run_in_workdir=lambda: in_workdir(scorer_workdir(pipeline_dir)),
         parse_flags=parse_params,
     )

@@ -95,6 +95,7 @@ def prepare_model_env(local_dir: Path, env_manager: str) -> Any:
         # MLflow names envs by requirements (one env per DAI version) and treats a folder that
         # exists as built: two restores at once would let the second use a half-built env.
         with _restore_lock(), patched_environ(build_env):
+            drop_orphaned_envs(_env_root())
             return backend.prepare_env(str(local_dir))
     except Exception as e:
         raise ServeError(
@@ -102,11 +103,37 @@ def prepare_model_env(local_dir: Path, env_manager: str) -> Any:
         ) from e
 
 
-def _restore_lock() -> Any:
-    """Serialise env restores of this machine's MLflow env root (an flock on a file in it)."""
+def _env_root() -> Path:
     from mlflow.environment_variables import MLFLOW_ENV_ROOT
 
-    return file_lock(Path(MLFLOW_ENV_ROOT.get()).expanduser() / ".dai-mlflow-restore.lock")
+    return Path(MLFLOW_ENV_ROOT.get()).expanduser()
+
+
+def _restore_lock() -> Any:
+    """Serialise env restores of this machine's MLflow env root (an flock on a file in it)."""
+    return file_lock(_env_root() / ".dai-mlflow-restore.lock")
+
+
+def drop_orphaned_envs(root: Path) -> List[Path]:
+    """Remove MLflow envs under ``root`` whose interpreter is gone; the folders removed.
+
+    MLflow reuses an env folder that exists. One whose ``pyvenv.cfg`` home no longer exists
+    (its interpreter's folder was deleted, e.g. a cleaned ``~/.cache``) has no working
+    ``python``, and ``source activate && python`` would run whatever Python is on PATH.
+    Removed, MLflow builds it again.
+    """
+    removed = []
+    for cfg in sorted(root.glob("mlflow-*/pyvenv.cfg")):
+        try:
+            pairs = [line.split("=", 1) for line in cfg.read_text().splitlines() if "=" in line]
+        except OSError:
+            continue
+        home = {k.strip(): v.strip() for k, v in pairs}.get("home")
+        if home and not Path(home).is_dir():
+            say(f"{cfg.parent.name}: its interpreter ({home}) is gone; building the env again")
+            shutil.rmtree(str(cfg.parent), ignore_errors=True)
+            removed.append(cfg.parent)
+    return removed
 
 
 def run_in_model_env(

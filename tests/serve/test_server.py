@@ -179,3 +179,21 @@ def _sample_records(server: LiveServer) -> List[Dict[str, Any]]:
     return [
         {k: (None if pd.isna(v) else v) for k, v in r.items()} for r in frame.to_dict("records")
     ]
+
+
+def test_an_env_whose_interpreter_is_gone_is_removed_for_a_rebuild(tmp_path) -> None:
+    """A restored env made from an interpreter folder that was deleted since (a cleaned
+    ~/.cache) would run the PATH's Python; it is removed so that MLflow builds it again."""
+    from dai_mlflow.serve.server import drop_orphaned_envs
+
+    home = tmp_path / "tools" / "py3.8.18"
+    home.mkdir(parents=True)
+    for name, where in (("mlflow-kept", home), ("mlflow-orphan", tmp_path / "gone")):
+        (tmp_path / "envs" / name).mkdir(parents=True)
+        (tmp_path / "envs" / name / "pyvenv.cfg").write_text(f"home = {where}\nuv = 0.13\n")
+    (tmp_path / "envs" / "mlflow-half-built").mkdir()  # no pyvenv.cfg yet: left alone
+    assert drop_orphaned_envs(tmp_path / "envs") == [tmp_path / "envs" / "mlflow-orphan"]
+    assert sorted(p.name for p in (tmp_path / "envs").iterdir()) == [
+        "mlflow-half-built",
+        "mlflow-kept",
+    ]
