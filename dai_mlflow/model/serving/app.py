@@ -326,9 +326,12 @@ class Worker:
         """The merged rows as a frame the pyfunc can score without MLflow's checks, or None.
 
         Only when MLflow's schema checks would pass unchanged: every signature column present,
-        numbers in numeric columns, text (or null) in text columns, no params beyond the two
-        boolean flags. Anything else takes MLflow's own path, so answers stay MLflow's.
+        numbers (at least one) in numeric columns, text or null in text columns, no params
+        beyond the two boolean flags. Anything else takes MLflow's own path, so answers stay
+        MLflow's. Values are checked as sent and each column is built once with its final
+        type (float64 or object), so the pyfunc's own coercion finds nothing left to do.
         """
+        import numpy as np
         import pandas as pd
 
         if self.direct is None or not self.types:
@@ -340,24 +343,27 @@ class Worker:
         if not self.required.issubset(columns):
             return None
         if fmt == "dataframe_split":
-            frame = pd.DataFrame(rows, columns=list(columns))
+            values = list(zip(*rows))
         else:
-            frame = pd.DataFrame.from_records(rows, columns=list(columns))
-        for name, kind in self.types:
-            if name not in frame.columns:
-                continue
-            values = frame[name]
+            values = [tuple(row[c] for row in rows) for c in columns]
+        kinds = dict(self.types)
+        data = {}
+        for name, column in zip(columns, values):
+            kind = kinds.get(name)
             if kind in ("double", "float"):
-                if values.dtype.kind not in "fi":
+                numbers = [v for v in column if v is not None]
+                if not numbers or not all(type(v) in (int, float) for v in numbers):
                     return None
+                data[name] = np.array(column, dtype="float64")
             elif kind == "string":
-                if values.dtype.kind != "O" or pd.api.types.infer_dtype(
-                    values, skipna=True
-                ) not in ("string", "empty"):
+                if not all(v is None or type(v) is str for v in column):
                     return None
+                data[name] = np.array(column, dtype=object)
+            elif kind is None:  # not in the signature: passed on as sent
+                data[name] = pd.Series(column, dtype=None if column else object).to_numpy()
             else:  # integers, booleans, dates, ...: MLflow's own checks decide
                 return None
-        return frame
+        return pd.DataFrame(data, columns=list(columns))
 
     def _solo(self, body: bytes, content_type: Optional[str]) -> Tuple[int, bytes, str]:
         """One request through MLflow's own ``invocations``: its answer, status and type."""
