@@ -168,6 +168,11 @@ RUNNERS: Dict[Tuple[str, str], str] = {
         "venvs/launcher/bin/python benchmarks/serve_targets.py --lines 1.10,2",
     ): BENCH,
     (
+        "docs/serving.md",
+        "venvs/launcher/bin/python benchmarks/serve_targets.py --lines 2 "
+        "--profile /tmp/serve-profile",
+    ): BENCH,
+    (
         "docs/image.md",
         "venvs/launcher/bin/python benchmarks/image_build.py --lines 1.10,2",
     ): BENCH,
