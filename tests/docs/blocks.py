@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Dict, List
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
-DOCS = ("README.md", "docs/*.md", "spark_inference/README.md")
+DOCS = ("README.md", "docs/*.md", "spark_inference/README.md", "envs/README.md")
 LAUNCH_JSON = ".vscode/launch.json"
 SHELL_LANGS = ("bash", "sh", "shell", "console")
 # An unlabelled fence whose first line starts like this is a command someone forgot to label.

@@ -176,6 +176,12 @@ RUNNERS: Dict[Tuple[str, str], str] = {
         "docs/image.md",
         "venvs/launcher/bin/python benchmarks/image_build.py --lines 1.10,2",
     ): BENCH,
+    ("envs/README.md", "venvs/launcher/bin/python benchmarks/mlflow_run.py"): BENCH,
+    (
+        "envs/README.md",
+        "venvs/launcher/bin/python benchmarks/mlflow_run.py "
+        "--project-env envs/python_env.dai-2.yaml",
+    ): BENCH,
     ("docs/model-hooks.md", "<model env>/bin/python -m dai_mlflow_model_hooks"): SESSION,
     (
         "docs/model-hooks.md",
