@@ -11,9 +11,10 @@ Layout of a model's endpoint folder (``$DAI_MLFLOW_ENDPOINT_ROOT/<model>`` or
   ``./tmp`` where it runs);
 - ``proxy.json``, ``proxy.log``: written by the proxy (:mod:`.proxy`).
 
-Servers are the version's own ``mlflow models serve --env-manager local`` and, when asked,
-the JSON-RPC server (:mod:`dai_mlflow.serve.rpc`, a private copy run as a script), both started
-with the model's own env (``ensure_model_env``: the env validate scores in, so usually no
+The server is the model's own (:mod:`dai_mlflow.model.serving`: ``/invocations`` and ``/rpc``
+on one port); a model logged before it existed gets ``mlflow models serve --env-manager local``
+and, when asked, the JSON-RPC server (a private copy run as a script). Either is started with
+the model's own env (``ensure_model_env``: the env validate scores in, so usually no
 install) on free loopback ports, in their own sessions so they outlive the deploy command.
 :func:`start_servers` / :func:`stop_servers` start and stop them; :func:`start_proxy`,
 :func:`switch_route`, :func:`wait_drained` and :func:`stop_proxy` drive the proxy. The
