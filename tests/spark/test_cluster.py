@@ -213,6 +213,8 @@ def test_without_a_license_the_cluster_says_so_in_one_line(
     args = [str(SCORE_PY), "--model-uri", str(model.local_dir)]
     args += ["--input", str(model.build.sample_input_csv), "--output", str(out)]
     args += ["--env-manager", "uv", "--master", cluster.master_url]
+    # One attempt: every retry of the task would fail the same way (a minute of retries).
+    args += ["--conf", "spark.task.maxFailures=1"]
     # DAI_MLFLOW_SHIP_LICENSE=0: the driver's license stays with it, the nodes provide theirs.
     shipped = case == "ship-license-0"
     extra = {"DAI_MLFLOW_SHIP_LICENSE": "0"} if shipped else {}
