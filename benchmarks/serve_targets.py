@@ -319,22 +319,25 @@ def summarize_profile(path: Path, top: int = 8) -> List[str]:
     the supervisor and the launcher (idle, waiting on their children) are left out."""
     if not path.is_file():
         return [f"  (no profile: {path} was not written; is py-spy allowed to trace here?)"]
-    stacks: List[Tuple[List[str], int]] = []
+    stacks: List[Tuple[List[str], int, int]] = []  # frames, samples, process depth
     for raw in path.read_text().splitlines():
         stack, _, count = raw.rpartition(" ")
         if stack and count.isdigit():
-            stacks.append((stack.split(";"), int(count)))
-    deepest = max((sum(f.startswith("process ") for f in fr) for fr, _ in stacks), default=0)
+            frames = stack.split(";")
+            depth = sum(f.startswith("process ") for f in frames)
+            stacks.append((frames, int(count), depth))
+    deepest = max((depth for _, _, depth in stacks), default=0)
     layers: Dict[str, int] = {}
     functions: Dict[str, int] = {}
     steps: Dict[str, int] = {}
     total = 0
-    for frames, n in stacks:
-        if sum(f.startswith("process ") for f in frames) < deepest:
+    for frames, n, depth in stacks:
+        if depth < deepest:
             continue
         total += n
         leaf = _LINE.sub(")", frames[-1])
-        layers[_layer(leaf)] = layers.get(_layer(leaf), 0) + n
+        layer = _layer(leaf)
+        layers[layer] = layers.get(layer, 0) + n
         functions[leaf] = functions.get(leaf, 0) + n
         names = {f.split(" (", 1)[0].rsplit(".", 1)[-1] for f in frames}
         for step, owners in STEPS:

@@ -527,12 +527,13 @@ def load_service(model_uri: str, pyfunc: Any = None) -> ScoringService:
     except Exception as e:  # LicenseNotFoundError, ScorerImportError: one line says which
         raise ModelLoadError(str(e) or one_line(e)) from e
     columns = [str(c) for c in scorer.get_column_names()]
-    predict, prepare = pyfunc.predict, lambda frame: prepare_input(frame, columns, types)
     try:
         own = pyfunc.unwrap_python_model()
     except Exception:  # noqa: BLE001 - not a PythonModel: MLflow's predict
         own = None
-    if own is not None:
+    if own is None:
+        predict, prepare = pyfunc.predict, lambda frame: prepare_input(frame, columns, types)
+    else:
         # The model's own predict reorders and coerces (prepare_input) and scores: MLflow's
         # schema checks in front of it would only repeat what that makes true, at a cost.
         def predict(frame: Any, params: Any = None) -> Any:

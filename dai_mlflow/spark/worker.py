@@ -164,8 +164,7 @@ def model_dir(plan: ScoringPlan) -> Path:
     # Named after the shipped archive, not the model key alone: the same model can reach a node
     # as a thin part (the driver's archive) and whole (another archive), and neither may be
     # taken for the other.
-    name = Path(plan.model_file).name.rsplit(".", 1)[0]
-    return extract_once(_spark_file(plan.model_file), root / "models" / name)
+    return extract_once(_spark_file(plan.model_file), root / "models" / Path(plan.model_file).stem)
 
 
 def _link_or_copy(source: Path, dest: Path) -> None:

@@ -165,6 +165,7 @@ class Worker:
         from dai_mlflow.model.hooks.stdin_server import schema_columns
 
         self.types = schema_columns(self.model)
+        self.kinds = dict(self.types)
         self.required = set(self.schema.required_input_names()) if self.schema else set()
         try:  # dai-mlflow's pyfunc reorders and coerces columns itself
             self.direct = self.model.unwrap_python_model()
@@ -346,10 +347,9 @@ class Worker:
             values = list(zip(*rows))
         else:
             values = [tuple(row[c] for row in rows) for c in columns]
-        kinds = dict(self.types)
         data = {}
         for name, column in zip(columns, values):
-            kind = kinds.get(name)
+            kind = self.kinds.get(name)
             found = set(map(type, column))  # the types as sent, in one pass in C
             if kind in ("double", "float"):
                 if not found <= _NUMBER_TYPES or found <= {type(None)}:
@@ -409,7 +409,7 @@ class Worker:
         if fast is None:
             self._rpc_in_pool(request)
             return
-        request_id, method, rows, flags = fast
+        request_id, method, rows, flags, key = fast
         service = self.service
         if method == "score":
 
@@ -433,7 +433,7 @@ class Worker:
             else:
                 self._answers.append((request, 200, body, JSON))
 
-        item = Item(("rpc", json.dumps(flags)), len(rows), (rows, flags, alone), done)
+        item = Item(key, len(rows), (rows, flags, alone), done)
         item.arrived = request.started
         self.batcher.submit(item)
 
@@ -463,9 +463,10 @@ _RPC_PARAMS = {"score": "row", "score_batch": "rows"}
 _RPC_FLAGS = ("output_margin", "pred_contribs")
 
 
-def rpc_item(body: bytes) -> Optional[Tuple[Any, str, List[Any], Tuple[Any, Any]]]:
-    """``(id, method, rows, flags)`` of a well-formed ``score``/``score_batch`` request whose
-    rows can share a scorer call, else None (``rpc.answer`` then reads it, errors and all)."""
+def rpc_item(body: bytes) -> Optional[Tuple[Any, str, List[Any], Tuple[Any, Any], Any]]:
+    """``(id, method, rows, flags, batch key)`` of a well-formed ``score``/``score_batch``
+    request whose rows can share a scorer call, else None (``rpc.answer`` then reads it,
+    errors and all). The key is :class:`BatchedRpc`'s: flags as sent."""
     try:
         request = json.loads(body.decode("utf-8"))
     except (ValueError, RecursionError):  # UnicodeDecodeError is a ValueError
@@ -485,10 +486,10 @@ def rpc_item(body: bytes) -> Optional[Tuple[Any, str, List[Any], Tuple[Any, Any]
         return None
     flags = (params.get("output_margin", False), params.get("pred_contribs", False))
     try:
-        json.dumps(flags)
+        key = ("rpc", json.dumps(flags))
     except (TypeError, ValueError):
         return None
-    return request_id, method, rows, flags
+    return request_id, method, rows, flags, key
 
 
 def prediction_records(result: Any) -> List[str]:
