@@ -17,7 +17,7 @@ progress lines.
 Targets: (n) <= (f) + 8 s; (h) <= (n) + 10 s; peak memory of (h) <= 1 GB.
 
     venvs/launcher/bin/python benchmarks/mlflow_run.py                 # the checkout's env
-    venvs/launcher/bin/python benchmarks/mlflow_run.py --project-env envs/python_env.dai-2.yaml
+    venvs/launcher/bin/python benchmarks/mlflow_run.py --project-env envs/python_env.dai-1.10.yaml
     venvs/launcher/bin/python benchmarks/mlflow_run.py --runtime-mb 0  # light pipelines only
 
 Envs are kept in the test cache (``tests/.cache``), so after ``make test`` the warm-ups are quick;

@@ -29,9 +29,9 @@ from typing import Dict, Iterator, List, Optional, Sequence
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:  # run as a script from launchers/: make dai_mlflow importable
     sys.path.insert(1, str(ROOT))
-# The default store (sqlite, made by MLflow 3) is bridged for this env's MLflow 2.17 through an
-# MLflow 3 interpreter: `mlflow run` finds its own in the process tree; here, this checkout's
-# launcher venv, unless one is named.
+# In the DAI 1.10 project env (MLflow 2.17) the default store (sqlite, made by MLflow 3) is
+# bridged through an MLflow 3 interpreter: `mlflow run` finds its own in the process tree; here,
+# this checkout's launcher venv, unless one is named.
 if (ROOT / "venvs" / "launcher" / "bin" / "python").exists():
     os.environ.setdefault("DAI_MLFLOW_SERVER_PYTHON", str(ROOT / "venvs/launcher/bin/python"))
 

@@ -288,3 +288,39 @@ def logged_model() -> Callable[[str, str], LoggedDaiModel]:
         return cache[(dai_version, problem)]
 
     return _get
+
+
+def project_with_env(line: str) -> Path:
+    """A copy of the project whose ``python_env.yaml`` is ``envs/python_env.dai-<line>.yaml``
+    (the checkout's default is the DAI 2 one): ``mlflow run`` of it builds that line's project
+    env. Cached per sources key; made beside and renamed, so concurrent workers share it."""
+    project = CACHE / "logged" / sources_key() / f"project-dai-{line}"
+    with FileLock(str(project) + ".lock"):
+        if not (project / "python_env.yaml").is_file():
+            part = project.with_name(project.name + ".part")
+            shutil.rmtree(part, ignore_errors=True)
+            part.mkdir(parents=True)
+            for name in ("MLproject", "scorer_entry.py", "dai_mlflow"):
+                src = REPO_ROOT / name
+                (shutil.copytree if src.is_dir() else shutil.copy2)(src, part / name)
+            env_file = REPO_ROOT / "envs" / f"python_env.dai-{line}.yaml"
+            shutil.copy2(env_file, part / "python_env.yaml")
+            shutil.rmtree(project, ignore_errors=True)
+            part.rename(project)
+    return project
+
+
+def dai110_project_python() -> Path:
+    """Python of the DAI 1.10 project env (Python 3.8, mlflow 2.17: the one that needs the
+    tracking bridge), built as ``make venvs`` builds ``venvs/mlproject`` after ``make use-line
+    LINE=1.10``, cached in the test cache."""
+    dest = CACHE / "venvs" / "mlproject-dai-1.10"
+    with FileLock(str(dest) + ".lock"):
+        subprocess.run(
+            [str(LAUNCHER_BIN / "python"), "-m", "dai_mlflow.envs.venvs", "python-env",
+             "--quiet", "--dest", str(dest),
+             "--python-env", str(REPO_ROOT / "envs" / "python_env.dai-1.10.yaml"),
+             "--installer", "pip"],
+            check=True, cwd=str(REPO_ROOT), capture_output=True, timeout=900,
+        )  # fmt: skip
+    return dest / "bin" / "python"

@@ -8,10 +8,9 @@ from pathlib import Path
 import pytest
 
 from dai_mlflow.tracking import default_tracking_uri, needs_bridge, sqlite_path, store_revision
-from tests.fixtures_model import run_child_json
+from tests.fixtures_model import dai110_project_python, run_child_json
 
 REPO = Path(__file__).resolve().parents[1]
-MLPROJECT_PYTHON = REPO / "venvs" / "mlproject" / "bin" / "python"
 
 _CHILD = r"""
 import json, os, sys, urllib.request
@@ -55,7 +54,7 @@ def test_mlflow3_opens_its_store_directly(tmp_path: Path) -> None:
 def test_mlflow217_bridges_to_a_3x_store_and_stops_the_server(tmp_path: Path) -> None:
     import mlflow
 
-    assert MLPROJECT_PYTHON.is_file(), "run `make venvs` first"
+    project_python = dai110_project_python()
     uri = default_tracking_uri(tmp_path)
     client = mlflow.MlflowClient(tracking_uri=uri)
     run = client.create_run(
@@ -69,7 +68,7 @@ def test_mlflow217_bridges_to_a_3x_store_and_stops_the_server(tmp_path: Path) ->
         PYTHONPATH=str(REPO),
         DAI_MLFLOW_SERVER_PYTHON=str(REPO / "venvs" / "launcher" / "bin" / "python"),
     )
-    out = run_child_json([MLPROJECT_PYTHON, "-c", _CHILD], tmp_path, env, "RESULT", timeout=300)
+    out = run_child_json([project_python, "-c", _CHILD], tmp_path, env, "RESULT", timeout=300)
     assert out["mlflow"].startswith("2.17")
     assert out["needs_bridge"] is True
     assert out["url"].startswith("http://127.0.0.1:")

@@ -180,7 +180,7 @@ RUNNERS: Dict[Tuple[str, str], str] = {
     (
         "envs/README.md",
         "venvs/launcher/bin/python benchmarks/mlflow_run.py "
-        "--project-env envs/python_env.dai-2.yaml",
+        "--project-env envs/python_env.dai-1.10.yaml",
     ): BENCH,
     ("docs/model-hooks.md", "<model env>/bin/python -m dai_mlflow_model_hooks"): SESSION,
     (

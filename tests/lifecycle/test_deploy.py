@@ -2,7 +2,7 @@
 
 Local (markers ``serve``, ``venv``, ``mlflow_run``): one endpoint for the module, started in
 the fixture with the worse stand-in model as champion v1; the better model is validated and
-promoted to v2. Then the real ``mlflow run . -e deploy`` (project env: Python 3.8 / MLflow 2.17)
+promoted to v2. Then the real ``mlflow run . -e deploy`` (the default project env)
 swaps v2 in while four clients keep posting validation-sample rows: no request may fail, each
 answer must equal the validated predictions of exactly the version the proxy says answered, and
 no client sees v1 again once it has seen v2. The serving version's server is then SIGKILLed:

@@ -3,7 +3,7 @@ what ``mlflow run . -e batch --backend databricks --backend-config cluster.json`
 
 Every test gets its own sqlite store (``lifecycle_store``). The logic runs in-process; model
 code runs in the models' own envs (subprocesses), as in the entry points. One real end-to-end
-``mlflow run -e batch`` (project env: Python 3.8 / mlflow 2.17, through the tracking bridge)
+``mlflow run -e batch`` (the default project env: Python 3.11 / mlflow 3)
 re-runs a date that the in-process call already wrote.
 """
 
@@ -281,7 +281,7 @@ def test_batch_twice_for_one_date_leaves_one_copy(
     n_input = len(pd.read_csv(source))
     assert first.rows == n_input
 
-    # The same date again, through the real entry point (project env, mlflow 2.17, bridge).
+    # The same date again, through the real entry point (the default project env).
     params = {
         "model_name": NAME,
         "input": str(source),

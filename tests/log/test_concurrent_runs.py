@@ -1,9 +1,9 @@
 """Fault: several ``mlflow run``s log pipelines into one store at the same time.
 
-Four runs share MLflow's default store (``sqlite:///<cwd>/mlflow.db``, each bridged by its own
-loopback server since the DAI 1.10 project env has mlflow 2.17), then four more share one
-``mlflow server``. Every run must finish, each registers its own version of one model, and no
-run is left RUNNING.
+Four runs share MLflow's default store (``sqlite:///<cwd>/mlflow.db``) from the DAI 1.10 project
+env, each bridged by its own loopback server since that env has mlflow 2.17; then four more
+share one ``mlflow server`` from the default project env. Every run must finish, each registers
+its own version of one model, and no run is left RUNNING.
 """
 
 from __future__ import annotations
@@ -21,9 +21,11 @@ import pytest
 from dai_mlflow.envs.processes import free_port, stop_session, wait_answering
 from tests.fixtures_model import (
     LAUNCHER_BIN,
+    REPO_ROOT,
     get_logged_model,
     license_env_for,
     mlflow_run,
+    project_with_env,
     run_env,
 )
 from tests.fixtures_standin import get_standin
@@ -36,18 +38,26 @@ NAME = "concurrent"
 
 
 @pytest.fixture(scope="module")
-def warm() -> None:
-    """One run alone first: MLflow creates the project env and the model env is built (both
-    cached), so the concurrent runs below race over the store only."""
+def warm(tmp_path_factory: pytest.TempPathFactory) -> None:
+    """One run alone first in each project env: MLflow creates the project envs and the model
+    env is built (all cached), so the concurrent runs below race over the store only."""
     get_logged_model("1.10", "binary")
+    build = get_standin("1.10", "binary")
+    scratch = tmp_path_factory.mktemp("warm-1.10-env")
+    params = {"pipeline": str(build.zip_path)}
+    env = run_env(license_env_for(build, "1.10"))
+    proc = mlflow_run(params, scratch, env, scratch / "out", project=project_with_env("1.10"))
+    assert proc.returncode == 0, proc.stderr[-3000:]
 
 
-def _run_all(cwd: Path, out: Path, extra_env: Dict[str, str]) -> List[subprocess.CompletedProcess]:
+def _run_all(
+    cwd: Path, out: Path, extra_env: Dict[str, str], project: Path = REPO_ROOT
+) -> List[subprocess.CompletedProcess]:
     def _one(i: int) -> subprocess.CompletedProcess:
         build = get_standin("1.10", PROBLEMS[i])
         env = run_env({**license_env_for(build, "1.10"), **extra_env})
         params = {"pipeline": str(build.zip_path), "model_name": NAME}
-        return mlflow_run(params, cwd, env, out / f"run-{i}")
+        return mlflow_run(params, cwd, env, out / f"run-{i}", project=project)
 
     started = time.monotonic()
     with ThreadPoolExecutor(max_workers=RUNS) as pool:
@@ -85,7 +95,8 @@ def test_concurrent_runs_into_the_default_sqlite_store(warm, tmp_path: Path) -> 
         [str(LAUNCHER_BIN / "mlflow"), "db", "upgrade", "sqlite:///mlflow.db"],
         cwd=cwd, env=run_env(), check=True, capture_output=True,
     )  # fmt: skip
-    procs = _run_all(cwd, tmp_path / "out", {})
+    procs = _run_all(cwd, tmp_path / "out", {}, project=project_with_env("1.10"))
+    assert all("through a loopback mlflow server" in p.stderr for p in procs)
     _check(procs, f"sqlite:///{cwd / 'mlflow.db'}")
 
 

@@ -221,3 +221,33 @@ def test_debug_run_of_a_bad_pipeline_ends_failed(logged_model, tmp_path):
         (run_id,) = ended
         assert client.get_run(run_id).info.status == "FAILED"
     assert "scorer.zip" in out.stderr
+
+
+@pytest.mark.venv
+@pytest.mark.mlflow_run
+def test_debug_run_from_the_dai_110_project_env_bridges_the_default_store(
+    repo_root: Path, tmp_path: Path
+) -> None:
+    """After ``make use-line LINE=1.10`` the debugger runs in a Python 3.8 / mlflow 2.17 env,
+    which cannot open the default store: from a fresh shell it bridges it through the
+    checkout's launcher MLflow, as ``mlflow run`` does."""
+    import mlflow
+
+    from tests.docs.shell import user_env
+    from tests.fixtures_model import dai110_project_python, last_stdout_line, license_env_for
+    from tests.fixtures_standin import get_standin
+
+    build = get_standin("1.10", "binary")
+    out = subprocess.run(
+        [str(dai110_project_python()), str(repo_root / "launchers" / "debug_mlproject.py"),
+         "-P", f"pipeline={build.zip_path}"],
+        cwd=str(tmp_path), env=user_env(license_env_for(build, "1.10")),
+        capture_output=True, text=True, timeout=900,
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "through a loopback mlflow server" in out.stderr, out.stderr[-3000:]
+    uri = last_stdout_line(out.stdout)
+    assert uri.startswith("model_uri=runs:/"), out.stdout[-2000:]
+    store = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    run = mlflow.MlflowClient(tracking_uri=store).get_run(uri.split("/")[1])
+    assert run.info.status == "FINISHED"

@@ -19,7 +19,6 @@ import pytest
 import yaml
 
 from tests.fixtures_model import (
-    CACHE,
     LAUNCHER_BIN,
     LoggedDaiModel,
     last_stdout_line,
@@ -27,9 +26,9 @@ from tests.fixtures_model import (
     mlflow_run,
     model_python,
     prefetch_logged_models,
+    project_with_env,
     run_child_json,
     run_env,
-    sources_key,
 )
 from tests.fixtures_standin import get_standin
 
@@ -180,39 +179,32 @@ def test_bad_pipeline_fails_the_run_and_registers_nothing(tmp_path: Path) -> Non
     assert client.search_registered_models() == []
 
 
-def test_dai2_project_env_logs_a_dai_110_pipeline(tmp_path: Path) -> None:
-    """The 3.11/mlflow-3 project env logs a Python 3.8 model (and the default-uv env manager)."""
-    import shutil
-
-    project = CACHE / "logged" / sources_key() / "project-dai-2"
-    if project.exists():
-        shutil.rmtree(project)
-    repo = Path(__file__).resolve().parents[2]
-    project.mkdir(parents=True)
-    for name in ("MLproject", "scorer_entry.py", "dai_mlflow"):
-        src = repo / name
-        (shutil.copytree if src.is_dir() else shutil.copy2)(src, project / name)
-    shutil.copy2(repo / "envs" / "python_env.dai-2.yaml", project / "python_env.yaml")
-    build = get_standin("1.10", "regression")
+def test_dai_110_project_env_logs_a_dai_2_pipeline_through_the_bridge(tmp_path: Path) -> None:
+    """The Python 3.8 / mlflow 2.17 project env (``make use-line LINE=1.10``) logs a Python 3.11
+    model into the default store, which its MLflow cannot open: through the tracking bridge."""
+    build = get_standin("2", "regression")
     proc = mlflow_run(
-        {"pipeline": str(build.folder)},
+        {"pipeline": str(build.folder), "model_name": "from_the_110_env"},
         cwd=tmp_path,
-        env=run_env(license_env_for(build, "1.10")),
+        env=run_env(license_env_for(build, "2")),
         out_dir=tmp_path / "out",
-        project=project,
-        extra_args=("--env-manager", "uv"),
+        project=project_with_env("1.10"),
     )
     last = last_stdout_line(proc.stdout)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert last.startswith("model_uri=runs:/"), proc.stdout[-2000:]
+    assert last.startswith("model_uri=models:/from_the_110_env/1"), proc.stdout[-2000:]
+    assert "through a loopback mlflow server" in proc.stderr, proc.stderr[-2000:]
     import mlflow
 
-    client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}")
-    run_id = last.split("/")[1]
-    model_dir = Path(client.get_run(run_id).info.artifact_uri) / "model"
+    store = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    client = mlflow.MlflowClient(tracking_uri=store, registry_uri=store)
+    (version,) = client.search_model_versions("name='from_the_110_env'")
+    run = client.get_run(version.run_id)
+    assert run.info.status == "FINISHED"
+    model_dir = Path(run.info.artifact_uri) / "model"
     env = yaml.safe_load((model_dir / "python_env.yaml").read_text())
-    assert env["python"].startswith("3.8.")
-    assert "mlflow==2.17.2" in (model_dir / "requirements.txt").read_text().splitlines()
+    assert env["python"].startswith("3.11.")
+    assert "mlflow==3.17.2" in (model_dir / "requirements.txt").read_text().splitlines()
 
 
 @pytest.mark.parametrize("line", ["1.10", "2"])

@@ -111,16 +111,26 @@ print("RESULT=" + json.dumps({"path": str(staged.path), "python": staged.python_
 
 
 @pytest.mark.venv
-def test_stage_dai_2_from_the_mlflow217_project_env(standin, tmp_path: Path) -> None:
-    """The DAI 1.10 project env (Python 3.8, mlflow 2.17) stages a Python 3.11 model."""
+def test_stage_the_other_lines_model_from_the_project_env(standin, tmp_path: Path) -> None:
+    """The project env (venvs/mlproject) stages a model of the other Python line: the DAI 2
+    env (Python 3.11, mlflow 3) a Python 3.8 model, the DAI 1.10 env a Python 3.11 one."""
     assert MLPROJECT_PYTHON.is_file(), "run `make venvs` first"
-    build = standin("2", "binary")
+    version = subprocess.run(
+        [str(MLPROJECT_PYTHON), "-c", "import sys; print(sys.version_info[:2] == (3, 8))"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.strip()
+    line, python, mlflow = ("2", "3.11", "mlflow==3.17.2")
+    if version == "False":
+        line, python, mlflow = ("1.10", "3.8", "mlflow==2.17.2")
+    build = standin(line, "binary")
     env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
     env["PYTHONPATH"] = str(REPO)
     cmd = [MLPROJECT_PYTHON, "-c", _STAGE, build.zip_path, tmp_path / "w"]
     out = run_child_json(cmd, tmp_path, env, "RESULT", timeout=300)
-    assert out["python"].startswith("3.11.")
-    _check_staged(Path(out["path"]), build, "3.11", "mlflow==3.17.2")
+    assert out["python"].startswith(python + ".")
+    _check_staged(Path(out["path"]), build, python, mlflow)
 
 
 def _entry(args, env_extra, cwd: Path) -> subprocess.CompletedProcess:
