@@ -189,23 +189,7 @@ def test_every_input_format_answers_like_mlflows_own_server(
 def _post_raw(sock: socket.socket, path: str, body: bytes) -> bytes:
     head = f"POST {path} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
     sock.sendall(head.encode() + f"Content-Length: {len(body)}\r\n\r\n".encode() + body)
-    data = b""
-    while b"\r\n\r\n" not in data:
-        chunk = sock.recv(65536)
-        assert chunk, "the server closed the connection"
-        data += chunk
-    header, rest = data.split(b"\r\n\r\n", 1)
-    length = int(
-        next(h for h in header.split(b"\r\n") if h.lower().startswith(b"content-length:")).split(
-            b":"
-        )[1]
-    )
-    while len(rest) < length:
-        chunk = sock.recv(65536)
-        assert chunk, "the server closed the connection"
-        rest += chunk
-    assert header.startswith(b"HTTP/1.1 200"), header + rest[:300]
-    return rest
+    return _post_answer(sock)
 
 
 def test_64_keep_alive_clients_at_once_are_all_served(own, scorer_truth) -> None:
@@ -459,3 +443,56 @@ def test_monitor_reads_the_inference_log_as_its_window(own, lifecycle_store, tmp
     result = monitor(MonitorRequest(name, str(server.table), str(tmp_path / "monitoring"), day))
     assert set(result.frame["model_version"]) == {version}
     assert set(result.frame["kind"]) == {"feature", "prediction"}
+
+
+def test_sigterm_lets_a_call_being_scored_finish(scorer_truth, tmp_path) -> None:
+    """SIGTERM (what ``docker stop`` and Kubernetes send) while a large call is being scored:
+    the call is answered whole, then the server exits. The call is sent and SIGTERM follows
+    once it has been read; if the answer was already back by then, the call is made larger."""
+    import select
+
+    model = get_logged_model("2", "multiclass")
+    truth = scorer_truth(model)
+    records = _records(truth, len(truth["records"]))
+    server = wait_own_server(start_own_server(model, tmp_path / "server", "--workers", "1"))
+    port = int(server.url.rsplit(":", 1)[1])
+    try:
+        rows = 40_000
+        while True:
+            sock = socket.create_connection(("127.0.0.1", port), timeout=TIMEOUT)
+            body = json.dumps({"dataframe_records": (records * (rows // len(records) + 1))[:rows]})
+            head = (f"POST /invocations HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                    f"Content-Length: {len(body)}\r\n\r\n")  # fmt: skip
+            sock.sendall(head.encode() + body.encode())
+            time.sleep(0.2)
+            if not select.select([sock], [], [], 0)[0] or rows >= 320_000:
+                break
+            _post_answer(sock)  # answered already: larger
+            sock.close()
+            rows *= 4
+        assert not select.select([sock], [], [], 0)[0], "answered before SIGTERM at any size"
+        os.killpg(server.proc.pid, signal.SIGTERM)
+        answer = json.loads(_post_answer(sock))
+        sock.close()
+        assert len(answer["predictions"]) == rows
+        assert server.proc.wait(timeout=60) == 0, server.log_text()[-2000:]
+    finally:
+        stop_session(server.proc)
+
+
+def _post_answer(sock: socket.socket) -> bytes:
+    data = bytearray()
+    while b"\r\n\r\n" not in data:
+        chunk = sock.recv(1 << 20)
+        assert chunk, "the server closed the connection"
+        data += chunk
+    end = data.index(b"\r\n\r\n")
+    header, rest = bytes(data[:end]), data[end + 4 :]
+    length = next(int(h.split(b":")[1]) for h in header.split(b"\r\n")
+                  if h.lower().startswith(b"content-length:"))  # fmt: skip
+    while len(rest) < length:
+        chunk = sock.recv(1 << 20)
+        assert chunk, f"the server closed the connection after {len(rest)} of {length} bytes"
+        rest += chunk
+    assert header.startswith(b"HTTP/1.1 200"), header + bytes(rest[:300])
+    return bytes(rest)

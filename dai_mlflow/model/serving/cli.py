@@ -223,7 +223,7 @@ def run_worker(args: argparse.Namespace, reserved: socket.socket, own: bool, rea
                 server.close()
             deadline = time.monotonic() + STOP_GRACE
             while time.monotonic() < deadline and any(
-                c.busy is not None for c in worker.http.connections
+                c.in_progress for c in worker.http.connections
             ):
                 await asyncio.sleep(0.05)
             worker.http.close()

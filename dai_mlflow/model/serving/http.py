@@ -106,6 +106,15 @@ class HttpConnection(asyncio.Protocol):
         self.request_started = 0.0  # when the first byte of an incomplete request came
         self.sent_continue = False
 
+    @property
+    def in_progress(self) -> bool:
+        """A request has begun to arrive, is being answered, or its answer is still being sent
+        (a stop lets all three finish)."""
+        if self.busy is not None or self.buffer:
+            return True
+        transport = self.transport
+        return bool(transport and not transport.is_closing() and transport.get_write_buffer_size())
+
     # ------------------------------------------------------------------ asyncio callbacks
     def connection_made(self, transport: Any) -> None:
         self.transport = transport
