@@ -9,9 +9,10 @@ with the version's servers replaced by one container:
   DAI version; its base is ``$DAI_MLFLOW_IMAGE_BASE`` (default
   ``python:<minor>-slim-bookworm``, which must be on the Docker host);
 - the downloaded version folder is mounted read-only at ``/model``; the container runs as the
-  deploying user (it reads what the deploy reads: the model folder and a license file), read-only
-  with a ``/tmp`` tmpfs, and gets the license from the deploy's environment: the key by name, or
-  the file mounted read-only;
+  deploying user (it reads what the deploy reads: the model folder and a license file), or as
+  the image's non-root user when that is root (with a copy of a license file that user owns),
+  read-only with a ``/tmp`` tmpfs, and gets the license from the deploy's environment: the key
+  by name, or the file mounted read-only;
 - it listens on a free loopback port: published with ``-p 127.0.0.1:PORT:8080``, or, with
   ``DAI_MLFLOW_DOCKER_NETWORK=host`` (a daemon without a bridge), on the host's network.
 
@@ -37,6 +38,7 @@ IMAGE_REPO = "dai-mlflow-serving"
 BASE_ENV = "DAI_MLFLOW_IMAGE_BASE"
 NETWORK_ENV = "DAI_MLFLOW_DOCKER_NETWORK"
 LICENSE_MOUNT = "/run/secrets/dai-license.sig"
+LICENSE_COPY_LABEL = "dai-mlflow.license-copy"
 
 
 def image_tag(model_dir: Path) -> str:
@@ -79,6 +81,19 @@ def ensure_image(model_dir: Path, work: Path) -> str:
     return tag
 
 
+def _license_for_container(license_file: Path, folder: Path, name: str) -> Path:
+    """The license file to mount: as root (the container then runs as the image's user), a
+    private copy that user owns, beside the version's folder and removed with the container."""
+    if os.getuid() != 0:
+        return license_file
+    copy = folder / f".license-{name}.sig"
+    fd = os.open(copy, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o400)
+    with os.fdopen(fd, "wb") as out:
+        out.write(license_file.read_bytes())
+    os.chown(copy, ctx.USER_ID, ctx.USER_ID)
+    return copy
+
+
 def _readable(folder: Path) -> None:
     for path in [folder, *folder.rglob("*")]:
         path.chmod(path.stat().st_mode | (0o555 if path.is_dir() else 0o444))
@@ -99,8 +114,9 @@ def start_container(
     safe = "".join(c if c.isalnum() or c in "_.-" else "-" for c in route)
     name = f"dai-mlflow-{safe}-{uuid.uuid4().hex[:8]}"
     cmd = ["run", "-d", "--name", name, "--read-only", "--tmpfs", "/tmp",
-           "--user", f"{os.getuid()}:{os.getgid()}", "-v", f"{model_dir}:/model:ro",
-           "--label", f"dai-mlflow.endpoint={folder}"]  # fmt: skip
+           "-v", f"{model_dir}:/model:ro", "--label", f"dai-mlflow.endpoint={folder}"]  # fmt: skip
+    if os.getuid() != 0:  # as root, the image's own non-root user
+        cmd += ["--user", f"{os.getuid()}:{os.getgid()}"]
     if os.environ.get(NETWORK_ENV) == "host":
         cmd += ["--network", "host", "-e", f"PORT={port}"]
     else:
@@ -109,10 +125,21 @@ def start_container(
         if os.environ.get(var):
             cmd += ["-e", var]  # the value comes from this environment, not the command line
     license_file = os.environ.get("DRIVERLESS_AI_LICENSE_FILE", "")
+    copy: Optional[Path] = None
     if not os.environ.get("DRIVERLESS_AI_LICENSE_KEY") and license_file:
-        cmd += ["-v", f"{Path(license_file).resolve()}:{LICENSE_MOUNT}:ro",
+        given = Path(license_file).resolve()
+        mounted = _license_for_container(given, folder, name)
+        if mounted != given:  # our copy: removed with the container
+            copy = mounted
+            cmd += ["--label", f"{LICENSE_COPY_LABEL}={mounted}"]
+        cmd += ["-v", f"{mounted}:{LICENSE_MOUNT}:ro",
                 "-e", f"DRIVERLESS_AI_LICENSE_FILE={LICENSE_MOUNT}"]  # fmt: skip
-    docker(*cmd, image)
+    try:
+        docker(*cmd, image)
+    except ctx.ImageBuildError:
+        if copy:
+            copy.unlink(missing_ok=True)
+        raise
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -139,8 +166,12 @@ def last_log_line(name: str) -> str:
 def stop_container(name: Optional[str], grace: int = 30) -> None:
     """Stop (SIGTERM, requests in flight finish) and remove a container; no-op when gone."""
     if name:
+        label = '{{index .Config.Labels "' + LICENSE_COPY_LABEL + '"}}'
+        copy = docker("inspect", "-f", label, name, check=False).stdout.strip()
         docker("stop", "-t", str(grace), name, check=False, timeout=grace + 60)
         docker("rm", "-f", name, check=False, timeout=120)
+        if Path(copy).name.startswith(".license-"):
+            Path(copy).unlink(missing_ok=True)
 
 
 def start_servers(

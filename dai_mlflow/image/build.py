@@ -155,6 +155,8 @@ def write_build_context(request: BuildRequest, model_dir: Path, folder: Path) ->
         base, facts, from_host, request.bake_model, bundle is not None, request.tag
     )
     (folder / ctx.DOCKERFILE).write_text(text)
+    # The image keeps the Dockerfile it was built from, for audits (bin/ is copied in).
+    (folder / "bin" / ctx.DOCKERFILE).write_text(text)
     return context
 
 
@@ -194,6 +196,11 @@ def build_image(request: BuildRequest) -> BuildResult:
         size = int(docker("image", "inspect", "-f", "{{.Size}}", request.tag).stdout.strip())
         if request.output_dir:
             say(f"build context and Dockerfile kept in {folder}")
+        else:
+            say(
+                f"its Dockerfile is in the image: docker run --rm --entrypoint cat {request.tag} "
+                f"{ctx.IMAGE_ROOT}/bin/{ctx.DOCKERFILE} (--output-dir DIR keeps the context)"
+            )
         return BuildResult(
             tag=request.tag, dai_version=context.facts.dai_version, python=context.facts.python,
             python_from_host=context.python_from_host, context=folder,

@@ -1,4 +1,5 @@
-"""Deploy the champion: ``mlflow run . -e deploy -P model_name=NAME [-P target=local|databricks]``.
+"""Deploy the champion: ``mlflow run . -e deploy -P model_name=NAME [-P target=TARGET]``
+(``local``, ``docker`` or ``databricks``).
 
 :func:`deploy` resolves ``NAME@champion`` to its version *once* and deploys that number (a later
 alias move does not change what this run deploys), then records it: run params

@@ -15,6 +15,7 @@ import json
 import os
 import urllib.request
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Dict, Iterator
 
 import mlflow
@@ -156,6 +157,12 @@ def test_a_better_champion_container_is_swapped_in_under_load(docker_deployment,
     new = _state()["current"]
     assert _running(new["container"])
     assert docker("inspect", old["container"], check=False).returncode != 0  # stopped, removed
+    # Deployed as root (as here), the container runs as the image's user, with a copy of the
+    # license file that user owns; the stopped container's copy went with it.
+    user = docker("inspect", "-f", "{{.Config.User}}", new["container"]).stdout.strip()
+    assert user.split(":")[0] not in ("", "0", "root") or os.getuid() != 0, user
+    copies = sorted(p.name for p in Path(dep.env["DAI_MLFLOW_ENDPOINT_ROOT"]).rglob(".license-*"))
+    assert copies == ([f".license-{new['container']}.sig"] if os.getuid() == 0 else [])
     client = dep.store.client()
     assert client.get_model_version(NAME, dep.v2).tags[DEPLOYED_TAG + "docker"] == dep.url
 

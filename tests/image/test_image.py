@@ -11,6 +11,7 @@ from __future__ import annotations
 import io
 import json
 import tarfile
+import urllib.request
 from pathlib import Path
 
 import numpy as np
@@ -44,6 +45,10 @@ def test_image_serves_a_mounted_model_read_only_like_score_batch(
     config = json.loads(docker("image", "inspect", image.tag).stdout)[0]["Config"]
     assert config["User"] == "10001:10001"
     assert config["Healthcheck"]["Test"][0] == "CMD"
+    # The image holds the Dockerfile it was built from (the command docs/image.md gives).
+    held = docker("run", "--rm", "--network", "none", "--entrypoint", "cat", image.tag,
+                  "/opt/dai-mlflow/bin/Dockerfile")  # fmt: skip
+    assert "docker build --network=none" in held.stdout
     model = image.model
     mounted = readable_copy(model.local_dir, tmp_path / "model")
     args = ["-v", f"{mounted}:/model:ro", *license_args(model, tmp_path)]
@@ -51,9 +56,14 @@ def test_image_serves_a_mounted_model_read_only_like_score_batch(
     seconds = box.wait_ping()
     print(f"DAI {line}: container start to /ping {seconds:.1f}s (mounted model)")
     _check_answers(box.url, scorer_truth(model))
+    with urllib.request.urlopen(box.url + "/metrics", timeout=30) as answer:
+        assert answer.status == 200
+        assert "dai_mlflow_requests_total{" in answer.read().decode()
     # It stops cleanly on SIGTERM.
     docker("stop", "-t", "30", box.name, timeout=60)
     assert box.wait_exit() == 0, box.logs()[-2000:]
+    if line == "1.10":  # the image that carries a copy of this machine's Python
+        _assert_no_layer_holds(image.tag, license_strings(model), tmp_path)
 
 
 def test_a_second_model_of_the_same_version_is_mounted_and_answers(
@@ -103,10 +113,13 @@ def test_a_baked_image_serves_and_no_layer_holds_the_license(
     print(f"DAI 2: container start to /ping {seconds:.1f}s (baked model)")
     _check_answers(box.url, scorer_truth(model))
 
-    # Every file of every layer, and the image's config, searched for the license.
+    _assert_no_layer_holds(image.tag, license_strings(model), tmp_path)
+
+
+def _assert_no_layer_holds(tag: str, secrets, tmp_path: Path) -> None:
+    """Every file of every layer, and the image's config, searched for the license."""
     saved = tmp_path / "image.tar"
-    docker("save", "-o", str(saved), image.tag, timeout=900)
-    secrets = license_strings(model)
+    docker("save", "-o", str(saved), tag, timeout=900)
     searched = 0
     with tarfile.open(saved) as outer:
         for member in outer:
@@ -127,6 +140,7 @@ def test_a_baked_image_serves_and_no_layer_holds_the_license(
             for blob in blobs:
                 searched += 1
                 for secret in secrets:
-                    assert secret not in blob, f"the license is in {member.name}"
+                    assert secret not in blob, f"the license is in {member.name} of {tag}"
     assert searched > 1000  # the layers were opened, not just the manifest
     assert (Path(str(saved)).stat().st_size) > 100e6
+    saved.unlink()
