@@ -27,6 +27,8 @@ from typing import Dict, Optional, Sequence
 import click
 
 from dai_mlflow.cli import HELP, entry_point
+from dai_mlflow.envs.model_env import ENV_MANAGERS
+from dai_mlflow.errors import DaiMlflowError
 
 ROOT = Path(__file__).resolve().parents[1]
 GENERATED = ROOT / "data" / "generated"
@@ -35,7 +37,7 @@ LOG = OUTPUT / "demo.log"
 MODEL_URI_PREFIX = "model_uri="
 
 
-class DemoError(Exception):
+class DemoError(DaiMlflowError):
     """A demo step failed; the message says which and where its output is."""
 
 
@@ -135,16 +137,13 @@ def run_demo(dai_version: str, problem: str, env_manager: str) -> int:
 )
 @click.option(
     "--env-manager",
-    type=click.Choice(("uv", "virtualenv", "local")),
+    type=click.Choice(ENV_MANAGERS),
     default="uv",
     show_default=True,
 )
 def cli(dai_version: str, problem: str, env_manager: str) -> int:
     """Run the demo steps; 0 when all passed."""
-    try:
-        return run_demo(dai_version, problem, env_manager)
-    except DemoError as e:
-        raise click.ClickException(str(e)) from e
+    return run_demo(dai_version, problem, env_manager)
 
 
 main = entry_point(cli)

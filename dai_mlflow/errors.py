@@ -24,8 +24,10 @@ def say(message: str) -> None:
 
 
 def report_error(error: object) -> int:
-    """Print ``Error: <error>`` on stderr (the one error line of every command); return 1."""
-    print(f"{ERROR_PREFIX} {error}", file=sys.stderr, flush=True)
+    """Print ``Error: <error>`` on stderr, on one line (the one error line of every command);
+    return 1."""
+    text = " ".join(str(error).split("\n"))
+    print(f"{ERROR_PREFIX} {text}", file=sys.stderr, flush=True)
     return 1
 
 

@@ -16,7 +16,6 @@ from pathlib import Path
 import click
 
 from dai_mlflow.cli import entry_point
-from dai_mlflow.errors import DaiMlflowError
 from dai_mlflow.log.requirements import DEFAULT_EXCLUDE, RequirementsPolicy
 from dai_mlflow.tracking import CHALLENGER as DEFAULT_ALIAS
 from dai_mlflow.tracking import tracking_store
@@ -63,25 +62,22 @@ INDEX_OPTIONS = click.option(
 @INDEX_OPTIONS
 def main(pipeline: Path, model_name: str, alias: str, exclude: str, index_options: str) -> None:
     """Log a DAI Python scoring pipeline as an MLflow pyfunc model (and register it)."""
-    try:
-        policy = RequirementsPolicy.from_csv(exclude, index_options=index_options)
-        # A tracking bridge (if this env needs one) starts first: its server imports MLflow
-        # while this process imports it, opens the pipeline, and stages and checks the model.
-        with tracking_store(wait=False) as store, tempfile.TemporaryDirectory(
-            prefix="dai-mlflow-log-"
-        ) as work:
-            from dai_mlflow.log.run import LogRequest, log_pipeline, preflight
+    policy = RequirementsPolicy.from_csv(exclude, index_options=index_options)
+    # A tracking bridge (if this env needs one) starts first: its server imports MLflow
+    # while this process imports it, opens the pipeline, and stages and checks the model.
+    with tracking_store(wait=False) as store, tempfile.TemporaryDirectory(
+        prefix="dai-mlflow-log-"
+    ) as work:
+        from dai_mlflow.log.run import LogRequest, log_pipeline, preflight
 
-            request = LogRequest(
-                pipeline=pipeline,
-                model_name=model_name.strip() or None,
-                alias=alias.strip() or DEFAULT_ALIAS,
-                policy=policy,
-            )
-            opened = preflight(request, Path(work))
-            result = log_pipeline(request, tracking_ready=store.wait, pipeline=opened)
-    except DaiMlflowError as e:
-        raise click.ClickException(str(e).replace("\n", " ")) from e
+        request = LogRequest(
+            pipeline=pipeline,
+            model_name=model_name.strip() or None,
+            alias=alias.strip() or DEFAULT_ALIAS,
+            policy=policy,
+        )
+        opened = preflight(request, Path(work))
+        result = log_pipeline(request, tracking_ready=store.wait, pipeline=opened)
     sys.stdout.flush()
     print(f"model_uri={result.model_uri}", flush=True)
 

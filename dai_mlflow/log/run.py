@@ -182,7 +182,8 @@ def _stage_code(dest: Path) -> Path:
 
 
 def _write_python_env(model_dir: Path, python_version: str) -> None:
-    """Rewrite python_env.yaml (and conda.yaml's python) for the pipeline's Python."""
+    """Rewrite python_env.yaml for the pipeline's Python (MLflow writes this interpreter's;
+    conda.yaml already names the pipeline's, from :func:`_conda_env`)."""
     import yaml
 
     major_minor = ".".join(python_version.split(".")[:2])
@@ -193,14 +194,6 @@ def _write_python_env(model_dir: Path, python_version: str) -> None:
         "dependencies": ["-r requirements.txt"],
     }
     (model_dir / "python_env.yaml").write_text(yaml.safe_dump(data, sort_keys=False))
-    conda = model_dir / "conda.yaml"
-    if conda.is_file():
-        env = yaml.safe_load(conda.read_text())
-        env["dependencies"] = [
-            f"python={python_version}" if isinstance(d, str) and d.startswith("python") else d
-            for d in env.get("dependencies", [])
-        ]
-        conda.write_text(yaml.safe_dump(env, sort_keys=False))
 
 
 def stage_model(
@@ -372,7 +365,8 @@ def check_model(staged: StagedModel, env_root: Optional[Path] = None) -> Dict[st
     return result
 
 
-def _set_output_schema(staged: StagedModel, output_columns: Sequence[str]) -> None:
+def _finish_mlmodel(staged: StagedModel, output_columns: Sequence[str], run_id: str) -> None:
+    """The checked output schema, the pipeline's Python and the run, in one rewrite."""
     from mlflow.models import Model
 
     mlmodel = staged.path / "MLmodel"
@@ -380,14 +374,6 @@ def _set_output_schema(staged: StagedModel, output_columns: Sequence[str]) -> No
     model.signature = build_signature(staged.spec, output_columns)
     # MLflow records the logging interpreter; the model runs on the pipeline's Python.
     model.flavors["python_function"]["python_version"] = staged.python_version
-    model.save(str(mlmodel))
-
-
-def _set_run_identity(staged: StagedModel, run_id: str) -> None:
-    from mlflow.models import Model
-
-    mlmodel = staged.path / "MLmodel"
-    model = Model.load(str(mlmodel))
     model.run_id = run_id
     model.artifact_path = MODEL_ARTIFACT_PATH
     model.save(str(mlmodel))
@@ -474,7 +460,6 @@ def log_pipeline(
             result = check_model(staged, request.env_root)
             say(f"checked: output columns {result['columns']}")
             guard.result()
-        _set_output_schema(staged, result["columns"])
         if tracking_ready is not None:
             tracking_ready()
         with mlflow.start_run() as run:
@@ -486,7 +471,7 @@ def _log_staged(
 ) -> LogResult:
     import mlflow
 
-    _set_run_identity(staged, run_id)
+    _finish_mlmodel(staged, columns, run_id)
     mlflow.set_tags(_tags(staged))
     started = time.monotonic()
     mlflow.log_artifacts(str(staged.path), MODEL_ARTIFACT_PATH)
