@@ -47,8 +47,10 @@ def main(argv: Optional[List[str]] = None) -> int:
 
     import mlflow
 
-    from dai_mlflow.lifecycle import endpoint
-    from dai_mlflow.lifecycle.deploy import DeployRequest, deploy, undeploy
+    from dai_mlflow.envs.processes import free_port
+    from dai_mlflow.lifecycle.deploy.local import undeploy
+    from dai_mlflow.lifecycle.deploy.request import DeployRequest
+    from dai_mlflow.lifecycle.deploy.run import deploy
     from dai_mlflow.lifecycle.validate import ValidateRequest, validate
     from tests.fixtures_lifecycle import LifecycleStore, get_worse_model_dir
     from tests.fixtures_model import MODEL_ENV_ROOT, get_logged_model, run_env
@@ -70,7 +72,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     mlflow.set_tracking_uri(uri)
     mlflow.set_registry_uri(uri)
     store = LifecycleStore(uri, work)
-    port = endpoint.free_port()
+    port = free_port()
     url = f"http://127.0.0.1:{port}"
     print(f"work folder {work}; endpoint {url}", flush=True)
     try:

@@ -1,15 +1,8 @@
-"""Child processes that run another Python: what they must not inherit, and how they end.
+"""Child processes that run another Python: what they must not inherit, how they are started,
+probed over HTTP and stopped (process groups, ``/proc``).
 
-* :data:`FOREIGN_PYTHON_VARS`: variables a Spark Python worker (or any activated env) carries
-  that point a child interpreter of *another* env at the wrong packages (``PYTHONPATH`` naming the
-  driver's ``pyspark.zip``, ``VIRTUAL_ENV``, ...). Servers started in a model's env drop them.
-* :func:`parent_death_signal`: run in a child before it ``exec``s (``preexec_fn``), so that it
-  gets SIGTERM when the process that started it dies, even by SIGKILL (Linux ``prctl``).
-* Servers on loopback (the tracking bridge, model servers, the deploy endpoint's processes):
-  :func:`free_port`, :func:`start_logged`, :func:`wait_answering`, :func:`last_log_line`,
-  :func:`stop_session`.
-
-Stdlib only; Python 3.8-safe.
+Used by the tracking bridge, model servers and the deploy endpoint's processes (one place for
+process handling). Stdlib only; Linux (``/proc``, ``prctl``); Python 3.8-safe.
 """
 
 from __future__ import annotations
@@ -24,8 +17,10 @@ import time
 import urllib.error
 import urllib.request
 from pathlib import Path
-from typing import Callable, Dict, Mapping, Optional, Sequence
+from typing import Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
+# What a Spark Python worker (or any activated env) carries that points a child interpreter of
+# *another* env at the wrong packages (PYTHONPATH naming the driver's pyspark.zip, ...).
 FOREIGN_PYTHON_VARS = (
     "PYTHONPATH",
     "PYTHONHOME",
@@ -76,6 +71,30 @@ def start_logged(
         )  # fmt: skip
 
 
+def http_request(
+    url: str,
+    body: Optional[bytes] = None,
+    headers: Optional[Mapping[str, str]] = None,
+    timeout: float = 10.0,
+) -> Tuple[int, bytes]:
+    """``GET url`` (or ``POST`` ``body``); (status, body).
+
+    Raises:
+        urllib.error.URLError / OSError: no answer, or an HTTP error status (``HTTPError``).
+    """
+    req = urllib.request.Request(url, data=body, headers=dict(headers or {}))
+    with urllib.request.urlopen(req, timeout=timeout) as resp:
+        return resp.status, resp.read()
+
+
+def answers(url: str, timeout: float = 10.0) -> bool:
+    """True when ``GET url`` answers 200 now."""
+    try:
+        return http_request(url, timeout=timeout)[0] == 200
+    except (urllib.error.URLError, OSError):
+        return False
+
+
 def wait_answering(url: str, running: Callable[[], bool], timeout: float) -> str:
     """Poll ``GET url`` until it answers 200: ``""`` then; ``"exited"`` when ``running()`` turns
     false first; ``"timeout"`` after ``timeout`` seconds."""
@@ -83,11 +102,8 @@ def wait_answering(url: str, running: Callable[[], bool], timeout: float) -> str
     while time.monotonic() < deadline:
         if not running():
             return "exited"
-        with contextlib.suppress(urllib.error.URLError, OSError), urllib.request.urlopen(
-            url, timeout=2
-        ) as resp:
-            if resp.status == 200:
-                return ""
+        if answers(url, timeout=2):
+            return ""
         time.sleep(0.25)
     return "timeout"
 
@@ -118,3 +134,72 @@ def stop_session(proc: subprocess.Popen, grace: float = 15.0) -> None:
 def _signal_group(pgid: int, sig: int) -> None:
     with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(pgid, sig)
+
+
+def is_alive(pid: int) -> bool:
+    """True while ``pid`` runs (a zombie counts as gone; our own zombies are reaped)."""
+    with contextlib.suppress(ChildProcessError, OSError):
+        if os.waitpid(pid, os.WNOHANG)[0] == pid:
+            return False
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rsplit(")", 1)[-1].split()[0] != "Z"
+
+
+def _mentions(pid: int, marker: str) -> bool:
+    """True when process ``pid``'s command line or environment contains ``marker``."""
+    needle = marker.encode()
+    for part in ("cmdline", "environ"):
+        try:
+            if needle in Path(f"/proc/{pid}/{part}").read_bytes():
+                return True
+        except OSError:
+            continue
+    return False
+
+
+def _group(pgid: int) -> List[int]:
+    """Live processes of the process group ``pgid``."""
+    members = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[-1].split()
+        except OSError:
+            continue
+        if fields[0] != "Z" and int(fields[2]) == pgid:
+            members.append(int(stat.parent.name))
+    return members
+
+
+def _kill(pid: int) -> None:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.kill(pid, signal.SIGKILL)
+
+
+def stop_group(pid: int, marker: str, grace: float = 30.0) -> None:
+    """SIGTERM the process group led by ``pid`` (not our child: started by an earlier command);
+    SIGKILL it when still there after ``grace``.
+
+    Only processes that are ours are signalled: their command line or environment names
+    ``marker``. A pid recorded before a reboot may belong to anything now.
+    """
+    ours = [p for p in _group(pid) if _mentions(p, marker)]
+    if not ours:
+        return
+    if pid not in ours:  # the leader is gone or is someone else's: stop what is left of ours
+        for p in ours:
+            _kill(p)
+        return
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        _signal_group(pid, sig)
+        deadline = time.monotonic() + grace
+        while time.monotonic() < deadline and is_alive(pid):
+            time.sleep(0.1)
+        if not is_alive(pid):
+            break
+    # Workers (gunicorn, uvicorn) share the group: none may outlive its leader.
+    for p in _group(pid):
+        if _mentions(p, marker):
+            _kill(p)

@@ -29,7 +29,7 @@ import uuid
 from pathlib import Path
 from typing import Any, Optional, Tuple
 
-from dai_mlflow.envs.processes import free_port
+from dai_mlflow.envs.processes import answers, free_port
 from dai_mlflow.errors import say
 from dai_mlflow.image import context as ctx
 from dai_mlflow.image.build import BuildRequest, docker, docker_bin, write_build_context
@@ -107,7 +107,7 @@ def start_container(
     Raises:
         DeployError: it exited or did not answer ``/ping`` within ``timeout``.
     """
-    from dai_mlflow.lifecycle.endpoint import DeployError, answers
+    from dai_mlflow.lifecycle.errors import DeployError
 
     _readable(model_dir)
     port = free_port()
@@ -177,12 +177,13 @@ def stop_container(name: Optional[str], grace: int = 30) -> None:
 def start_servers(
     model_dir: Path, folder: Path, model_name: str, version: str, model_uri: str, rpc: bool
 ) -> Any:
-    """The deploy endpoint's servers of one version, as a container (an ``endpoint.Servers``).
+    """The deploy endpoint's servers of one version, as a container (a ``deploy.state.Servers``).
 
     Raises:
         DeployError: the image could not be built or the container did not come up.
     """
-    from dai_mlflow.lifecycle.endpoint import DeployError, Servers
+    from dai_mlflow.lifecycle.deploy.state import Servers
+    from dai_mlflow.lifecycle.errors import DeployError
 
     try:
         image = ensure_image(model_dir, folder)

@@ -36,7 +36,7 @@ from dai_mlflow.envs.locks import file_lock
 from dai_mlflow.envs.model_env import ENV_MANAGERS
 from dai_mlflow.errors import ERROR_PREFIX, say
 from dai_mlflow.lifecycle import registry, scoring, tables
-from dai_mlflow.lifecycle.batch_job import JOB_RESULT_PREFIX
+from dai_mlflow.lifecycle.batch_job import DEFAULT_MASTER, JOB_RESULT_PREFIX
 from dai_mlflow.lifecycle.errors import LifecycleError
 from dai_mlflow.outputs import BATCH_TABLE, check_partition
 
@@ -68,7 +68,7 @@ class BatchRequest(registry.ModelRequest):
     alias: str = registry.CHAMPION
     env_manager: str = "local"
     spark_venv: Optional[Path] = None
-    master: str = "local[*]"
+    master: str = DEFAULT_MASTER
     python: str = ""
     overwrite: bool = False
 

@@ -24,6 +24,7 @@ from dai_mlflow.cli import HELP, entry_point
 from dai_mlflow.errors import DaiMlflowError, one_line
 
 JOB_RESULT_PREFIX = "batch_result="
+DEFAULT_MASTER = "local[*]"
 
 
 @dataclass(frozen=True)
@@ -83,7 +84,7 @@ def score_partition(spark: object, job: PartitionJob) -> int:
 @click.option("--table", required=True)
 @click.option("--date", "day", required=True)
 @click.option("--env-manager", default="local", show_default=True)
-@click.option("--master", default="local[*]", show_default=True)
+@click.option("--master", default=DEFAULT_MASTER, show_default=True)
 @click.option("--python", "executor_python", default=None, help="the executors' Python")
 @click.option("--overwrite", is_flag=True, help="write into a table folder that is not ours")
 def cli(master: str, executor_python: Optional[str], **fields: str) -> None:

@@ -11,3 +11,11 @@ class LifecycleError(DaiMlflowError):
 
 class ModelFailedError(LifecycleError):
     """A model failed to score in its own env; the message is the model's error."""
+
+
+class DeployError(LifecycleError):
+    """A deployment step failed; the endpoint still serves what it served before."""
+
+
+class SmokeTestError(DeployError):
+    """A served version did not answer its sample as validated (the message says how)."""

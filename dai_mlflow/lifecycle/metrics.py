@@ -1,25 +1,16 @@
-"""Holdout metrics of a DAI model's predictions, computed by scikit-learn.
+"""Holdout metrics of a DAI model's predictions (scikit-learn), and the gate's rule: which metric
+is compared (:data:`PRIMARY`), which is better, what the gate decided (:class:`Decision`).
 
-The problem type follows the model's output columns (its signature): one column named after
-the target is regression; ``<target>.<class>`` columns are classification, one probability per
-class. The target is the holdout column those names are built from.
-
-- classification: ``auc`` (binary: the last class's probability; multiclass: the mean of the
-  one-vs-rest AUCs of the classes present; ``roc_auc_score``) and ``log_loss`` (natural log,
-  ``sklearn.metrics.log_loss``);
-- regression: ``mae`` and ``rmse`` (``mean_absolute_error``, the root of ``mean_squared_error``).
-
-scikit-learn comes with MLflow's full install in both project envs (1.3.x on Python 3.8 with
-MLflow 2.17, newer on Python 3.11) and in ``venvs/launcher``; only its long-stable functions are
-used. Imported inside the functions: the Spark job imports this package without needing it.
-
-Which is "better": :data:`PRIMARY` names the metric the gate compares and whether higher wins.
+The problem type and target follow the model's output columns (docs/lifecycle.md, "Promotion
+rule"). scikit-learn is imported inside the functions: the Spark job imports this package
+without needing it. Python 3.8-safe.
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from enum import Enum
 from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
@@ -31,6 +22,22 @@ CLASSIFICATION = "classification"
 REGRESSION = "regression"
 # problem type -> (metric the gate compares, True when higher is better)
 PRIMARY: Dict[str, Tuple[str, bool]] = {CLASSIFICATION: ("auc", True), REGRESSION: ("rmse", False)}
+
+
+class Decision(str, Enum):
+    """What ``validate`` decided: the run tag ``dai_mlflow.decision`` and the last stdout line."""
+
+    __str__ = str.__str__  # prints as its value, on every Python
+
+    FIRST = "first_champion"
+    PROMOTED = "promoted"
+    KEPT = "kept"
+    ALREADY = "already_champion"
+
+    @property
+    def promotes(self) -> bool:
+        """The challenger becomes champion (the alias moves to it)."""
+        return self in (Decision.FIRST, Decision.PROMOTED)
 
 
 @dataclass(frozen=True)

@@ -1,21 +1,9 @@
 """Drift monitoring: ``mlflow run . -e monitor -P model_name=NAME -P table=DIR -P output=DIR``.
 
-:func:`monitor` reads the batch table's partitions of the window (``date`` and the ``days - 1``
-before it), and for each model version that scored rows there compares the inputs with the
-version's training baseline (DAI's ``training_data_column_stats.json`` from its
-``scoring-pipeline`` artifact) and the predictions with the holdout predictions ``validate``
-logged for it (:mod:`.drift`). One row per feature and prediction column, plus the verdict, is
-written to the monitoring table's ``date`` partition (replaced on a re-run, :mod:`.tables`; a
-folder that is not a monitoring table of ours, or the batch table itself, is refused), and
-the run gets ``should_retrain`` (0/1), ``drifted_features``, ``drifted_predictions`` metrics.
-
-After the table is written, the run gets pictures (:mod:`.plots`) under ``plots/v<version>/``
-and ``drift_report.html`` (:mod:`.report`): the verdict and its reason, the drift score of every
-feature, the prediction distribution against the validation baseline, charts of the most
-drifted features and a table of all. Best effort: a failure there is a warning (stderr and the
-run tag ``dai_mlflow.plots_error``); the table and the verdict stand.
-
-Pure pandas/numpy: runs in the project env (Python 3.8, no Spark) and in ``venvs/launcher``.
+:func:`monitor` compares the batch table's window, per model version, with the version's training
+and validation baselines (:mod:`.drift`), replaces the monitoring table's ``date`` partition
+(:mod:`.tables`) and logs the verdict, then the report (:mod:`.reports`, best effort). What is
+compared and written: docs/lifecycle.md. Pure pandas/numpy (no Spark); Python 3.8-safe.
 """
 
 from __future__ import annotations
@@ -27,14 +15,14 @@ from dataclasses import asdict, dataclass
 from datetime import date as Date
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Dict, List, Optional
 
 import pandas as pd
 
 from dai_mlflow.errors import say
-from dai_mlflow.lifecycle import drift, plots, registry, report, tables
+from dai_mlflow.lifecycle import drift, registry, tables
 from dai_mlflow.lifecycle.errors import LifecycleError
-from dai_mlflow.lifecycle.validate import log_page
+from dai_mlflow.lifecycle.reports.publish import log_drift_report
 from dai_mlflow.log.pipeline import read_column_stats
 from dai_mlflow.outputs import MONITOR_TABLE, check_partition
 
@@ -87,13 +75,10 @@ def version_baselines(ref: registry.ModelVersionRef, work: Path) -> Dict[str, An
     """Training stats, input and output columns, and the prediction baseline of a version."""
     model_dir = registry.download(ref, work / f"v{ref.version}")
     stats = read_column_stats(drift.find_column_stats(model_dir))
-    baseline = None
     run_id = registry.version_tag(ref, registry.BASELINE_RUN_TAG)
+    baseline = None
     if run_id:
-        path = registry.download_run_file(run_id, registry.PREDICTION_BASELINE_FILE)
-        if path is not None:
-            baseline = json.loads(path.read_text())
-            shutil.rmtree(path.parent, ignore_errors=True)
+        baseline = registry.read_run_file(run_id, registry.PREDICTION_BASELINE_FILE, _read_json)
     return {
         "stats": stats,
         "features": drift.signature_names(model_dir),
@@ -201,54 +186,12 @@ def monitor(request: MonitorRequest) -> MonitorResult:
             overwrite=request.overwrite,
             inputs=[str(source)],
         )
-        log_report(request.model_name, window, run.info.run_id, computed_at, inputs)
+        log_drift_report(request.model_name, window, run.info.run_id, computed_at, inputs)
         return MonitorResult(run.info.run_id, retrain, partition, frame)
 
 
-def version_pictures(item: Dict[str, Any]) -> report.VersionDrift:
-    """The pictures of one version's window: scores, predictions, top features."""
-    version, result, recent = item["version"], item["report"], item["rows"]
-    prefix = f"v{version}/"
-    features = {}
-    for i, row in enumerate(report.top_features(result.rows)):
-        name = f"{prefix}feature_{i + 1:02d}_{plots.safe_name(row.column)}.png"
-        entry = item["stats"].get(row.column)
-        features[row.column] = plots.feature_picture(entry, row, recent[row.column], name)
-    return report.VersionDrift(
-        version=version,
-        report=result,
-        reason=drift.verdict_reason(result),
-        scores_picture=plots.drift_scores_picture(result.rows, prefix + "drift_scores.png"),
-        prediction_picture=plots.prediction_picture(
-            item["prediction_baseline"],
-            item["outputs"],
-            recent,
-            result.rows,
-            prefix + "predictions.png",
-        ),  # fmt: skip
-        feature_pictures=features,
-    )
-
-
-def log_report(
-    model_name: str,
-    window: List[str],
-    run_id: str,
-    computed_at: datetime,
-    inputs: List[Dict[str, Any]],
-) -> bool:
-    """Log ``plots/v<version>/*.png`` and ``drift_report.html``; True when logged.
-
-    Best effort: anything raised becomes a warning (stderr, run tag ``dai_mlflow.plots_error``).
-    """
-
-    def make() -> Tuple[str, str, List[plots.Picture]]:
-        versions = [version_pictures(item) for item in inputs]
-        stamp = computed_at.strftime("%Y-%m-%d %H:%M UTC")
-        page = report.drift_report(model_name, window, run_id, stamp, versions)
-        return report.DRIFT_REPORT_NAME, page, report.all_pictures(versions)
-
-    return log_page("drift report", make)
+def _read_json(path: Path) -> Any:
+    return json.loads(path.read_text())
 
 
 def _version_key(version: str) -> Any:

@@ -11,7 +11,7 @@ import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, Optional
+from typing import Callable, Dict, Optional, TypeVar
 
 from dai_mlflow.errors import one_line
 from dai_mlflow.lifecycle.errors import LifecycleError
@@ -19,6 +19,7 @@ from dai_mlflow.tracking import CHAMPION, TAG_PREFIX
 
 BASELINE_RUN_TAG = TAG_PREFIX + "prediction_baseline_run"
 PREDICTION_BASELINE_FILE = "prediction_baseline.json"
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -142,21 +143,28 @@ def version_tag(ref: ModelVersionRef, key: str) -> Optional[str]:
     return tags.get(key)
 
 
-def download_run_file(run_id: str, path: str) -> Optional[Path]:
-    """Download one artifact file of a run into a temp folder; None when it is missing."""
+def read_run_file(run_id: str, path: str, read: Callable[[Path], T]) -> Optional[T]:
+    """``read(local copy)`` of one artifact file of a run, or None when the run has no such file;
+    the download is removed either way.
+
+    Raises:
+        LifecycleError: the download failed for another reason.
+    """
     import mlflow.artifacts
 
     tmp = Path(tempfile.mkdtemp(prefix="dai-mlflow-artifact-"))
     try:
-        local = mlflow.artifacts.download_artifacts(
-            run_id=run_id, artifact_path=path, dst_path=str(tmp)
-        )
-        return Path(local)
-    except Exception as e:
+        try:
+            local = mlflow.artifacts.download_artifacts(
+                run_id=run_id, artifact_path=path, dst_path=str(tmp)
+            )
+        except Exception as e:
+            if _is_missing(e) or "No such file" in str(e):
+                return None
+            raise LifecycleError(f"cannot download {path} of run {run_id}: {one_line(e)}") from e
+        return read(Path(local))
+    finally:
         shutil.rmtree(tmp, ignore_errors=True)
-        if _is_missing(e) or "No such file" in str(e):
-            return None
-        raise LifecycleError(f"cannot download {path} of run {run_id}: {one_line(e)}") from e
 
 
 def log_params_once(params: Dict[str, object]) -> None:

@@ -1,23 +1,10 @@
 """The champion/challenger gate: ``mlflow run . -e validate -P model_name=NAME -P holdout=PATH``.
 
-Steps of :func:`validate` (all inside one MLflow run; any error ends it FAILED):
-
-1. resolve ``NAME@challenger`` (required) and ``NAME@champion`` (may be unset) to versions;
-2. download both and score the holdout with each, in the model's own env
-   (:mod:`.scoring`); tell the target and problem type from the outputs (:mod:`.metrics`);
-3. log params, ``challenger_<metric>`` / ``champion_<metric>`` metrics, the decision as tags,
-   ``prediction_baseline.json`` (the challenger's holdout prediction distribution, which
-   :mod:`.monitor` compares recent predictions with) and ``validation_sample.json`` (holdout rows
-   and the challenger's answers, which ``deploy`` smoke-tests a served version with,
-   :mod:`.smoke`);
-4. only then, and only when the challenger is strictly better on the primary metric (AUC for
-   classification, RMSE for regression) or there is no champion yet, move ``champion`` to the
-   challenger's version, after checking that ``champion`` still points where step 1 saw it;
-5. draw the curves of both models (:mod:`.plots`) into ``plots/`` and
-   ``validation_report.html`` (:mod:`.report`). Best effort: a failure here is a warning on
-   stderr and the run tag ``dai_mlflow.plots_error``; the decision and the alias stand.
-
-A failure in steps 1-3 raises before any alias is touched.
+:func:`validate` scores ``@challenger`` and ``@champion`` on the holdout in each model's own env,
+logs metrics, baselines and the validation sample, and only then (last step, only if
+``champion`` has not moved) promotes a strictly better challenger; the report is best effort.
+A failure before the alias step leaves every alias as it was. The rule and what is logged:
+docs/lifecycle.md ("Promotion rule"). Python 3.8-safe: runs in the project env.
 """
 
 from __future__ import annotations
@@ -28,20 +15,18 @@ import tempfile
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Callable, Dict, List, Optional, Tuple
+from typing import Dict, Optional
 
 import pandas as pd
 
 from dai_mlflow.errors import say
-from dai_mlflow.lifecycle import drift, metrics, plots, registry, report, scoring, smoke
+from dai_mlflow.lifecycle import drift, metrics, registry, scoring
+from dai_mlflow.lifecycle.deploy import smoke
 from dai_mlflow.lifecycle.errors import LifecycleError
-from dai_mlflow.lifecycle.report import ValidationSummary
+from dai_mlflow.lifecycle.metrics import Decision
+from dai_mlflow.lifecycle.reports.page import ValidationSummary
+from dai_mlflow.lifecycle.reports.publish import log_validation_report
 from dai_mlflow.tracking import CHALLENGER, CHAMPION
-
-PROMOTED = "promoted"
-KEPT = "kept"
-FIRST = "first_champion"
-ALREADY = "already_champion"
 
 
 @dataclass(frozen=True)
@@ -61,7 +46,7 @@ class ValidateResult:
     """What the gate decided and on which numbers."""
 
     run_id: str
-    decision: str
+    decision: Decision
     champion_version: str
     challenger_version: str
     previous_champion: Optional[str]
@@ -140,24 +125,24 @@ def _validate(request: ValidateRequest, run_id: str) -> ValidateResult:
 
     primary, _ = metrics.PRIMARY[problem.kind]
     if champion is None:
-        decision = FIRST
+        decision = Decision.FIRST
     elif champion.version == challenger.version:
-        decision = ALREADY
+        decision = Decision.ALREADY
     elif metrics.is_better(problem, new_metrics, old_metrics):
-        decision = PROMOTED
+        decision = Decision.PROMOTED
     else:
-        decision = KEPT
+        decision = Decision.KEPT
     reason = _reason(decision, primary, challenger.version, new_metrics, champion, old_metrics)
     mlflow.set_tags(
         {
-            registry.TAG_PREFIX + "decision": decision,
+            registry.TAG_PREFIX + "decision": decision.value,
             registry.TAG_PREFIX + "decision_reason": reason,
             registry.TAG_PREFIX + "problem": problem.kind,
             registry.TAG_PREFIX + "primary_metric": primary,
         }
     )
     registry.set_version_tag(challenger, registry.BASELINE_RUN_TAG, run_id)
-    if decision in (FIRST, PROMOTED):
+    if decision.promotes:
         # Last step: everything above succeeded, and the alias is moved only if unchanged.
         registry.move_alias(
             name,
@@ -165,7 +150,8 @@ def _validate(request: ValidateRequest, run_id: str) -> ValidateResult:
             challenger.version,
             expected=champion.version if champion else None,
         )
-    winner = challenger.version if decision in (FIRST, PROMOTED, ALREADY) else champion.version
+    kept = decision is Decision.KEPT and champion is not None
+    winner = champion.version if kept else challenger.version
     scores = {f"challenger v{challenger.version}": new_metrics}
     preds = {f"challenger v{challenger.version}": new_pred}
     if old_pred is not None and champion is not None:
@@ -177,7 +163,7 @@ def _validate(request: ValidateRequest, run_id: str) -> ValidateResult:
         rows=len(labels), metrics=scores,
         computed_at=datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
     )  # fmt: skip
-    log_report(summary, problem, labels, preds)
+    log_validation_report(summary, problem, labels, preds)
     say(
         f"{decision}: {primary} challenger={new_metrics[primary]:.6g}"
         + (f" champion={old_metrics[primary]:.6g}" if old_metrics else "")
@@ -196,75 +182,20 @@ def _validate(request: ValidateRequest, run_id: str) -> ValidateResult:
 
 
 def _reason(
-    decision: str,
+    decision: Decision,
     primary: str,
     challenger_version: str,
     new: Dict[str, float],
     champion: Optional[registry.ModelVersionRef],
     old: Dict[str, float],
 ) -> str:
-    if decision == FIRST:
+    if decision is Decision.FIRST:
         return f"no champion yet: challenger v{challenger_version} becomes champion"
-    if decision == ALREADY:
+    if decision is Decision.ALREADY:
         return f"challenger v{challenger_version} is already the champion"
     assert champion is not None
-    relation = "better than" if decision == PROMOTED else "not better than"
+    relation = "better than" if decision is Decision.PROMOTED else "not better than"
     return (
         f"challenger v{challenger_version} {primary} {new[primary]:.6g} is {relation} champion "
         f"v{champion.version} {primary} {old[primary]:.6g}"
     )
-
-
-def log_report(
-    summary: ValidationSummary,
-    problem: metrics.Problem,
-    labels: List[object],
-    predictions: Dict[str, pd.DataFrame],
-) -> bool:
-    """Log ``plots/*.png`` and ``validation_report.html`` to the active run; True when logged.
-
-    Best effort by design: anything raised while drawing or logging becomes a warning on stderr
-    and the run tag ``dai_mlflow.plots_error``, so a picture can never change a promotion.
-    """
-
-    def make() -> Tuple[str, str, List[plots.Picture]]:
-        pictures = plots.validation_pictures(problem, labels, predictions, summary.metrics)
-        return report.VALIDATION_REPORT_NAME, report.validation_report(summary, pictures), pictures
-
-    return log_page("validation report", make)
-
-
-def log_page(what: str, make: Callable[[], Tuple[str, str, List[plots.Picture]]]) -> bool:
-    """Log the page ``make()`` draws and its pictures (under ``plots/``) in one call; True if so.
-
-    ``make`` returns (page file name, HTML, pictures). Anything raised while drawing or logging
-    becomes :func:`warn_plots_failed` and False: a picture never changes a decision.
-    """
-    import mlflow
-
-    try:
-        name, page, pictures = make()
-        with tempfile.TemporaryDirectory(prefix="dai-mlflow-report-") as tmp:
-            folder = Path(tmp)
-            for p in pictures:
-                path = folder / report.PLOTS_DIR / p.name
-                path.parent.mkdir(parents=True, exist_ok=True)
-                path.write_bytes(p.png)
-            (folder / name).write_text(page, encoding="utf-8")
-            mlflow.log_artifacts(tmp)  # one call: the report and its plots, or neither
-    except Exception as e:  # pictures are best effort
-        warn_plots_failed(what, e)
-        return False
-    return True
-
-
-def warn_plots_failed(what: str, error: BaseException) -> None:
-    """Say on stderr and in the run tag ``dai_mlflow.plots_error`` that pictures were skipped."""
-    import mlflow
-
-    text = " ".join(f"{type(error).__name__}: {error}".split())[:500]
-    say(f"warning: {what} not made ({text}); the results above stand")
-    try:
-        mlflow.set_tag(registry.TAG_PREFIX + "plots_error", f"{what}: {text}")
-    except Exception as e:  # the tag is a courtesy; the warning line was already printed
-        say(f"warning: could not tag the run with the plot error: {e}")

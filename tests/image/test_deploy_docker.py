@@ -21,12 +21,18 @@ from typing import Dict, Iterator
 import mlflow
 import pytest
 
+from dai_mlflow.envs.processes import free_port
 from dai_mlflow.errors import DaiMlflowError
 from dai_mlflow.image.backend import BASE_ENV, NETWORK_ENV
-from dai_mlflow.lifecycle import endpoint, registry, smoke
+from dai_mlflow.lifecycle import registry
 from dai_mlflow.lifecycle.cli import run as cli_run
-from dai_mlflow.lifecycle.deploy import DEPLOYED_TAG, DeployRequest, deploy, undeploy
-from dai_mlflow.lifecycle.validate import FIRST, PROMOTED, ValidateRequest, validate
+from dai_mlflow.lifecycle.deploy import smoke
+from dai_mlflow.lifecycle.deploy.local import undeploy
+from dai_mlflow.lifecycle.deploy.request import DEPLOYED_TAG, DeployRequest
+from dai_mlflow.lifecycle.deploy.run import deploy
+from dai_mlflow.lifecycle.deploy.state import load_state, state_dir
+from dai_mlflow.lifecycle.metrics import Decision
+from dai_mlflow.lifecycle.validate import ValidateRequest, validate
 from tests.fixtures_deploy import LoadClients
 from tests.fixtures_lifecycle import LifecycleStore, broken_model_copy, get_worse_model_dir
 from tests.fixtures_model import (
@@ -60,13 +66,13 @@ def _get_json(url: str) -> Dict:
 
 
 def _sample_of(run_id: str) -> smoke.Sample:
-    path = registry.download_run_file(run_id, smoke.SAMPLE_FILE)
-    assert path is not None
-    return smoke.read_sample(path)
+    sample = registry.read_run_file(run_id, smoke.SAMPLE_FILE, smoke.read_sample)
+    assert sample is not None
+    return sample
 
 
 def _state() -> Dict:
-    state = endpoint.load_state(endpoint.state_dir(NAME))
+    state = load_state(state_dir(NAME))
     assert state is not None
     return state
 
@@ -99,16 +105,16 @@ def docker_deployment(base_image, tmp_path_factory) -> Iterator[DockerDeployment
         mlflow.set_tracking_uri(uri)
         mlflow.set_registry_uri(uri)
         store = LifecycleStore(uri, root)
-        port = endpoint.free_port()
+        port = free_port()
         try:
             v1 = store.register(worse, NAME, "challenger")
             first = validate(ValidateRequest(NAME, build.holdout_csv))
-            assert first.decision == FIRST
+            assert first.decision == Decision.FIRST
             deployed = deploy(DeployRequest(NAME, target="docker", port=port))
             assert deployed.version == v1
             v2 = store.register(good, NAME, "challenger")
             second = validate(ValidateRequest(NAME, build.holdout_csv))
-            assert second.decision == PROMOTED
+            assert second.decision == Decision.PROMOTED
             samples = {v1: _sample_of(first.run_id), v2: _sample_of(second.run_id)}
             yield DockerDeployment(store, deployed.endpoint_url, port, v1, v2, samples, env)
         finally:

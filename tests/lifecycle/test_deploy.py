@@ -29,11 +29,17 @@ from typing import Dict, Iterator, List
 import mlflow
 import pytest
 
+from dai_mlflow.envs.processes import free_port, is_alive
 from dai_mlflow.errors import DaiMlflowError
-from dai_mlflow.lifecycle import endpoint, registry, smoke
+from dai_mlflow.lifecycle import registry
 from dai_mlflow.lifecycle.cli import run as cli_run
-from dai_mlflow.lifecycle.deploy import DEPLOYED_TAG, DeployRequest, deploy, undeploy
-from dai_mlflow.lifecycle.validate import FIRST, PROMOTED, ValidateRequest, validate
+from dai_mlflow.lifecycle.deploy import smoke
+from dai_mlflow.lifecycle.deploy.local import undeploy
+from dai_mlflow.lifecycle.deploy.request import DEPLOYED_TAG, DeployRequest
+from dai_mlflow.lifecycle.deploy.run import deploy
+from dai_mlflow.lifecycle.deploy.state import STATE_FILE, load_state, state_dir
+from dai_mlflow.lifecycle.metrics import Decision
+from dai_mlflow.lifecycle.validate import ValidateRequest, validate
 from tests.fixtures_deploy import API, TOKEN, LoadClients
 from tests.fixtures_lifecycle import LifecycleStore, broken_model_copy, get_worse_model_dir
 from tests.fixtures_model import (
@@ -163,9 +169,9 @@ class LocalDeployment:
 
 
 def _sample_of(store: LifecycleStore, run_id: str) -> smoke.Sample:
-    path = registry.download_run_file(run_id, smoke.SAMPLE_FILE)
-    assert path is not None
-    return smoke.read_sample(path)
+    sample = registry.read_run_file(run_id, smoke.SAMPLE_FILE, smoke.read_sample)
+    assert sample is not None
+    return sample
 
 
 @pytest.fixture(scope="module")
@@ -192,16 +198,16 @@ def local_deployment(tmp_path_factory) -> Iterator[LocalDeployment]:
         mlflow.set_tracking_uri(uri)
         mlflow.set_registry_uri(uri)
         store = LifecycleStore(uri, root)
-        port = endpoint.free_port()
+        port = free_port()
         try:
             v1 = store.register(worse, NAME, "challenger")
             first = validate(ValidateRequest(NAME, build.holdout_csv))
-            assert first.decision == FIRST
+            assert first.decision == Decision.FIRST
             deployed = deploy(DeployRequest(NAME, port=port))
             assert deployed.version == v1
             v2 = store.register(good, NAME, "challenger")
             second = validate(ValidateRequest(NAME, build.holdout_csv))
-            assert second.decision == PROMOTED
+            assert second.decision == Decision.PROMOTED
             samples = {v1: _sample_of(store, first.run_id), v2: _sample_of(store, second.run_id)}
             yield LocalDeployment(store, root, deployed.endpoint_url, port, v1, v2, samples, env)
         finally:
@@ -227,7 +233,7 @@ def _processes_mentioning(text: str) -> List[str]:
 
 
 def _state(dep: LocalDeployment) -> Dict:
-    state = endpoint.load_state(endpoint.state_dir(NAME))
+    state = load_state(state_dir(NAME))
     assert state is not None
     return state
 
@@ -272,7 +278,7 @@ def test_a_better_champion_is_swapped_in_under_load_without_a_failed_request(
 
     # The stable endpoint serves v2; v1's servers are gone; what is deployed is recorded.
     assert _get_json(dep.url + "/deployment")["version"] == dep.v2
-    assert not any(endpoint.is_alive(pid) for pid in old["pids"])
+    assert not any(is_alive(pid) for pid in old["pids"])
     assert not Path(old["folder"]).exists()
     client = dep.store.client()
     assert client.get_model_version(NAME, dep.v2).tags[DEPLOYED_TAG + "local"] == dep.url
@@ -283,7 +289,7 @@ def test_a_better_champion_is_swapped_in_under_load_without_a_failed_request(
     assert run.data.params["model_uri"] == f"models:/{NAME}/{dep.v2}"
     secret = _license_text()
     assert secret not in json.dumps([run.data.params, run.data.tags])
-    state_file = endpoint.state_dir(NAME) / endpoint.STATE_FILE
+    state_file = state_dir(NAME) / STATE_FILE
     assert secret not in state_file.read_text()
     assert oct(state_file.stat().st_mode & 0o777) == "0o600"
 
@@ -377,8 +383,8 @@ def test_a_champion_failing_its_smoke_test_leaves_the_old_version_serving(
     assert {a.version for a in load.answers} == {serving}
     assert _get_json(dep.url + "/deployment")["version"] == serving
     assert _state(dep)["current"] == before
-    assert all(endpoint.is_alive(pid) for pid in before["pids"])
-    leftovers = [p.name for p in endpoint.state_dir(NAME).iterdir() if p.name.startswith(f"v{v3}-")]
+    assert all(is_alive(pid) for pid in before["pids"])
+    leftovers = [p.name for p in state_dir(NAME).iterdir() if p.name.startswith(f"v{v3}-")]
     assert leftovers == []
     client = dep.store.client()
     assert DEPLOYED_TAG + "local" not in client.get_model_version(NAME, v3).tags

@@ -23,9 +23,11 @@ import pandas as pd
 import pytest
 
 from dai_mlflow.errors import DaiMlflowError
-from dai_mlflow.lifecycle import drift, metrics, plots, scoring, tables
+from dai_mlflow.lifecycle import drift, metrics, scoring, tables
 from dai_mlflow.lifecycle.errors import LifecycleError, ModelFailedError
-from dai_mlflow.lifecycle.validate import FIRST, KEPT, PROMOTED, ValidateRequest, validate
+from dai_mlflow.lifecycle.metrics import Decision
+from dai_mlflow.lifecycle.reports import plots
+from dai_mlflow.lifecycle.validate import ValidateRequest, validate
 from dai_mlflow.outputs import MARKER_NAME
 from dai_mlflow.standin import data as standin_data
 from tests.fixtures_model import last_stdout_line, mlflow_run, run_env
@@ -165,19 +167,19 @@ def test_first_model_becomes_champion_and_a_worse_challenger_is_not_promoted(
     better = logged_model("1.10", "binary").local_dir
     v1 = store.register(better, NAME, "challenger")
     first = validate(ValidateRequest(NAME, _holdout()))
-    assert first.decision == FIRST
+    assert first.decision == Decision.FIRST
     assert store.alias(NAME, "champion") == v1
 
     v2 = store.register(worse_model_dir, NAME, "challenger")
     second = validate(ValidateRequest(NAME, _holdout()))
-    assert second.decision == KEPT
+    assert second.decision == Decision.KEPT
     assert store.aliases(NAME) == {"champion": v1, "challenger": v2}
     run = _run_of(store, second.run_id)
     assert run.info.status == "FINISHED"
     logged = run.data.metrics
     assert logged["challenger_auc"] < logged["champion_auc"]
     assert logged["challenger_log_loss"] > logged["champion_log_loss"]
-    assert run.data.tags["dai_mlflow.decision"] == KEPT
+    assert run.data.tags["dai_mlflow.decision"] == Decision.KEPT
     assert "not better than champion" in run.data.tags["dai_mlflow.decision_reason"]
     # The curves of both models, and the one-page report holding them.
     got = _artifacts(second.run_id, store.root.parent / "artifacts")
@@ -207,7 +209,7 @@ def test_a_better_challenger_is_promoted_even_when_plotting_fails(
 
     monkeypatch.setattr(plots, "validation_pictures", _broken)
     result = validate(ValidateRequest(NAME, _holdout()))
-    assert result.decision == PROMOTED
+    assert result.decision == Decision.PROMOTED
     assert result.previous_champion == v1
     assert store.aliases(NAME) == {"champion": v2, "challenger": v2}
     assert result.challenger_metrics["auc"] > result.champion_metrics["auc"]
@@ -345,13 +347,14 @@ def _fresh_inputs(path: Path, seed: int, shift: bool) -> Path:
 def test_monitor_flags_shifted_data_and_not_the_training_distribution(
     lifecycle_store, logged_model, tmp_path, monkeypatch
 ):
-    from dai_mlflow.lifecycle import report
     from dai_mlflow.lifecycle.monitor import MonitorRequest, monitor
+    from dai_mlflow.lifecycle.reports.page import TOP_FEATURES
 
     store = lifecycle_store
     model = logged_model("1.10", "binary")
     version = store.register(model.local_dir, NAME, "challenger")
-    assert validate(ValidateRequest(NAME, _holdout())).decision == FIRST  # logs the baseline
+    first = validate(ValidateRequest(NAME, _holdout()))  # logs the baseline
+    assert first.decision == Decision.FIRST
 
     # The batch table's layout (batch is tested above; here the rows are scored without Spark).
     table, out = tmp_path / "scored", tmp_path / "monitoring"
@@ -376,7 +379,7 @@ def test_monitor_flags_shifted_data_and_not_the_training_distribution(
     assert "drift_scores.png" in charts
     assert "predictions.png" in charts
     features = [c for c in charts if c.startswith("feature_")]
-    assert len(features) == min(n_features, report.TOP_FEATURES)
+    assert len(features) == min(n_features, TOP_FEATURES)
     page = _check_report(got, "drift_report.html", [f"v{version}/{c}" for c in charts])
     assert "should_retrain=false" in page
     assert "no prediction column drifted" in page

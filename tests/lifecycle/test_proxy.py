@@ -21,7 +21,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple
 
-from dai_mlflow.lifecycle import proxy
+from dai_mlflow.lifecycle.deploy import proxy
 from dai_mlflow.model.http_limits import Limits
 
 TOKEN = "test-token-0123456789abcdef"
@@ -308,7 +308,7 @@ def test_a_bind_beyond_loopback_warns_that_there_is_no_authentication_or_tls(tmp
     backend = _backend()
     env = {**os.environ, proxy.TOKEN_ENV: TOKEN}
     route = json.dumps(_route("1", backend).data)
-    cmd = [sys.executable, "-m", "dai_mlflow.lifecycle.proxy", "--state-dir", str(tmp_path),
+    cmd = [sys.executable, "-m", "dai_mlflow.lifecycle.deploy.proxy", "--state-dir", str(tmp_path),
            "--host", "0.0.0.0", "--port", "0", "--route", route]  # fmt: skip
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:

@@ -17,8 +17,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from dai_mlflow.lifecycle import drift, metrics, plots, report
-from dai_mlflow.lifecycle.monitor import version_pictures
+from dai_mlflow.lifecycle import drift, metrics
+from dai_mlflow.lifecycle.metrics import Decision
+from dai_mlflow.lifecycle.reports import page as report
+from dai_mlflow.lifecycle.reports import plots
+from dai_mlflow.lifecycle.reports.publish import version_pictures
 from tests.fixtures_reports import (
     CHROMIUM_FLAGS,
     assert_sensible_png,
@@ -82,8 +85,9 @@ def test_validation_report_embeds_its_curves_and_references_nothing_remote(case)
     for p in pictures:
         assert_sensible_png(p.png)
     summary = report.ValidationSummary(
-        "churn <&>", "run1", "promoted", "challenger v2 is better", problem.kind, problem.target,
-        metrics.PRIMARY[problem.kind][0], "holdout.csv", len(labels), scores, "2026-12-02",
+        "churn <&>", "run1", Decision.PROMOTED, "challenger v2 is better", problem.kind,
+        problem.target, metrics.PRIMARY[problem.kind][0], "holdout.csv", len(labels), scores,
+        "2026-12-02",
     )  # fmt: skip
     page = report.validation_report(summary, pictures)
     assert remote_references(page) == []

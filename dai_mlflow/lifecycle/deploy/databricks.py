@@ -1,22 +1,8 @@
 """``deploy -P target=databricks``: a Databricks Model Serving endpoint on the champion's version.
 
-:func:`deploy_serving_endpoint` uses ``databricks-sdk`` (installed with MLflow in both project
-envs) with its default authentication (``DATABRICKS_HOST`` + ``DATABRICKS_TOKEN``, a
-``~/.databrickscfg`` profile, or the notebook/job context on a cluster):
-
-1. ``GET /api/2.0/serving-endpoints/{name}``: does the endpoint exist, and which version of this
-   model does it serve;
-2. create it (``POST /api/2.0/serving-endpoints``) or update its config
-   (``PUT /api/2.0/serving-endpoints/{name}/config``) to one served entity: the registered model
-   at that version number, with 100 % of the traffic and ``DRIVERLESS_AI_LICENSE_KEY`` set to
-   ``{{secrets/<scope>/<key>}}`` in its environment, a secret *reference* that Databricks
-   resolves inside the serving container. The license itself is never read, sent or logged here;
-3. poll ``GET`` until the config update is done and the endpoint is ``READY``. Databricks keeps
-   the previous config serving until the new one is ready, and keeps it when the update fails
-   (``UPDATE_FAILED``), which is reported as a one-line error.
-
-Never run against a workspace in this repository's tests: they replace the workspace with a
-local HTTP server that answers as the REST API does (``tests/lifecycle/test_deploy.py``).
+``databricks-sdk`` (installed with MLflow in both project envs) with its default authentication;
+the license is a secret *reference*, never read here. The REST calls and what is untested:
+docs/deploy.md. Tests replace the workspace with a local fake (tests/fixtures_deploy.py).
 Python 3.8-safe.
 """
 
@@ -24,14 +10,12 @@ from __future__ import annotations
 
 import re
 from datetime import timedelta
-from typing import TYPE_CHECKING, Optional, Tuple
+from typing import Optional, Tuple
 
 from dai_mlflow.errors import say
 from dai_mlflow.lifecycle import registry
-from dai_mlflow.lifecycle.endpoint import DeployError
-
-if TYPE_CHECKING:  # pragma: no cover
-    from dai_mlflow.lifecycle.deploy import DeployRequest
+from dai_mlflow.lifecycle.deploy.request import Deployed, DeployRequest, DeployStatus
+from dai_mlflow.lifecycle.errors import DeployError
 
 LICENSE_ENV = "DRIVERLESS_AI_LICENSE_KEY"
 READY = "READY"
@@ -59,13 +43,11 @@ def _state(endpoint: object) -> Tuple[str, str]:
     return str(ready), str(update)
 
 
-def deploy_serving_endpoint(
-    ref: registry.ModelVersionRef, request: DeployRequest
-) -> Tuple[str, Optional[str], str]:
+def deploy_serving_endpoint(ref: registry.ModelVersionRef, request: DeployRequest) -> Deployed:
     """Create or update the endpoint to ``ref`` and wait for READY.
 
     Returns:
-        (invocations URL, the version of this model served before or None, status).
+        The invocations URL, the version of this model served before (or None), the status.
 
     Raises:
         DeployError: authentication, the API or the update failed, or READY did not come in
@@ -111,7 +93,7 @@ def deploy_serving_endpoint(
             previous = _served_version(existing, ref.name)
             if previous == ref.version and _state(existing) == (READY, "NOT_UPDATING"):
                 say(f"{name} already serves {ref.uri} and is READY; nothing to do")
-                return url, previous, "already_deployed"
+                return Deployed(url, previous, DeployStatus.ALREADY)
             say(f"updating serving endpoint {name} from v{previous} to {ref.uri}; waiting")
             done = w.serving_endpoints.update_config_and_wait(
                 name=name, served_entities=[entity], traffic_config=traffic, timeout=timeout
@@ -133,4 +115,4 @@ def deploy_serving_endpoint(
     if served != ref.version:
         raise DeployError(f"serving endpoint {name} serves v{served}, not {ref.uri}")
     say(f"serving endpoint {name} is READY with {ref.uri}: {url}")
-    return url, previous, "deployed"
+    return Deployed(url, previous, DeployStatus.DEPLOYED)

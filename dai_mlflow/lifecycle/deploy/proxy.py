@@ -1,41 +1,10 @@
-"""The front proxy of a local deployment: owns the stable port, forwards to one backend at a time.
+"""The front proxy of a local endpoint: owns the stable port, forwards each request, whole, to the
+backends of the current route; an admin port (127.0.0.1, token) switches routes atomically.
 
-``python -m dai_mlflow.lifecycle.proxy --state-dir DIR --port PORT`` (started detached by
-:mod:`.endpoint`, never by hand) listens on ``HOST:PORT`` and forwards every request, whole, to
-the backend servers of the *current route*: ``POST /rpc`` to the version's JSON-RPC server (when
-it has one), everything else (``/invocations``, ``/ping``, ``/health``, ``/version``) to its
-``mlflow models serve``. ``GET /deployment`` answers the route itself (model name, version,
-URI). Every forwarded answer carries ``X-Dai-Mlflow-Model-Version`` (and ``-Model-Uri``).
-
-Switching versions (the admin API, on a second port bound to 127.0.0.1, each call carrying the
-token the deployer put in the proxy's environment):
-
-- ``POST /-/route`` with a new route replaces the current one in one assignment under a lock;
-  a request takes the route *and* counts itself in that route's in-flight counter under the
-  same lock, so every request is served wholly by the old version or wholly by the new one,
-  never a mix, and none is dropped: the old backends keep serving what they already have;
-- ``GET /-/state`` reports the current route and the requests still in flight per route, so
-  the deployer stops the old backends only once their count is zero (drained).
-
-The listening socket never closes during a switch, so clients (keep-alive or not) see no
-refused connection. A backend connection that turns out stale (the backend closed an idle
-keep-alive connection) is retried once on a fresh connection: scoring requests are idempotent.
-A request counts as in flight while a backend works on it; sending the answer to the client
-does not count (a client that stops reading cannot hold a drain), and is bounded by the
-timeout.
-
-Backends that die: the proxy tries their ports every second (and on every failed request); a
-backend that refuses connections makes its route *down*: requests get HTTP 503 with a one-line
-``{"error": ...}`` at once, ``GET /deployment`` says ``"status": "down"``, and the next
-``deploy`` starts the version again. The proxy restarts nothing itself: it holds no license.
-
-Limits (:mod:`dai_mlflow.model.http_limits`, from the ``DAI_MLFLOW_SERVE_*`` variables the
-deploy passes on): body size, connection timeouts, handler threads; the admin port takes small
-bodies only and checks the token before it reads one. A public bind beyond loopback prints a
-warning (no authentication, no TLS).
-
-On start the proxy writes ``proxy.json`` (pid, ports) into the state folder; SIGTERM stops it.
-Stdlib only, Python 3.8-safe (it runs on whichever Python ran ``deploy``).
+``python -m dai_mlflow.lifecycle.deploy.proxy`` is started detached by :mod:`.admin`, never by
+hand. Why a proxy, the switch and drain guarantees, limits: docs/deploy.md. Over 400 lines: the
+router, its two handlers and the process share one lock and one life. Stdlib and
+:mod:`dai_mlflow.model.http_limits`; Python 3.8-safe (runs on whichever Python ran ``deploy``).
 """
 
 from __future__ import annotations
@@ -493,8 +462,8 @@ def run(
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    """``python -m dai_mlflow.lifecycle.proxy --state-dir DIR --port P --route JSON``."""
-    parser = argparse.ArgumentParser(prog="python -m dai_mlflow.lifecycle.proxy")
+    """``python -m dai_mlflow.lifecycle.deploy.proxy --state-dir DIR --port P --route JSON``."""
+    parser = argparse.ArgumentParser(prog="python -m dai_mlflow.lifecycle.deploy.proxy")
     parser.add_argument("--state-dir", required=True, type=Path)
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", required=True, type=int)

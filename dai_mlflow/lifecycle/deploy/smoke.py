@@ -1,15 +1,8 @@
 """The validation sample of a model version, and the smoke test of a served version against it.
 
-``validate`` logs ``validation_sample.json`` beside ``prediction_baseline.json``: the first
-:data:`SAMPLE_ROWS` holdout rows, typed as the model's signature says (the request body of a
-``dataframe_split`` call), with the predictions the validated model gave them. ``deploy`` sends
-those rows to a freshly started server of the version and requires the same answers
-(:func:`check_invocations`, :func:`check_rpc`): HTTP 200, one answer per row, the signature's
-output columns, finite numbers (probabilities in [0, 1]), equal to the validated predictions
-within :data:`TOLERANCE`. A version that was never validated is smoke-tested on the model's own
-input example, without expected values (:func:`example_sample`).
-
-Stdlib + pandas/numpy + mlflow's ``Model``; Python 3.8-safe (runs in the project env).
+``validate`` writes the sample (:func:`build_sample`); ``deploy`` sends it to a freshly started
+server and requires the validated answers (:func:`check_invocations`, :func:`check_rpc`). The
+rules: docs/deploy.md (step 3). Stdlib + pandas/numpy + mlflow's ``Model``; Python 3.8-safe.
 """
 
 from __future__ import annotations
@@ -17,7 +10,6 @@ from __future__ import annotations
 import json
 import math
 import urllib.error
-import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence
@@ -25,17 +17,14 @@ from typing import Any, Dict, List, Optional, Sequence
 import numpy as np
 import pandas as pd
 
-from dai_mlflow.lifecycle.errors import LifecycleError
+from dai_mlflow.envs.processes import http_request
+from dai_mlflow.lifecycle.errors import LifecycleError, SmokeTestError
 
 SAMPLE_FILE = "validation_sample.json"
 SAMPLE_ROWS = 50
 TOLERANCE = 1e-6
 REQUEST_TIMEOUT = 120.0
 _NUMBER_TYPES = ("double", "float", "long", "integer")
-
-
-class SmokeTestError(LifecycleError):
-    """A served version did not answer its sample as validated (the message says how)."""
 
 
 @dataclass(frozen=True)
@@ -160,10 +149,9 @@ def read_sample(path: Path) -> Sample:
 # ------------------------------------------------------------------------------ checks
 def _post(url: str, body: Dict[str, Any]) -> Any:
     data = json.dumps(body, allow_nan=False).encode("utf-8")
-    req = urllib.request.Request(url, data=data, headers={"Content-Type": "application/json"})
+    headers = {"Content-Type": "application/json"}
     try:
-        with urllib.request.urlopen(req, timeout=REQUEST_TIMEOUT) as resp:
-            text = resp.read().decode("utf-8", errors="replace")
+        text = http_request(url, data, headers, REQUEST_TIMEOUT)[1].decode("utf-8", "replace")
     except urllib.error.HTTPError as e:
         detail = " ".join(e.read().decode("utf-8", errors="replace").split())[:300]
         raise SmokeTestError(f"POST {url} answered HTTP {e.code}: {detail}") from e

@@ -1,13 +1,8 @@
-"""One-page HTML reports of ``validate`` and ``monitor``, self-contained and offline.
+"""The one-page HTML reports of ``validate`` and ``monitor``, self-contained and offline.
 
-:func:`validation_report` (``validation_report.html``: the decision, the metrics table, the
-curves) and :func:`drift_report` (``drift_report.html``: per model version, the
-``should_retrain`` verdict and its reason, the drift score of every feature, the prediction
-distribution, a chart for each of the :data:`TOP_FEATURES` most drifted features and a table of
-all). Pictures are :class:`~.plots.Picture` PNGs embedded as ``data:image/png;base64`` URIs;
-the style is inline CSS; there is no script, font, stylesheet or image fetched from anywhere,
-so a report opens the same from the MLflow UI, a mail attachment or a machine offline.
-All text is HTML-escaped. Python 3.8-safe; stdlib only.
+PNGs embedded as ``data:`` URIs, inline CSS, no script or fetched resource, every text
+HTML-escaped: a report opens the same from the MLflow UI, a mail or a machine offline
+(docs/lifecycle.md, "Pictures"). Stdlib only; Python 3.8-safe.
 """
 
 from __future__ import annotations
@@ -19,7 +14,8 @@ from dataclasses import dataclass
 from typing import Any, Iterable, List, Mapping, Optional, Sequence
 
 from dai_mlflow.lifecycle import drift
-from dai_mlflow.lifecycle.plots import Picture
+from dai_mlflow.lifecycle.metrics import Decision
+from dai_mlflow.lifecycle.reports.plots import Picture
 
 VALIDATION_REPORT_NAME = "validation_report.html"
 DRIFT_REPORT_NAME = "drift_report.html"
@@ -105,7 +101,7 @@ class ValidationSummary:
 
     model_name: str
     run_id: str
-    decision: str
+    decision: Decision
     reason: str
     problem: str
     target: str
@@ -118,8 +114,8 @@ class ValidationSummary:
 
 def validation_report(summary: ValidationSummary, pictures: Sequence[Picture]) -> str:
     """``validation_report.html``: decision, metrics and curves on one page."""
-    good = summary.decision in ("promoted", "first_champion")
-    css = "good" if good else ("neutral" if summary.decision == "already_champion" else "bad")
+    decision = Decision(summary.decision)
+    css = "good" if decision.promotes else ("neutral" if decision is Decision.ALREADY else "bad")
     names = sorted({m for scores in summary.metrics.values() for m in scores})
     rows = [[label, *[scores.get(m, float("nan")) for m in names]]
             for label, scores in summary.metrics.items()]  # fmt: skip

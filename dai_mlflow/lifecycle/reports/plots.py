@@ -1,14 +1,8 @@
-"""Pictures of the lifecycle's results, as PNG bytes: matplotlib (Agg) and scikit-learn curves.
+"""Pictures of ``validate`` and ``monitor`` as PNG bytes: matplotlib and scikit-learn curves.
 
-Used by ``validate`` (:func:`validation_pictures`) and ``monitor`` (:func:`drift_scores_picture`,
-:func:`feature_picture`, :func:`prediction_picture`); :mod:`.report` embeds the same bytes in
-the HTML reports. Figures are built with :class:`matplotlib.figure.Figure` directly, never
-through ``pyplot``: no global figure state, no display, no backend choice (``savefig`` renders
-with Agg), so it runs in the headless project env and from several threads alike.
-
-Every function here may raise anything matplotlib or scikit-learn raises; callers treat a
-failure as a warning (a picture never changes a promotion, a deployment or a table).
-Python 3.8-safe (project env: matplotlib 3.7, scikit-learn 1.3).
+Figures are built with :class:`matplotlib.figure.Figure`, never ``pyplot`` (no global state, no
+display, Agg on ``savefig``): headless and thread-safe. Anything here may raise; callers treat a
+failure as a warning (:mod:`.publish`). Python 3.8-safe (matplotlib 3.7, scikit-learn 1.3).
 """
 
 from __future__ import annotations
