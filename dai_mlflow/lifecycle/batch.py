@@ -1,24 +1,9 @@
 """Scheduled batch scoring: ``mlflow run . -e batch -P model_name=NAME -P input=PATH -P table=DIR``.
 
-:func:`batch` resolves ``NAME@champion`` to a version, downloads it, checks the input's columns
-against its signature, then runs :mod:`.batch_job` (Spark) in a subprocess and records the run.
-The job scores with :func:`dai_mlflow.spark.score` and replaces the ``date=D`` partition of the
-output table (:mod:`.tables`): every row gets ``model_name``, ``model_version``, ``model_uri`` and
-``scored_at``; a re-run for the same date replaces that partition, never duplicates it. A table
-folder that batch did not write, or one that holds the input, is refused
-(``overwrite=true`` allows the former; :mod:`dai_mlflow.outputs`).
-
-Where the Spark job's driver runs (the entry point's own env has no pyspark by default): in the
-champion's Spark venv, the model's Python and requirements plus pyspark
-(:mod:`dai_mlflow.envs.spark_venv`, what ``make spark-venv`` builds), at ``--spark-venv`` (default
-``venvs/spark_inference`` of the project folder ``mlflow run`` runs in), built or reused (rebuilt
-when the champion's env spec changed); with ``env_manager=uv|virtualenv``, this interpreter
-instead when it has pyspark.
-
-- ``env_manager=local`` (default): the executors' Python is the driver's Spark venv on a local
-  master (pass ``--python`` for a cluster whose nodes have the model's env);
-- ``env_manager=uv|virtualenv``: every executor builds or reuses the model's env itself
-  (:mod:`dai_mlflow.spark`), on a local master or a cluster (``--master spark://HOST:PORT``).
+:func:`batch` resolves ``NAME@champion`` once, checks the input against its signature, runs
+:mod:`.batch_job` (Spark) in a subprocess in the champion's Spark venv (or this interpreter for
+``env_manager=uv|virtualenv``), and records the run. Which Python runs where, and the output
+table: docs/lifecycle.md. Python 3.8-safe: runs in the project env (no pyspark needed here).
 """
 
 from __future__ import annotations

@@ -1,13 +1,9 @@
 """The Spark side of ``batch``: score one input and replace one date partition of the table.
 
 ``python -m dai_mlflow.lifecycle.batch_job --model-dir DIR --model-name N --model-version V
---input PATH --table DIR --date YYYY-MM-DD [--env-manager local] [--master local[*]]
-[--python EXECUTOR_PYTHON] [--overwrite]``
-
-Run by :mod:`.batch` in the champion's Spark venv (Python 3.8 + PySpark 3.5 for DAI 1.10) or in
-``venvs/launcher``; needs no tracking server (the model folder is already downloaded). Prints
-``batch_result=<rows>`` on success, ``Error: <one line>`` and exit 1 on failure, leaving the
-table as it was.
+--input PATH --table DIR --date YYYY-MM-DD [...]`` (``--help``), run by :mod:`.batch` in the
+champion's Spark venv or ``venvs/launcher``; no tracking server needed. Prints
+``batch_result=<rows>``, or one error line and exit 1 with the table left as it was.
 """
 
 from __future__ import annotations

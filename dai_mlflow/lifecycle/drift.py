@@ -1,28 +1,9 @@
-"""Drift of recent inputs and predictions against the training baseline, with documented limits.
+"""Drift of recent inputs and predictions against the training and validation baselines.
 
-Baselines:
-
-- **features**: DAI's ``training_data_column_stats.json``, read from the model version's
-  ``scoring-pipeline`` artifact. Per column it has ``data_type`` and sample ``data``; DAI-shaped
-  exports may add ``count``/``missing``, ``mean``/``std``/``min``/``max`` (numeric) and
-  ``levels`` (category counts). Missing summary fields are computed from ``data`` (then the
-  baseline is only as good as that sample; the row says ``baseline_source=sample``). A file
-  that is a JSON string holding JSON is accepted (seen in exports).
-- **predictions**: ``prediction_baseline.json`` that ``validate`` logged for the version: per
-  output column, decile bin edges of the holdout predictions and the share of rows per bin.
-
-Metrics (thresholds are module constants, documented in docs/lifecycle.md):
-
-- numeric feature: ``z_mean`` = (recent mean - training mean) / training std; drifted when
-  ``|z_mean| >= Z_MEAN_THRESHOLD``;
-- categorical feature: ``psi`` over the training levels plus an "other" bucket; drifted when
-  ``psi >= PSI_THRESHOLD``;
-- any feature: drifted too when its missing rate moved by ``>= MISSING_RATE_THRESHOLD``;
-- prediction column: ``psi`` over the baseline deciles; drifted when ``psi >= PSI_THRESHOLD``.
-
-``should_retrain`` = any prediction column drifted, or at least ``FEATURE_SHARE_THRESHOLD`` of the
-features drifted. Fewer than ``MIN_ROWS`` recent rows → no verdict (``should_retrain`` false,
-``status=too_few_rows``).
+Features against DAI's ``training_data_column_stats.json`` (summary fields, or computed from its
+sample), predictions against ``prediction_baseline.json``: ``z_mean``, ``psi`` with a floor,
+missing-rate moves, with the thresholds as module constants. Metrics, thresholds and their
+limits: docs/lifecycle.md ("Baselines and thresholds"). numpy/pandas only; Python 3.8-safe.
 """
 
 from __future__ import annotations

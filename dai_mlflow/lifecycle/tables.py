@@ -1,17 +1,9 @@
 """Date-partitioned parquet tables (``<table>/date=YYYY-MM-DD/*.parquet``) on a local filesystem.
 
-A partition is only ever replaced whole: the new data is written to a hidden sibling
-(``<table>/.date=D.staging-<id>``; readers such as Spark and pyarrow skip names starting with
-``.`` or ``_``), then swapped into place with one ``renameat2(RENAME_EXCHANGE)`` (Linux), so a
-reader sees the old partition or the new one, never both, never a half-written one, and a re-run
-for the same date leaves exactly one copy. Where the kernel or filesystem refuses the exchange,
-the swap falls back to two renames with roll-back (a reader may then briefly see no partition).
-Any failure before the swap removes the staging folder and leaves the table as it was; a writer
-killed outright (SIGKILL) leaves only hidden siblings, removed by the next writer of the table
-(:func:`dai_mlflow.outputs.claimed`). Only tables that are ours are written (marker
-``_DAI_MLFLOW_OUTPUT``, or only ``date=`` partitions), unless ``overwrite``.
-
-Stdlib + pandas/pyarrow; Python 3.8-safe (the Spark job in a DAI 1.10 env imports it too).
+A partition is only ever replaced whole: written to a hidden sibling, then swapped in with one
+``renameat2(RENAME_EXCHANGE)`` (two renames with roll-back where refused); a killed writer's
+hidden siblings are removed by the next writer. Only tables that are ours are written, unless
+``overwrite``. docs/lifecycle.md ("Output table"). Python 3.8-safe (the Spark job imports it).
 """
 
 from __future__ import annotations
