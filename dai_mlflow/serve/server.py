@@ -45,18 +45,32 @@ from dai_mlflow.envs.model_env import (
 )
 from dai_mlflow.envs.processes import FOREIGN_PYTHON_VARS, parent_death_signal
 from dai_mlflow.errors import DaiMlflowError, say
+from dai_mlflow.model import http_limits
 from dai_mlflow.model.serving import (
     MODEL_NAME_ENV,
     MODEL_VERSION_ENV,
     SERVER_MODULE,
     has_own_server,
 )
-from dai_mlflow.serve.rpc import install_script
 from dai_mlflow.tracking import download_model
+
+# The name of the JSON-RPC module copied beside a model: run there as a script by the model
+# env's Python (it imports the model's own code/dai_mlflow, not this checkout's).
+RPC_SCRIPT_NAME = "dai_mlflow_rpc.py"
+RPC_MODULE_FILE = Path(__file__).resolve().with_name("rpc.py")
 
 
 class ServeError(DaiMlflowError):
     """A server could not be prepared or did not come up."""
+
+
+def stage_rpc_script(folder: Path, rpc_file: Path = RPC_MODULE_FILE) -> Path:
+    """Copy the JSON-RPC module into ``folder`` as a script, with the limits module it imports
+    from beside it; the script's path."""
+    script = folder / RPC_SCRIPT_NAME
+    shutil.copy2(rpc_file, script)
+    shutil.copy2(Path(http_limits.__file__), folder / http_limits.SCRIPT_NAME)
+    return script
 
 
 def offline_build_env(python_version: str, path: Optional[str] = None) -> Dict[str, str]:
@@ -258,7 +272,7 @@ def run_rpc_in_model_env(
     # not this checkout's, and nothing of the launcher's env reaches the model's Python.
     folder = Path(tempfile.mkdtemp(prefix="dai-mlflow-rpc-"))
     try:
-        script = install_script(folder)
+        script = stage_rpc_script(folder, rpc_script)
         argv = ["python", str(script), "--model-uri", str(local)]
         argv += ["--host", host, "--port", str(port), "--env-manager", "local", *extra_args]
         return run_in_model_env(environment, argv)
