@@ -48,7 +48,10 @@ _INTEGER = {"long": "Int64", "integer": "Int32"}
 
 
 def describe(exc: BaseException) -> str:
-    """``Type: first line of the message``: the one line a user needs."""
+    """``Type: first line of the message``: the one line a user needs.
+
+    :func:`dai_mlflow.errors.one_line`'s twin: this wheel is installed into model envs without
+    dai_mlflow, so it cannot import it (tests/test_errors.py keeps the two alike)."""
     lines = [ln.strip() for ln in str(exc).strip().splitlines() if ln.strip()]
     return f"{type(exc).__name__}: {lines[0] if lines else ''}".rstrip(": ")
 
