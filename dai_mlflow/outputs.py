@@ -69,7 +69,7 @@ class OutputLocationError(DaiMlflowError):
 def is_remote(path: str) -> bool:
     """True for a URI with a scheme other than ``file:`` (``hdfs://``, ``s3a://``, ``dbfs:/``)."""
     match = _SCHEME.match(path.strip())
-    return bool(match) and match.group(1).lower() != "file"
+    return match is not None and match.group(1).lower() != "file"
 
 
 def local_path(path: str) -> Path:

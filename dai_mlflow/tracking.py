@@ -268,7 +268,7 @@ def bridge_server(uri: str, python: Optional[str] = None) -> Iterator[TrackingSt
     # The bridge serves one run's REST calls: no background job runner (saves a process).
     env["MLFLOW_SERVER_ENABLE_JOB_EXECUTION"] = "false"
     proc = start_logged(cmd, env, log, cwd=workdir)
-    ready = []
+    ready: List[bool] = []
 
     def _wait() -> None:
         if not ready:

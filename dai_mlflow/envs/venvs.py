@@ -32,7 +32,7 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Callable, Dict, List, Optional, Sequence, Tuple, TypedDict, Union, cast
 
 from dai_mlflow.envs.installers import installer_environ, redact_credentials
 from dai_mlflow.envs.pythons import Interpreter, find_python
@@ -122,7 +122,18 @@ class VenvSpec:
         )
 
 
-def load_python_env(path: Path) -> Dict[str, object]:
+class _PythonEnvPython(TypedDict):
+    python: str
+
+
+class PythonEnv(_PythonEnvPython, total=False):
+    """An MLflow ``python_env.yaml``, as :func:`load_python_env` checked it."""
+
+    build_dependencies: Optional[List[str]]
+    dependencies: Optional[List[str]]
+
+
+def load_python_env(path: Path) -> PythonEnv:
     """Parse and validate an MLflow python_env.yaml the way MLflow's ``_PythonEnv`` does."""
     try:
         import yaml
@@ -144,7 +155,7 @@ def load_python_env(path: Path) -> Dict[str, object]:
     for key in ("build_dependencies", "dependencies"):
         if data.get(key) is not None and not isinstance(data[key], list):
             raise DaiMlflowError(f"{path}: `{key}` must be a list")
-    return data
+    return cast("PythonEnv", data)
 
 
 def _local_files(lines: Sequence[str], base_dir: Path) -> List[Path]:
@@ -217,7 +228,9 @@ def find_uv() -> Optional[str]:
     return shutil.which("uv")
 
 
-def _run(cmd: Sequence[str], step: str, dest: Path, cwd: Optional[Path], quiet: bool) -> None:
+def _run(
+    cmd: Sequence[Union[str, Path]], step: str, dest: Path, cwd: Optional[Path], quiet: bool
+) -> None:
     """Run one build step (no license in its environment); stream its output unless quiet."""
     try:
         proc = subprocess.run(
@@ -269,6 +282,7 @@ def _install_group(
             os.symlink(spec.base_dir / item, Path(tmp) / item)
         req = Path(tmp) / "requirements.dai-mlflow.txt"
         req.write_text("\n".join(lines) + "\n")
+        cmd: List[Union[str, Path]]
         if spec.installer == "uv" and uv:
             cmd = [uv, "pip", "install", "--python", venv_python(dest), "-r", req.name]
         else:
@@ -338,7 +352,7 @@ def ensure_venv(
             uv = str(dest / "bin" / "uv")
         for group in groups:
             what = "build dependencies" if group is spec.build_dependencies else "dependencies"
-            wheels = ensure_wheels(group, interpreter.executable, progress, quiet)
+            wheels = ensure_wheels(group, str(interpreter.executable), progress, quiet)
             label = _step(f"installing {len(group)} {what} with {spec.installer}")
             _install_group(spec, dest, group, uv, quiet, label, wheels)
         if spec.site_paths:

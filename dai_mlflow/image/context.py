@@ -325,12 +325,12 @@ def copy_python(python: Interpreter, folder: Path, base_libs: Sequence[str]) -> 
             "ld-linux", "libresolv.so", "libcrypt.so.1")  # fmt: skip
     copied = []
     (folder / "lib").mkdir(exist_ok=True)
-    for soname, path in sorted(needed.items()):
-        if soname in have or soname.startswith(libc) or str(prefix) in path:
+    for soname, found in sorted(needed.items()):
+        if soname in have or soname.startswith(libc) or str(prefix) in found:
             continue
-        if not path.startswith(_HOST_LIB_DIRS):
+        if not found.startswith(_HOST_LIB_DIRS):
             continue
-        shutil.copy2(os.path.realpath(path), folder / "lib" / soname)
+        shutil.copy2(os.path.realpath(found), folder / "lib" / soname)
         copied.append(soname)
     return copied
 

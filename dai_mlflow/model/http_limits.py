@@ -33,7 +33,7 @@ import threading
 import time
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any, BinaryIO, Dict, List, Mapping, Optional
+from typing import Any, Dict, List, Mapping, Optional, Protocol
 
 BODY_LIMIT_ENV = "DAI_MLFLOW_SERVE_BODY_LIMIT"
 CLIENT_TIMEOUT_ENV = "DAI_MLFLOW_SERVE_CLIENT_TIMEOUT"
@@ -192,6 +192,20 @@ def bind_warning(host: str, port: Any) -> Optional[str]:
 
 
 # ------------------------------------------------------------------------------ bodies
+class Headers(Protocol):
+    """A request's headers: ``http.server``'s message, or a plain dict."""
+
+    def get(self, name: str, /) -> Optional[str]: ...
+
+
+class Reader(Protocol):
+    """Where a body is read from: a handler's ``rfile`` (or ``io.BytesIO``)."""
+
+    def read(self, size: int, /) -> bytes: ...
+
+    def readline(self, size: int, /) -> bytes: ...
+
+
 class BodyError(Exception):
     """A request body that is refused: ``status`` (400, 411, 413, 501) and a one-line message."""
 
@@ -201,7 +215,7 @@ class BodyError(Exception):
         self.message = message
 
 
-def content_length(headers: Mapping[str, str]) -> Optional[int]:
+def content_length(headers: Headers) -> Optional[int]:
     """The request's ``Content-Length``; None when absent.
 
     Raises:
@@ -222,7 +236,7 @@ def content_length(headers: Mapping[str, str]) -> Optional[int]:
     return int(text)
 
 
-def _all(headers: Mapping[str, str], name: str) -> List[str]:
+def _all(headers: Headers, name: str) -> List[str]:
     get_all = getattr(headers, "get_all", None)
     if get_all is not None:
         return list(get_all(name) or [])
@@ -239,7 +253,7 @@ def too_large(limit: int) -> BodyError:
     )
 
 
-def read_body(headers: Mapping[str, str], rfile: BinaryIO, limit: int) -> bytes:
+def read_body(headers: Headers, rfile: Reader, limit: int) -> bytes:
     """The request body, by ``Content-Length`` or chunked; ``b""`` when the request has none.
 
     Raises:
@@ -262,8 +276,9 @@ def read_body(headers: Mapping[str, str], rfile: BinaryIO, limit: int) -> bytes:
     return body
 
 
-def _read_chunked(rfile: BinaryIO, limit: int) -> bytes:
-    parts, size = [], 0
+def _read_chunked(rfile: Reader, limit: int) -> bytes:
+    parts: List[bytes] = []
+    size = 0
     while True:
         line = rfile.readline(_MAX_LINE + 1)
         if not line.endswith(b"\n"):
@@ -383,6 +398,7 @@ class LimitedHandler(BaseHTTPRequestHandler):
     runs out closes the connection.
     """
 
+    server: LimitedHTTPServer
     protocol_version = "HTTP/1.1"
     timed_out = False
     _linger = False
@@ -390,7 +406,7 @@ class LimitedHandler(BaseHTTPRequestHandler):
     @property
     def limits(self) -> Limits:
         """The server's limits."""
-        return self.server.limits  # type: ignore[attr-defined]
+        return self.server.limits
 
     def setup(self) -> None:
         """Every blocking socket call times out (a ``sendall`` as a whole)."""
@@ -399,7 +415,7 @@ class LimitedHandler(BaseHTTPRequestHandler):
 
     def handle_one_request(self) -> None:
         """One request; the wait for it and any socket error end the connection quietly."""
-        watchdog = self.server.watchdog  # type: ignore[attr-defined]
+        watchdog = self.server.watchdog
         watchdog.arm(self, self.limits.client_timeout)
         try:
             super().handle_one_request()
@@ -412,7 +428,7 @@ class LimitedHandler(BaseHTTPRequestHandler):
 
     def parse_request(self) -> bool:
         """Headers within the client timeout; False when they did not arrive."""
-        watchdog = self.server.watchdog  # type: ignore[attr-defined]
+        watchdog = self.server.watchdog
         watchdog.arm(self, self.limits.client_timeout)
         ok = super().parse_request()
         watchdog.disarm(self)
@@ -449,7 +465,7 @@ class LimitedHandler(BaseHTTPRequestHandler):
             BodyError: refused (answer it with :meth:`send_refusal`, which closes the
                 connection: the rest of the body is never read).
         """
-        watchdog = self.server.watchdog  # type: ignore[attr-defined]
+        watchdog = self.server.watchdog
         watchdog.arm(self, self.limits.client_timeout)
         try:
             body = read_body(self.headers, self.rfile, self.limits.body_limit)

@@ -28,10 +28,10 @@ import warnings
 from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
-import mlflow.pyfunc
 import pandas as pd
 from mlflow.exceptions import MlflowException
 from mlflow.protos.databricks_pb2 import INTERNAL_ERROR, INVALID_PARAMETER_VALUE
+from mlflow.pyfunc import PythonModel
 
 from dai_mlflow.errors import DaiMlflowError, one_line
 from dai_mlflow.model.experiment import (
@@ -209,8 +209,8 @@ def prepare_input(
     # assigning column by column (which is most of a 1-row call's overhead when served).
     out = {}
     for name in columns:
-        kind = types.get(name)
-        out[name] = _coerce(frame[name], name, kind) if kind else frame[name]
+        given = types.get(name)
+        out[name] = _coerce(frame[name], name, given) if given else frame[name]
     return pd.DataFrame(out, index=frame.index, copy=True)
 
 
@@ -286,7 +286,7 @@ def _show_but_type_hint_note(show: Any) -> Any:
 with warnings.catch_warnings():  # restores showwarning on exit
     warnings.showwarning = _show_but_type_hint_note(warnings.showwarning)
 
-    class DaiScoringModel(mlflow.pyfunc.PythonModel):
+    class DaiScoringModel(PythonModel):
         """Pyfunc wrapper of a DAI ``Scorer`` (see the module docstring)."""
 
         def __init__(self) -> None:

@@ -204,7 +204,8 @@ class _Fd2Tail:
 def _flush_stderr() -> None:
     for stream in (sys.stderr, sys.__stderr__):
         with contextlib.suppress(Exception):
-            stream.flush()
+            if stream is not None:
+                stream.flush()
 
 
 @contextlib.contextmanager

@@ -22,7 +22,7 @@ from __future__ import annotations
 import sys
 import tempfile
 from pathlib import Path
-from typing import Optional, Tuple
+from typing import TYPE_CHECKING, Optional, Tuple
 
 import click
 
@@ -38,6 +38,9 @@ from dai_mlflow.spark.scoring import (
     score_to_path,
 )
 from dai_mlflow.spark.session import build_session, parse_conf
+
+if TYPE_CHECKING:
+    from pyspark.sql import SparkSession
 
 
 def _spark_conf(
@@ -127,7 +130,7 @@ def cli(
     overwrite: bool,
 ) -> None:
     """Score INPUT with the model and write OUTPUT as parquet."""
-    spark = None
+    spark: Optional[SparkSession] = None
     # Before anything runs: an output that would replace what is not ours fails in a second.
     validate_output(output_path, [input_path], overwrite)
     try:

@@ -17,7 +17,7 @@ from __future__ import annotations
 import contextlib
 import os
 from pathlib import Path
-from typing import Callable, List, Optional, Sequence
+from typing import TYPE_CHECKING, Callable, List, Optional, Sequence
 from xml.etree import ElementTree
 
 import pandas as pd
@@ -25,6 +25,10 @@ import pandas as pd
 from dai_mlflow import outputs
 from dai_mlflow.errors import DaiMlflowError, one_line
 from dai_mlflow.outputs import OutputRefusedError
+
+if TYPE_CHECKING:
+    from pyspark.sql import DataFrame, SparkSession
+
 
 INPUT_FORMATS = ("csv", "parquet")
 
@@ -78,7 +82,7 @@ def sample_rows(path: str, input_format: Optional[str], rows: int) -> Optional[p
     return pq.ParquetFile(str(files[0])).read_row_group(0).to_pandas().head(rows)
 
 
-def read_input(spark: object, path: str, input_format: Optional[str] = None) -> object:
+def read_input(spark: SparkSession, path: str, input_format: Optional[str] = None) -> DataFrame:
     """Read csv (RFC 4180: header row, ``""`` escapes; inferred types) or parquet.
 
     The format follows the extension unless ``input_format`` is given.
@@ -111,7 +115,7 @@ def _format_of(path: str) -> str:
     return found
 
 
-def default_fs(spark: Optional[object] = None) -> str:
+def default_fs(spark: Optional[SparkSession] = None) -> str:
     """Hadoop's default filesystem: where Spark writes a path given without a scheme.
 
     From ``spark.hadoop.fs.defaultFS`` of the session, else ``fs.defaultFS`` of a
@@ -133,14 +137,14 @@ def default_fs(spark: Optional[object] = None) -> str:
     return "file:///"
 
 
-def is_local_output(output: str, spark: Optional[object] = None) -> bool:
+def is_local_output(output: str, spark: Optional[SparkSession] = None) -> bool:
     """True when ``output`` is a path of this machine's filesystem as Spark resolves it."""
     if outputs.is_remote(output):
         return False
     return output.strip().startswith("file:") or not outputs.is_remote(default_fs(spark))
 
 
-def _qualified(path: str, spark: Optional[object]) -> str:
+def _qualified(path: str, spark: Optional[SparkSession]) -> str:
     """``path`` as a URI: scheme-less paths on a remote default filesystem get its prefix."""
     if not path or outputs.is_remote(path) or path.strip().startswith("file:"):
         return path
@@ -152,7 +156,7 @@ def validate_output(
     output: str,
     inputs: Sequence[str] = (),
     overwrite: bool = False,
-    spark: Optional[object] = None,
+    spark: Optional[SparkSession] = None,
 ) -> None:
     """Refuse an ``--output`` that would replace what is not ours (:mod:`dai_mlflow.outputs`).
 
@@ -172,8 +176,8 @@ def _already_exists(exc: BaseException) -> bool:
 
 
 def write_atomically(
-    spark: object,
-    df: object,
+    spark: SparkSession,
+    df: DataFrame,
     output: str,
     translate: Callable[[BaseException], Exception],
     *,
@@ -228,7 +232,7 @@ def write_atomically(
 
 
 def _write_remote(
-    df: object, output: str, translate: Callable[[BaseException], Exception], overwrite: bool
+    df: DataFrame, output: str, translate: Callable[[BaseException], Exception], overwrite: bool
 ) -> None:
     try:
         df.write.mode("overwrite" if overwrite else "errorifexists").parquet(output)

@@ -32,7 +32,7 @@ import re
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
+from typing import TYPE_CHECKING, Any, Dict, Iterator, List, Optional, Sequence, Tuple
 
 from dai_mlflow.envs.model_env import ENV_MANAGERS, model_python_version
 from dai_mlflow.errors import DaiMlflowError, one_line
@@ -48,6 +48,9 @@ from dai_mlflow.spark.files import (
     write_atomically,
 )
 from dai_mlflow.tracking import download_model
+
+if TYPE_CHECKING:
+    from pyspark.sql import DataFrame, SparkSession
 
 ERROR_MARKER = worker.ERROR_MARKER
 ARROW_BATCH_CONF = "spark.sql.execution.arrow.maxRecordsPerBatch"
@@ -192,20 +195,20 @@ def validate_input(spec: ModelSpec, columns: Sequence[str]) -> None:
         )
 
 
-def _task_cpus(spark: object) -> int:
+def _task_cpus(spark: SparkSession) -> int:
     try:
-        return max(1, int(spark.conf.get("spark.task.cpus", "1")))
+        return max(1, int(spark.conf.get("spark.task.cpus", "1") or "1"))
     except (TypeError, ValueError):
         return 1
 
 
-def thread_env(spark: object) -> Dict[str, str]:
+def thread_env(spark: SparkSession) -> Dict[str, str]:
     """Thread limits for the model: each task may use ``spark.task.cpus`` cores, no more."""
     return dict.fromkeys(worker.THREAD_VARS, str(_task_cpus(spark)))
 
 
 @contextlib.contextmanager
-def _worker_environment(spark: object, defaults: Dict[str, str]) -> Iterator[None]:
+def _worker_environment(spark: SparkSession, defaults: Dict[str, str]) -> Iterator[None]:
     """Variables for Python workers started for UDFs created inside the block.
 
     PySpark copies ``SparkContext.environment`` into each UDF when the UDF column is built, and
@@ -223,7 +226,7 @@ def _worker_environment(spark: object, defaults: Dict[str, str]) -> Iterator[Non
         env.update(saved)
 
 
-def _layout(df: object, partitions: int) -> object:
+def _layout(df: DataFrame, partitions: int) -> DataFrame:
     """At least one task per core (a model server per Python worker serves every task)."""
     if df.rdd.getNumPartitions() < partitions:
         return df.repartition(partitions)
@@ -231,7 +234,7 @@ def _layout(df: object, partitions: int) -> object:
 
 
 def plan(
-    spark: object,
+    spark: SparkSession,
     local_dir: Path,
     env_manager: str,
     env: Optional[Dict[str, str]] = None,
@@ -261,9 +264,9 @@ def plan(
 
 
 def score(
-    spark: object,
+    spark: SparkSession,
     model_uri: str,
-    df: object,
+    df: DataFrame,
     env_manager: str = "local",
     *,
     partitions: Optional[int] = None,
@@ -272,7 +275,7 @@ def score(
     env: Optional[Dict[str, str]] = None,
     env_root: Optional[str] = None,
     source_uri: Optional[str] = None,
-) -> object:
+) -> DataFrame:
     """Add the DAI output columns of ``model_uri`` to ``df``.
 
     Args:
@@ -366,7 +369,7 @@ def translate_error(exc: BaseException) -> DaiMlflowError:
 
 
 def score_to_path(
-    spark: object,
+    spark: SparkSession,
     model_uri: str,
     input_path: str,
     output_path: str,

@@ -16,10 +16,13 @@ from __future__ import annotations
 import os
 import re
 import sys
-from typing import Dict, Optional, Sequence, Tuple
+from typing import TYPE_CHECKING, Dict, Optional, Sequence, Tuple
 
 from dai_mlflow.errors import DaiMlflowError
 from dai_mlflow.spark import shipping
+
+if TYPE_CHECKING:
+    from pyspark.sql import SparkSession
 
 
 def parse_conf(items: Sequence[str]) -> Tuple[Tuple[str, str], ...]:
@@ -62,7 +65,7 @@ def build_session(
     python: Optional[str] = None,
     log_level: str = "FATAL",
     conf: Sequence[Tuple[str, str]] = (),
-) -> object:
+) -> SparkSession:
     """A Spark session for a scoring job.
 
     Args:

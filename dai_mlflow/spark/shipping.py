@@ -52,7 +52,7 @@ import uuid
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
+from typing import TYPE_CHECKING, Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
 from dai_mlflow.envs.venvs import PYTHON_ENV_FILE_NAME, REQUIREMENTS_FILE_NAME
 from dai_mlflow.errors import DaiMlflowError
@@ -63,6 +63,10 @@ from dai_mlflow.model.license import (
     LicenseNotFoundError,
     find_license,
 )
+
+if TYPE_CHECKING:
+    from pyspark.sql import SparkSession
+
 
 SHIP_PACKAGE_ENV = "DAI_MLFLOW_SHIP_PACKAGE"
 SHIP_LICENSE_ENV = "DAI_MLFLOW_SHIP_LICENSE"
@@ -244,7 +248,7 @@ def split_model(model_dir: Path) -> ModelParts:
     )
 
 
-def _once(spark: object, name: str, ship: Callable[[], str]) -> str:
+def _once(spark: SparkSession, name: str, ship: Callable[[], str]) -> str:
     shipped = _shipped.setdefault(spark.sparkContext.applicationId, {})
     if name not in shipped:
         shipped[name] = ship()
@@ -285,7 +289,7 @@ def _link_or_copy(source: Path, dest: Path) -> None:
     tmp.replace(dest)
 
 
-def ship_model(spark: object, model_dir: Path, runtime: bool = True) -> ShippedModel:
+def ship_model(spark: SparkSession, model_dir: Path, runtime: bool = True) -> ShippedModel:
     """Send a model to the executors: its thin part, and its runtime unless already sent.
 
     Args:
@@ -319,7 +323,7 @@ def ship_model(spark: object, model_dir: Path, runtime: bool = True) -> ShippedM
     return ShippedModel(model_file, key, tuple(shipped), parts.runtime_key, parts.env_id)
 
 
-def ship_package(spark: object) -> Optional[str]:
+def ship_package(spark: SparkSession) -> Optional[str]:
     """Send this package to the Python workers (unless ``DAI_MLFLOW_SHIP_PACKAGE=0``)."""
     if _off(SHIP_PACKAGE_ENV):
         return None
@@ -408,7 +412,7 @@ def license_to_ship(env: Optional[Mapping[str, str]] = None) -> Optional[Tuple[s
 
 
 def ship_license(
-    spark: object, env: Optional[Mapping[str, str]] = None
+    spark: SparkSession, env: Optional[Mapping[str, str]] = None
 ) -> Optional[Tuple[str, str]]:
     """Send the license the driver sees to the executors; (``key``|``file``, SparkFiles name).
 

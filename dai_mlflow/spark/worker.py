@@ -349,6 +349,7 @@ class ModelServer:
         self._logger.start()
 
     def _pass_on_output(self) -> None:
+        assert self.proc.stdout is not None  # started with stdout=PIPE
         for raw in self.proc.stdout:
             line = raw.decode("utf-8", "replace")
             self.tail.append(line.rstrip("\n"))
@@ -474,8 +475,8 @@ def server_for(plan: ScoringPlan) -> ModelServer:
         if server is None or not server.alive():
             server = _start(python, environ, root)
         if spares_enabled():  # started now, it imports while this one loads the model
-            for other in list(_spares):
-                _spares.pop(other).stop()
+            for spare in list(_spares):
+                _spares.pop(spare).stop()
             with contextlib.suppress(OSError):
                 _spares[env_key] = _start(python, environ, root)
         try:
@@ -558,4 +559,5 @@ def make_udf(plan: ScoringPlan, result_type: str) -> Any:
             message = f"{type(e).__name__}: {lines[0] if lines else ''}"
             raise RuntimeError(f"{ERROR_MARKER} {message}") from e
 
-    return pandas_udf(dai_mlflow_score, result_type)
+    # PySpark's stubs have no overload for the form that takes the kind from the type hints.
+    return pandas_udf(dai_mlflow_score, result_type)  # type: ignore[call-overload]

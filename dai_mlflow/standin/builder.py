@@ -24,7 +24,7 @@ import uuid
 import zipfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Dict, Iterator, List, Optional, Tuple
+from typing import Any, Dict, Iterator, List, Optional, Tuple, TypedDict
 
 import pandas as pd
 
@@ -53,7 +53,17 @@ _RUNTIME_FILES = ("__init__.py", "engine.py", "licensing.py", "scorer.py")
 # Heavy runtimes: blobs of at most this size (shared libraries), made in chunks of _CHUNK.
 _BLOB_BYTES = 64 << 20
 _CHUNK = 1 << 20
-_STANDIN_WHEEL = {
+
+
+class _WheelMeta(TypedDict):
+    """:func:`~dai_mlflow.log.wheelfile.build_wheel` arguments every stand-in wheel shares."""
+
+    license_text: str
+    generator: str
+    platform: str
+
+
+_STANDIN_WHEEL: _WheelMeta = {
     "license_text": "Proprietary stand-in (dai-mlflow test fixture; not H2O.ai software)",
     "generator": "dai-mlflow-standin (zipfile)",
     "platform": "Linux",
@@ -437,7 +447,7 @@ def load_build(out_dir: Path, current_only: bool = True) -> Optional[StandinBuil
         builder = data.pop("builder", None)
         if current_only and builder != builder_fingerprint():
             return None
-        fields: Dict[str, object] = {"out_dir": out_dir}
+        fields: Dict[str, Any] = {"out_dir": out_dir}  # a manifest's JSON values
         for name, value in data.items():
             if name == "out_dir":
                 continue  # older manifests held absolute paths; the folder read is the truth
@@ -447,7 +457,7 @@ def load_build(out_dir: Path, current_only: bool = True) -> Optional[StandinBuil
                 fields[name] = out_dir / value
             else:
                 fields[name] = value
-        build = StandinBuild(**fields)  # type: ignore[arg-type]
+        build = StandinBuild(**fields)
     except (OSError, ValueError, TypeError):
         return None
     if not (build.zip_path.is_file() and build.folder.is_dir() and build.license_path.is_file()):

@@ -43,7 +43,12 @@ import os
 import re
 import sys
 import zipfile
-from typing import List, Optional, Sequence, Tuple
+from typing import TYPE_CHECKING, Any, List, Optional, Protocol, Sequence, Tuple
+
+if TYPE_CHECKING:
+    from importlib.abc import Loader
+    from importlib.machinery import ModuleSpec
+    from types import ModuleType
 
 DISABLE_ENV = "DAI_MLFLOW_HOOKS"
 DEBUG_ENV = "DAI_MLFLOW_HOOKS_DEBUG"
@@ -83,10 +88,14 @@ def _say(message: str) -> None:
 
 
 # --------------------------------------------------------------------------- std streams
+class _Writable(Protocol):
+    def write(self, data: str) -> int: ...
+
+
 class FilenoStream:
     """A stream proxy whose ``fileno()`` answers with a real descriptor (1 or 2)."""
 
-    def __init__(self, stream: object, fd: int) -> None:
+    def __init__(self, stream: Optional[_Writable], fd: int) -> None:
         self._stream = stream
         self._fd = fd
 
@@ -109,8 +118,8 @@ class FilenoStream:
         return getattr(self._stream, name)
 
 
-def has_fileno(stream: object) -> bool:
-    """Whether ``stream.fileno()`` returns a descriptor."""
+def has_fileno(stream: Any) -> bool:
+    """Whether ``stream.fileno()`` returns a descriptor (any object may be asked)."""
     try:
         return isinstance(stream.fileno(), int)
     except Exception:  # noqa: BLE001 - any failure means "no usable fileno"
@@ -227,7 +236,7 @@ def foreign_spark_entries(
         (entry, reason) pairs, in ``path`` order.
     """
     entries = sys.path if path is None else path
-    python = tuple(python or sys.version_info[:2])
+    fit: Tuple[int, ...] = tuple(python or sys.version_info[:2])
     prefixes = _prefixes()
     found = []
     for entry in entries:
@@ -235,7 +244,7 @@ def foreign_spark_entries(
             continue
         version = pyspark_version(entry)
         needs = pyspark_min_python(version)
-        if needs is not None and python < needs:
+        if needs is not None and fit < needs:
             reason = f"PySpark {version} needs Python >= {needs[0]}.{needs[1]}"
             found.append((entry, reason))
     return found
@@ -297,13 +306,13 @@ def fill_importlib_resources(module: Optional[object] = None) -> bool:
 class _ThenFill:
     """A loader that runs the real one, then fills in ``importlib.resources``."""
 
-    def __init__(self, loader: object) -> None:
+    def __init__(self, loader: Loader) -> None:
         self._loader = loader
 
-    def create_module(self, spec: object) -> object:
+    def create_module(self, spec: ModuleSpec) -> Optional[ModuleType]:
         return self._loader.create_module(spec)
 
-    def exec_module(self, module: object) -> None:
+    def exec_module(self, module: ModuleType) -> None:
         self._loader.exec_module(module)
         fill_importlib_resources(module)
 
@@ -314,7 +323,12 @@ class _ThenFill:
 class ImportHooks:
     """A ``sys.meta_path`` finder that only watches imports; it never finds a module itself."""
 
-    def find_spec(self, name: str, path: object = None, target: object = None) -> object:
+    def find_spec(
+        self,
+        name: str,
+        path: Optional[Sequence[str]] = None,
+        target: Optional[ModuleType] = None,
+    ) -> Optional[ModuleSpec]:
         """Watch ``name``'s import; return a spec only to wrap ``importlib.resources``."""
         if name == "importlib.resources" and sys.version_info < (3, 9):
             from importlib.machinery import PathFinder  # noqa: PLC0415

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import json
 import sys
-from typing import Any, Dict, List, Sequence
+from typing import Any, Callable, Dict, List, Sequence
 
 from .stdin_server import ERROR_MARKER, cast_to_schema, describe, schema_columns
 
@@ -33,7 +33,8 @@ def check(model_dir: str) -> Dict[str, Any]:
     import mlflow.pyfunc
     from mlflow.models import Model
 
-    example = Model.load(model_dir).load_input_example(model_dir)
+    # A DataFrame for a DAI model; MLflow's annotation covers every kind of input example.
+    example: Any = Model.load(model_dir).load_input_example(model_dir)
     model = mlflow.pyfunc.load_model(model_dir)
     default = model.predict(example)
     contribs = model.predict(example, params={"pred_contribs": True})
@@ -72,7 +73,7 @@ def score_file(model_dir: str, data_path: str, fmt: str, out_path: str) -> Dict[
     return {"rows": len(out), "columns": [str(c) for c in out.columns]}
 
 
-PROGRAMS = {"check": check, "score": score_file}
+PROGRAMS: Dict[str, Callable[..., Dict[str, Any]]] = {"check": check, "score": score_file}
 
 
 def main(argv: Sequence[str]) -> int:

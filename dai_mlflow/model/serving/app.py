@@ -27,7 +27,7 @@ import sys
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, cast
 
 from . import MODEL_NAME_ENV, MODEL_VERSION_ENV
 from .batching import Batcher, Item, RequestTimeout
@@ -291,7 +291,7 @@ class Worker:
     def _run_invocations(self, items: List[Item]) -> None:
         import pandas as pd
 
-        fmt, columns, _ = items[0].key
+        fmt, columns, _ = cast("Tuple[Any, ...]", items[0].key)  # keyed: see _run
         params = items[0].payload[1]
         rows: List[Any] = []
         for item in items:

@@ -20,14 +20,14 @@ import contextlib
 import threading
 import time
 from collections import deque
-from typing import Any, Callable, Deque, Hashable, List, Optional
+from typing import Any, Callable, Deque, List, Optional, Tuple
 
 
 class Item:
     """One request waiting for the scorer.
 
     Args:
-        key: requests with equal keys may share a call; None never does.
+        key: requests with equal keys (hashable tuples) may share a call; None never does.
         rows: its row count (for the cap).
         payload: what the runner needs to score it.
         done: ``done(result, error)``, called once from the scorer thread.
@@ -37,7 +37,7 @@ class Item:
 
     def __init__(
         self,
-        key: Optional[Hashable],
+        key: Optional[Tuple[Any, ...]],
         rows: int,
         payload: Any,
         done: Callable[[Any, Optional[BaseException]], None],

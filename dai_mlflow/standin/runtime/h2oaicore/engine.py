@@ -107,7 +107,7 @@ class Model:
         self.spec = spec
         self.problem = spec["problem"]
         self.target = spec["target"]
-        self.labels = spec.get("labels")
+        self.labels: Optional[List[Any]] = spec.get("labels")  # None for regression
         self.columns = spec["columns"]
         self.features = spec["features"]
         self.means = np.array([f["mean"] for f in self.features], dtype=np.float64)
@@ -119,6 +119,13 @@ class Model:
     @property
     def n_outputs(self) -> int:
         return len(self.bias)
+
+    @property
+    def class_labels(self) -> List[Any]:
+        """The labels of a binary or multiclass model."""
+        if self.labels is None:
+            raise ValueError(f"a {self.problem} model has no labels")
+        return self.labels
 
     def column_names(self) -> List[str]:
         return get_names(self.columns)
@@ -172,12 +179,12 @@ class Model:
             names = [f"contrib_{f}" for f in self.feature_names()] + ["contrib_bias"]
             if self.problem != "multiclass":
                 return names
-            return [f"{name}.{label}" for label in self.labels for name in names]
+            return [f"{name}.{label}" for label in self.class_labels for name in names]
         if self.problem == "regression":
             return [self.target]
         if self.problem == "binary" and output_margin:
-            return [f"{self.target}.{self.labels[1]}"]
-        return [f"{self.target}.{label}" for label in self.labels]
+            return [f"{self.target}.{self.class_labels[1]}"]
+        return [f"{self.target}.{label}" for label in self.class_labels]
 
     def score_frame(
         self, frame: pd.DataFrame, output_margin: bool = False, pred_contribs: bool = False
@@ -200,7 +207,7 @@ def metrics(model: Model, frame: pd.DataFrame, target: pd.Series) -> Dict[str, f
     if model.problem == "regression":
         y = target.to_numpy(dtype=np.float64)
         return {"RMSE": float(math.sqrt(np.mean((scored[:, 0] - y) ** 2)))}
-    labels = [str(v) for v in model.labels]
+    labels = [str(v) for v in model.class_labels]
     idx = np.array([labels.index(str(v)) for v in target])
     p = np.clip(scored[np.arange(len(idx)), idx], 1e-15, 1.0)
     return {
