@@ -142,8 +142,9 @@ report-images: launcher-venv ## docs/img/{validation,drift}_report.png: real rep
 	@$(LAUNCHER) docs/report_images.py
 
 .PHONY: lint
-lint: launcher-venv ## ruff check + format check, no import cycle in dai_mlflow/
+lint: launcher-venv ## ruff check + format check, mypy on dai_mlflow/, no import cycle in it
 	@$(VENVS)/launcher/bin/ruff check . && $(VENVS)/launcher/bin/ruff format --check .
+	@$(LAUNCHER) -m mypy
 	@$(LAUNCHER) tools/import_cycles.py dai_mlflow && echo "no import cycle in dai_mlflow/"
 
 .PHONY: clean

@@ -95,7 +95,7 @@ def job_python(request: BatchRequest, model_dir: Path) -> Path:
 
 
 def job_command(
-    request: BatchRequest, day: str, python: Path, model_dir: Path, ref: object
+    request: BatchRequest, day: str, python: Path, model_dir: Path, ref: registry.ModelVersionRef
 ) -> List[str]:
     """The ``python -m dai_mlflow.lifecycle.batch_job ...`` command line for partition ``day``."""
     return [

@@ -11,13 +11,16 @@ from __future__ import annotations
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
+from typing import TYPE_CHECKING, Any, Optional
 
 import click
 
 from dai_mlflow import outputs
 from dai_mlflow.cli import HELP, entry_point
 from dai_mlflow.errors import DaiMlflowError, one_line
+
+if TYPE_CHECKING:
+    from pyspark.sql import SparkSession
 
 JOB_RESULT_PREFIX = "batch_result="
 DEFAULT_MASTER = "local[*]"
@@ -37,7 +40,7 @@ class PartitionJob:
     overwrite: bool = False
 
 
-def score_partition(spark: object, job: PartitionJob) -> int:
+def score_partition(spark: SparkSession, job: PartitionJob) -> int:
     """Score the input and swap it in as the date's partition; return the row count."""
     from pyspark.sql import functions as F
 
@@ -83,7 +86,7 @@ def score_partition(spark: object, job: PartitionJob) -> int:
 @click.option("--master", default=DEFAULT_MASTER, show_default=True)
 @click.option("--python", "executor_python", default=None, help="the executors' Python")
 @click.option("--overwrite", is_flag=True, help="write into a table folder that is not ours")
-def cli(master: str, executor_python: Optional[str], **fields: str) -> None:
+def cli(master: str, executor_python: Optional[str], **fields: Any) -> None:
     """Score the input into the date's partition; print ``batch_result=<rows>``."""
     from dai_mlflow.spark import precheck, preflight_predict
     from dai_mlflow.spark.session import build_session

@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import pandas as pd
@@ -77,7 +77,7 @@ def find_column_stats(model_dir: Path) -> Path:
     return found[0]
 
 
-def is_numeric(entry: Dict[str, Any]) -> bool:
+def is_numeric(entry: Mapping[str, Any]) -> bool:
     """True when a column stats entry's ``data_type`` is a number type."""
     dtype = str(entry.get("data_type", "")).strip().lower()
     return dtype.startswith(NUMERIC_TYPES)
@@ -151,9 +151,9 @@ def feature_drift(entry: Dict[str, Any], name: str, recent: pd.Series) -> DriftR
     levels = entry.get("levels")
     source = "stats"
     if not isinstance(levels, dict) or not levels:
-        sample = [v for v in texts(entry.get("data") or []) if v is not None]
+        values = [v for v in texts(entry.get("data") or []) if v is not None]
         levels = {}
-        for v in sample:
+        for v in values:
             levels[v] = levels.get(v, 0) + 1
         source = "sample"
     if not levels:
@@ -197,7 +197,7 @@ def prediction_baseline(predictions: pd.DataFrame, columns: Sequence[str]) -> Di
     return out
 
 
-def bin_shares(x: np.ndarray, edges: Sequence[float]) -> np.ndarray:
+def bin_shares(x: np.ndarray, edges: Union[np.ndarray, Sequence[float]]) -> np.ndarray:
     """Share of ``x`` in each bin of the inner ``edges`` (``len(edges) + 1`` bins)."""
     idx = np.searchsorted(np.asarray(edges, dtype=np.float64), x, side="right")
     counts = np.bincount(idx, minlength=len(edges) + 1).astype(np.float64)

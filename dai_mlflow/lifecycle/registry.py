@@ -11,11 +11,14 @@ import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Dict, Optional, TypeVar
+from typing import TYPE_CHECKING, Callable, Dict, Optional, TypeVar
 
 from dai_mlflow.errors import one_line
 from dai_mlflow.lifecycle.errors import LifecycleError
 from dai_mlflow.tracking import CHAMPION, TAG_PREFIX
+
+if TYPE_CHECKING:  # importing mlflow costs seconds: only where a client is made
+    from mlflow import MlflowClient
 
 BASELINE_RUN_TAG = TAG_PREFIX + "prediction_baseline_run"
 PREDICTION_BASELINE_FILE = "prediction_baseline.json"
@@ -46,7 +49,7 @@ class ModelRequest:
             raise LifecycleError("model_name is empty; pass the registered model's name")
 
 
-def client() -> object:
+def client() -> MlflowClient:
     """An MlflowClient on the current tracking and registry URIs."""
     import mlflow
 

@@ -76,7 +76,7 @@ def score_file(
     with tempfile.TemporaryDirectory(prefix="dai-mlflow-score-") as scratch:
         out = Path(scratch) / "predictions.csv"
         try:
-            run_program(python, "score", [model_dir, data, fmt, out], base)
+            run_program(python, "score", [str(model_dir), str(data), fmt, str(out)], base)
         except ModelProgramError as e:
             raise ModelFailedError(f"{label or model_dir}: {e}") from e
         return pd.read_csv(out)

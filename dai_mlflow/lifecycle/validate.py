@@ -150,8 +150,7 @@ def _validate(request: ValidateRequest, run_id: str) -> ValidateResult:
             challenger.version,
             expected=champion.version if champion else None,
         )
-    kept = decision is Decision.KEPT and champion is not None
-    winner = champion.version if kept else challenger.version
+    winner = champion.version if decision is Decision.KEPT and champion else challenger.version
     scores = {f"challenger v{challenger.version}": new_metrics}
     preds = {f"challenger v{challenger.version}": new_pred}
     if old_pred is not None and champion is not None:

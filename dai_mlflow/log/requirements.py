@@ -383,8 +383,8 @@ def sanitize(
     shims = [
         s
         for s in SHIMS_FOR_PYTHON.get(pipeline.python, ())
-        if canonical_name(_NAME.match(s).group(1)) not in seen
-    ]  # type: ignore[union-attr]
+        if canonical_name(_NAME.match(s).group(1)) not in seen  # type: ignore[union-attr]
+    ]
     options = list(dict.fromkeys(out.options))
     wheel_lines = [f"{ARTIFACT_PREFIX}/{w.file_name}" for w in wheels]
     constraints = _drop_conflicting_constraints(out.constraints, mlflow_line, shims)

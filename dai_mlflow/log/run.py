@@ -345,7 +345,7 @@ def check_model(staged: StagedModel, env_root: Optional[Path] = None) -> Dict[st
         raise ModelCheckError(f"building the model's env failed: {e}") from e
     root = str(env_root) if env_root else None
     try:
-        result = run_program(python, "check", [staged.path], root=root)
+        result = run_program(python, "check", [str(staged.path)], root=root)
     except ModelProgramError as e:
         raise ModelCheckError(
             f"the model failed in its own env (Python {staged.python_version}): {e}; "

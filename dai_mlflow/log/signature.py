@@ -114,26 +114,27 @@ def _literal(node: ast.AST) -> Any:
         raise
 
 
-def _list_calls(tree: ast.AST, attr: str, keyword: str) -> Iterator[Tuple[ast.Call, Dict]]:
-    """``(call, keywords)`` of every ``<x>.<attr>([...], <keyword>=..., ...)`` call in ``tree``."""
+def _list_calls(
+    tree: ast.AST, attr: str, keyword: str
+) -> Iterator[Tuple[ast.List, Dict[str, ast.expr]]]:
+    """``(first argument, keywords)`` of every ``<x>.<attr>([...], <keyword>=..., ...)`` call in
+    ``tree``."""
     for node in ast.walk(tree):
         if not (isinstance(node, ast.Call) and getattr(node.func, "attr", "") == attr):
             continue
         kw = {k.arg: k.value for k in node.keywords if k.arg}
         if keyword in kw and node.args and isinstance(node.args[0], ast.List):
-            yield node, kw
+            yield node.args[0], kw
 
 
 def _series_values(tree: ast.AST) -> Dict[str, Tuple[str, List[Any]]]:
     """``name -> (dtype, values)`` of every ``pd.Series([...], name=..., dtype=...)`` call."""
     found: Dict[str, Tuple[str, List[Any]]] = {}
-    for node, kw in _list_calls(tree, "Series", "name"):
+    for items, kw in _list_calls(tree, "Series", "name"):
         try:
             name = _literal(kw["name"])
             dtype = _literal(kw["dtype"]) if "dtype" in kw else "object"
-            values = [
-                _literal(e) if not isinstance(e, ast.Name) else None for e in node.args[0].elts
-            ]
+            values = [_literal(e) if not isinstance(e, ast.Name) else None for e in items.elts]
         except (ValueError, SyntaxError):
             continue
         if isinstance(name, str) and name not in found:
@@ -152,14 +153,14 @@ def _frame_rows(tree: ast.AST) -> Tuple[List[str], List[List[Any]]]:
                         lists[target.id] = _literal(node.value)
                     except (ValueError, SyntaxError):
                         continue
-    for node, kw in _list_calls(tree, "DataFrame", "columns"):
+    for items, kw in _list_calls(tree, "DataFrame", "columns"):
         cols_node = kw["columns"]
         try:
             if isinstance(cols_node, ast.Name):
                 columns = lists.get(cols_node.id)
             else:
                 columns = _literal(cols_node)
-            rows = [_literal(r) for r in node.args[0].elts]
+            rows = [_literal(r) for r in items.elts]
         except (ValueError, SyntaxError):
             continue
         if isinstance(columns, list) and all(isinstance(r, (list, tuple)) for r in rows):

@@ -41,7 +41,7 @@ def _info(name: str, mode: int) -> zipfile.ZipInfo:
     return info
 
 
-def _chunks(content: Content) -> Iterable[bytes]:
+def _chunks(content: Union[Path, Callable[[], Iterable[bytes]]]) -> Iterable[bytes]:
     if isinstance(content, Path):
         with content.open("rb") as f:
             yield from iter(lambda: f.read(_BLOCK), b"")

@@ -317,9 +317,8 @@ def _names(columns: Sequence[str], limit: int = 20) -> str:
 
 
 def _kind(value: Any) -> str:
-    return {dict: "an object", list: "a list", str: "a string"}.get(
-        type(value), type(value).__name__
-    )
+    kinds: Dict[type, str] = {dict: "an object", list: "a list", str: "a string"}
+    return kinds.get(type(value), type(value).__name__)
 
 
 # ------------------------------------------------------------------------------ protocol

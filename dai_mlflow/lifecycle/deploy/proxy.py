@@ -25,6 +25,9 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 from dai_mlflow.model import http_limits as limits
 from dai_mlflow.serve.rpc import RPC_PATH
 
+# An answer to send: status, headers, body, Content-Type (None: the headers carry it).
+Answer = Tuple[int, List[Tuple[str, str]], bytes, Optional[str]]
+
 PROXY_FILE = "proxy.json"
 TOKEN_ENV = "DAI_MLFLOW_PROXY_TOKEN"
 TOKEN_HEADER = "X-Dai-Mlflow-Token"
@@ -265,7 +268,7 @@ class _PublicHandler(limits.LimitedHandler):
             router.release(route)
         self._send(*answer, route=route)
 
-    def _forward(self, router: Router, route: Route, body: bytes) -> Tuple[Any, ...]:
+    def _forward(self, router: Router, route: Route, body: bytes) -> Answer:
         is_rpc = self.path.split("?", 1)[0] == RPC_PATH
         name = "rpc" if is_rpc else "invocations"
         target = route.rpc if is_rpc else route.invocations

@@ -124,7 +124,9 @@ def example_sample(model_dir: Path, output_columns: Sequence[str]) -> Sample:
             f"{model_dir} has no validation sample and no input example: run validate for it"
         )
     types = _input_types(model_dir)
-    data = [[_typed(row.get(c), types[c]) for c in types] for row in example.to_dict("records")]
+    # pandas has no stubs here: the isinstance above does not narrow MLflow's declared union.
+    rows: List[Dict[str, Any]] = example.to_dict("records")  # type: ignore[attr-defined]
+    data = [[_typed(row.get(c), types[c]) for c in types] for row in rows]
     return Sample(list(types), data, list(output_columns), None, "input example")
 
 

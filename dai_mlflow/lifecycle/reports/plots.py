@@ -67,7 +67,7 @@ def validation_pictures(
     problem: metrics.Problem,
     labels: Sequence[object],
     predictions: Mapping[str, pd.DataFrame],
-    scores: Mapping[str, Dict[str, float]],
+    scores: Mapping[str, Mapping[str, float]],
 ) -> List[Picture]:
     """The ``plots/`` of a validate run, every model on the same axes.
 
