@@ -430,13 +430,9 @@ def dockerfile(
 
 def write_bin(folder: Path) -> None:
     """``bin/``: the entry point and the JSON-RPC server script."""
-    from dai_mlflow.serve import rpc
+    from dai_mlflow.serve.server import stage_rpc_script
 
     here = Path(__file__).resolve().parent
     (folder / "bin").mkdir()
     shutil.copy2(here / "entry.py", folder / "bin" / "entry.py")
-    shutil.copy2(Path(rpc.__file__).resolve(), folder / "bin" / rpc.RPC_SCRIPT_NAME)
-    # The RPC script imports its limits module from beside it when run as a script.
-    limits = Path(rpc.__file__).resolve().parents[1] / "model" / "http_limits.py"
-    if limits.is_file():
-        shutil.copy2(limits, folder / "bin" / "dai_mlflow_http_limits.py")
+    stage_rpc_script(folder / "bin")

@@ -48,7 +48,6 @@ from __future__ import annotations
 import json
 import math
 import re
-import shutil
 import signal
 import sys
 import threading
@@ -64,8 +63,6 @@ RPC_PATH = "/rpc"
 PING_PATH = "/ping"
 DEFAULT_PORT = 9090
 DEFAULT_HOST = "127.0.0.1"
-# The name of this file copied beside a model: run there as a script by the model env's Python.
-RPC_SCRIPT_NAME = "dai_mlflow_rpc.py"
 if __package__:
     from dai_mlflow.model import http_limits as limits
 else:  # run as a script (the copy beside a model): the limits module copied next to it
@@ -465,17 +462,6 @@ def build_server(
 ) -> RpcServer:
     """The JSON-RPC HTTP server of ``service`` (bound, not yet serving: ``serve_forever``)."""
     return RpcServer((host, port), service, access_log, server_limits)
-
-
-def install_script(folder: Path) -> Path:
-    """Copy this file into ``folder`` as a script (with the limits module it imports); its path.
-
-    The copy runs on a model env's Python and imports the model's own ``code/dai_mlflow``.
-    """
-    script = folder / RPC_SCRIPT_NAME
-    shutil.copy2(Path(__file__), script)
-    shutil.copy2(Path(limits.__file__), folder / limits.SCRIPT_NAME)
-    return script
 
 
 # ------------------------------------------------------------------------------ loading

@@ -30,7 +30,8 @@ from dai_mlflow.model.serving import (
     SERVER_MODULE,
     has_own_server,
 )
-from dai_mlflow.serve.rpc import DEFAULT_HOST, install_script
+from dai_mlflow.serve.rpc import DEFAULT_HOST
+from dai_mlflow.serve.server import stage_rpc_script
 
 START_TIMEOUT = float(os.environ.get("DAI_MLFLOW_DEPLOY_START_TIMEOUT", "600"))
 # How stop_group knows the endpoint's processes (workers included): this variable names the
@@ -110,7 +111,7 @@ def start_servers(
         if rpc:
             rpc_port = free_port()
             # A private copy run as a script: it imports the model's own code/dai_mlflow.
-            script = install_script(folder)
+            script = stage_rpc_script(folder)
             cmd = [str(python), str(script), "--model-uri", str(model_dir), "--env-manager",
                    "local", "--host", DEFAULT_HOST, "--port", str(rpc_port)]  # fmt: skip
             started.append(spawn(cmd, folder / "rpc-cwd", env, rpc_log))
