@@ -26,7 +26,7 @@ import subprocess
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterator, List, Optional, Tuple
+from typing import Callable, Dict, Iterator, List, Optional, Tuple
 
 from dai_mlflow.envs.processes import (
     free_port,
@@ -49,6 +49,13 @@ _READY_TIMEOUT_S = 90.0
 
 class TrackingError(DaiMlflowError):
     """The tracking store cannot be reached or bridged."""
+
+
+def scratch_store_environ(store: Path) -> Dict[str, str]:
+    """MLflow settings of a process that loads a local model and tracks nothing: a file store
+    of its own at ``store``. Loading a model turns tracing on, which opens the tracking store,
+    and MLflow 2.17 (DAI 1.10 envs) cannot open an MLflow 3 sqlite store."""
+    return {"MLFLOW_TRACKING_URI": store.as_uri(), "MLFLOW_ALLOW_FILE_STORE": "true"}
 
 
 def default_tracking_uri(cwd: Optional[Path] = None) -> str:

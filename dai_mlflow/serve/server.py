@@ -52,7 +52,7 @@ from dai_mlflow.model.serving import (
     SERVER_MODULE,
     has_own_server,
 )
-from dai_mlflow.tracking import download_model
+from dai_mlflow.tracking import download_model, scratch_store_environ
 
 # The name of the JSON-RPC module copied beside a model: run there as a script by the model
 # env's Python (it imports the model's own code/dai_mlflow, not this checkout's).
@@ -163,8 +163,7 @@ def run_in_model_env(
     command = "exec " + " ".join(shlex.quote(a) for a in argv)
     scratch = Path(tempfile.mkdtemp(prefix="dai-mlflow-serve-store-"))
     env = {**os.environ, **dict.fromkeys(FOREIGN_PYTHON_VARS, "")}
-    env["MLFLOW_TRACKING_URI"] = (scratch / "mlruns").as_uri()
-    env["MLFLOW_ALLOW_FILE_STORE"] = "true"
+    env.update(scratch_store_environ(scratch / "mlruns"))
     env.update(extra_env or {})
     try:
         proc = environment.execute(command, env, preexec_fn=parent_death_signal, synchronous=False)

@@ -32,6 +32,7 @@ from dai_mlflow.model.serving import (
 )
 from dai_mlflow.serve.rpc import DEFAULT_HOST
 from dai_mlflow.serve.server import stage_rpc_script
+from dai_mlflow.tracking import scratch_store_environ
 
 START_TIMEOUT = float(os.environ.get("DAI_MLFLOW_DEPLOY_START_TIMEOUT", "600"))
 # How stop_group knows the endpoint's processes (workers included): this variable names the
@@ -72,8 +73,7 @@ def server_env(python: Path, folder: Path) -> Dict[str, str]:
     env = {k: v for k, v in os.environ.items() if k not in DROPPED_VARS}
     env["PATH"] = os.pathsep.join([str(python.parent), env.get("PATH", "")])
     env["VIRTUAL_ENV"] = str(python.parent.parent)
-    env["MLFLOW_TRACKING_URI"] = (folder / "scratch-store").as_uri()
-    env["MLFLOW_ALLOW_FILE_STORE"] = "true"
+    env.update(scratch_store_environ(folder / "scratch-store"))
     env[FOLDER_ENV] = str(folder)
     return env
 
