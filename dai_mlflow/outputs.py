@@ -1,27 +1,11 @@
 """What an output may replace, and how it is swapped in: the one rule of every writer.
 
-Scoring (``score.py --output``, :func:`dai_mlflow.spark.score_to_path`) and the lifecycle tables
-(``batch``, ``monitor``) write only where nothing of the user's can be lost:
-
-* a path that does not exist is written;
-* an existing path is replaced only when it is an earlier output of dai-mlflow: a folder holding
-  our marker file :data:`MARKER_NAME` or Spark's ``_SUCCESS``, and nothing but parquet part
-  files, ``.crc`` files and those two (a table: ``date=YYYY-MM-DD`` partitions of them);
-* anything else (a folder of other files, a plain file) needs ``--overwrite``;
-* never, not even with ``--overwrite``: the input itself, a folder that holds the input or lies
-  inside an input folder, ``/``, the home folder, the current folder or one of its parents, and a
-  project folder (one holding ``MLproject`` or ``.git``).
-
-Writes go to a hidden sibling (``.<name>.staging-<id>``) that is swapped in only when complete,
-under a lock file held for the whole write (``.<name>.lock``). A writer killed half-way leaves
-only hidden siblings, which readers skip (Spark and pyarrow ignore names starting with ``.``
-and ``_``) and which the next writer beside them removes once no live process holds their lock.
-
-Remote URIs (``hdfs://``, ``s3a://``, ``dbfs:/``...) are not inspected (PySpark has no public
-filesystem API): only the path rules above are checked on the text, and Spark's own modes write
-them (see :func:`dai_mlflow.spark.files.write_atomically`).
-
-Stdlib only; Python 3.8-safe (the lifecycle's Spark job runs in a DAI 1.10 env).
+Scoring and the lifecycle tables write a new path, or replace an earlier output of dai-mlflow
+(:data:`MARKER_NAME` or Spark's ``_SUCCESS``, parquet parts only); anything else needs
+``overwrite``, and the input, its folders, ``/``, home, cwd and project folders are refused even
+then. Writes go to a hidden staging sibling, swapped in when complete, under ``.<name>.lock``.
+Remote URIs get the path rules only. Stdlib only; Python 3.8-safe (the lifecycle's Spark job
+runs in a DAI 1.10 env). See spark_inference/README.md, "What --output may replace".
 """
 
 from __future__ import annotations

@@ -1,20 +1,9 @@
 """``dai-mlflow-score`` / ``python -m dai_mlflow.spark.cli``: csv/parquet in, parquet out.
 
-    dai-mlflow-score --model-uri URI --input PATH --output PATH \
-        [--env-manager local|uv|virtualenv] [--master local[*] | spark://HOST:PORT]
-        [--conf KEY=VALUE ...] [--python EXECUTOR_PYTHON] [--env-root DIR] [--batch-size N]
-        [--add-metadata] [--overwrite]
-
-The output holds the input columns plus DAI's. ``--env-manager local`` (default) scores in the
-executors' own env: run it from the model's Spark venv (``make spark-venv MODEL_URI=URI``).
-``uv``/``virtualenv`` build the model's env on each executor, offline, with a local Python: run
-those from any driver env with dai-mlflow installed, on a local master or a cluster. The output
-is written to a staging folder and moved to ``--output`` only on success; any failure prints one
-line (``Error: ...``), exits non-zero and leaves ``--output`` as it was. An existing ``--output``
-is replaced only when it is an earlier output of dai-mlflow, or with ``--overwrite``.
-
-``spark_inference/score.py`` of the checkout is the same command. Thin front door over
-:func:`dai_mlflow.spark.score_to_path`; Python 3.8-safe.
+A thin front door over :func:`dai_mlflow.spark.score_to_path` (``spark_inference/score.py`` is
+the same command): the output is the input columns plus DAI's, moved into place only on success;
+a failure is one ``Error:`` line and a non-zero exit. ``--help`` lists the options.
+Python 3.8-safe. See spark_inference/README.md.
 """
 
 from __future__ import annotations

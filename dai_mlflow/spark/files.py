@@ -1,15 +1,10 @@
 """Spark scoring's files: read csv/parquet inputs, write parquet outputs all or nothing.
 
-* :func:`read_input`: RFC 4180 csv (header row, ``""`` escapes, inferred types) or parquet, by
-  extension unless told;
-* :func:`write_atomically`: a local output is written to a hidden staging folder beside the
-  target and swapped in only when the job succeeded; whatever was at the target before is left
-  untouched by any failure, and only an earlier output of ours is replaced without
-  ``overwrite`` (:mod:`dai_mlflow.outputs`). Remote URIs are written by Spark's own modes;
-* :func:`input_columns` / :func:`sample_rows`: a local input's columns and first rows without
-  Spark, so bad input fails before Spark starts.
-
-Driver side; Python 3.8-safe.
+:func:`read_input` (RFC 4180 csv or parquet, by extension unless told); :func:`write_atomically`
+(a local output staged beside the target and swapped in on success, under the rules of
+:mod:`dai_mlflow.outputs`; remote URIs by Spark's own modes); :func:`input_columns` /
+:func:`sample_rows` (a local input checked without Spark, so bad input fails before Spark
+starts). Driver side; Python 3.8-safe. See spark_inference/README.md.
 """
 
 from __future__ import annotations

@@ -1,28 +1,10 @@
 """Batch-score a logged DAI model on Spark: local, on a standalone cluster, or anywhere else.
 
-``score(spark, model_uri, df)`` returns ``df`` plus one column per DAI output column (from the
-model's signature: ``<target>.<class>`` for classification, ``<target>`` for regression);
-``score_to_path`` reads csv/parquet, scores, and writes parquet all or nothing. They are what
-``spark_inference/score.py`` and the lifecycle ``batch`` entry point run.
-
-How (MLflow's public API only; plain ``mlflow.pyfunc.spark_udf`` stays the documented plain path,
-docs/model-hooks.md):
-
-* on the driver, before any task: the model is downloaded, its signature read, the input's
-  columns checked; the model (its thin part, and its runtime wheels once per application when
-  executors may build its env), this package and the driver's license are shipped to the
-  executors through Spark (:mod:`.shipping`);
-* on the executors, a pandas UDF (:mod:`.worker`): ``env_manager="local"`` loads the model once
-  per Python worker, in the worker's own env (it must be the model's env, e.g.
-  ``venvs/spark_inference``); ``uv``/``virtualenv`` build or reuse the model's env on each
-  executor (:mod:`dai_mlflow.envs.model_env`; ``virtualenv`` installs with pip) and run one model
-  server per Python worker in it, fed Arrow batches over pipes; the server keeps the model
-  loaded for the next job, and a spare server of the same env waits for the next model;
-* errors: a model error comes back at once, marked; :func:`translate_error` makes Spark's long
-  traceback one line;
-* BLAS/OpenMP threads per model = ``spark.task.cpus``, so tasks x threads <= cores.
-
-Driver side; Python 3.8-safe (it also runs in a Python 3.8 driver with PySpark 3.5, MLflow 2.17).
+:func:`score` returns ``df`` plus DAI's output columns (named by the model's signature);
+:func:`score_to_path` reads csv/parquet, scores and writes parquet all or nothing. The driver
+checks the model and the input before any task and ships them (:mod:`.shipping`); executors
+score in :mod:`.worker`. MLflow's public API only. Driver side; Python 3.8-safe (also a Python
+3.8 driver with PySpark 3.5 and MLflow 2.17). See spark_inference/README.md.
 """
 
 from __future__ import annotations

@@ -1,14 +1,10 @@
 """The Spark session dai-mlflow's jobs start (``spark_inference/score.py``, lifecycle ``batch``).
 
-Nothing of the driver is imposed on the executors: their Python is their own, unless ``python``
-is given (``spark.pyspark.python``). On a ``local`` master the executors *are* this machine, so
-their Python defaults to this interpreter (``PYSPARK_PYTHON``), as a user running the job from
-an activated venv expects. dai_mlflow itself reaches the workers through ``addPyFile``
-(:mod:`.shipping`), not through a ``PYTHONPATH``. Confs come from ``spark-defaults.conf`` (as
-Spark reads it) and ``conf`` (``--conf``); on a non-local master a driver that would ship a
-license is refused before the session starts unless they authenticate and encrypt.
-
-Driver side; Python 3.8-safe.
+The executors' Python is their own unless ``python`` is given (on a ``local`` master: this
+interpreter). dai_mlflow reaches workers through ``addPyFile``, not ``PYTHONPATH``. Confs come
+from ``spark-defaults.conf`` and ``--conf``; on a non-local master, a driver that would ship a
+license is refused before the session starts unless Spark authenticates and encrypts.
+Driver side; Python 3.8-safe. See spark_inference/README.md, "On a cluster".
 """
 
 from __future__ import annotations

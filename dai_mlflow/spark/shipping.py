@@ -1,42 +1,11 @@
 """What the driver sends executors through Spark itself: the model, this package, the license.
 
-Executors are other machines: they see nothing of the driver's files or variables unless Spark
-ships them. Per ``SparkContext``, each thing is shipped once:
-
-* the model in two parts (:func:`split_model`), decided from the model's own files:
-
-  - its *thin* part, zipped (stored, not deflated: fast) with ``SparkContext.addFile``:
-    ``MLmodel``, ``code/``, the experiment wheel, every small file; everything but the runtime.
-    Its name carries a content key (``MLmodel``'s bytes and every file's path and size), which
-    is also the folder executors extract it to, once. This is all a model needs to load in an
-    env that exists;
-  - its *runtime*: the wheels its ``requirements.txt`` names (the shared wheels of its DAI
-    version, ``h2oaicore`` and the like: hundreds of megabytes), not the experiment wheel, and
-    nothing under ``code/``. Only an env build needs them. They are sent as they are (hard
-    links into the driver's scratch folder, else copies; no zip), under names that carry a
-    content key of the runtime (paths, sizes, and each wheel's zip index: every member's name,
-    size and CRC), once per Spark application and key, whichever model brought them. A second
-    model of the same DAI version ships its thin part only. Spark fetches every added file to
-    every executor at its next task, so the runtime still travels once per executor and
-    application; it is linked into a complete model folder only on an executor that must build
-    the env (:mod:`.worker`). ``score(env_manager="local")`` never ships it: the executors'
-    Python is the model's env;
-* this package, zipped, with ``SparkContext.addPyFile``, so that Python workers import the same
-  dai_mlflow as the driver whether or not the executors have it installed
-  (``DAI_MLFLOW_SHIP_PACKAGE=0`` when the cluster installs the wheel itself);
-* the license the driver sees (``DRIVERLESS_AI_LICENSE_KEY``, ``DRIVERLESS_AI_LICENSE_FILE``,
-  ``~/.driverlessai/license.sig``, or the same names in ``score(env=...)``), copied to a private
-  temporary file under a random name and sent with ``addFile``; executors hand it to the model
-  as the same kind (key or file). It is never put in a Spark conf (visible in the UI and event
-  logs), a log line or the job's closure. Without one on the driver, executors use their own.
-  On a master that is not ``local``, it is shipped only when Spark authenticates
-  (``spark.authenticate``; on standalone with ``spark.authenticate.secret``) and encrypts
-  (``spark.network.crypto.enabled``) its connections: otherwise Spark's file server hands it to
-  anyone who reaches the driver's port, in clear text, and :class:`LicenseShippingError` stops
-  the job before it starts. ``DAI_MLFLOW_SHIP_LICENSE=0`` on the driver ships none: the nodes
-  provide their own.
-
-Driver side; Python 3.8-safe.
+Once per ``SparkContext`` each: the model's thin part, zipped and named by a content key, and
+for ``uv``/``virtualenv`` only its runtime wheels (:func:`split_model`); this package
+(``addPyFile``); the driver's license as a private copy under a random name, never in a conf, a
+log line or the closure, and on a non-local master only when Spark authenticates and encrypts
+(:class:`LicenseShippingError`). Driver side; Python 3.8-safe. See spark_inference/README.md,
+"How it works" and "The license on a cluster".
 """
 
 from __future__ import annotations

@@ -1,34 +1,11 @@
 """The executor side of dai-mlflow's Spark path: what runs inside Spark Python workers.
 
-A scoring job sends each executor a :class:`ScoringPlan` inside its pandas UDF (nothing of the
-driver's machine is assumed: the model, the license and this package reach executors through
-Spark's own ``addFile``/``addPyFile``). In each Python worker, on the first batch:
-
-1. the model's thin part (everything but its shared runtime wheels, see
-   :mod:`dai_mlflow.spark.shipping`) is taken from ``SparkFiles`` (a zip) and extracted once
-   per content key under the executor's env root (:func:`dai_mlflow.envs.model_env.env_root`;
-   atomic rename). It is all a model needs to load;
-2. ``env_manager="local"``: the model is loaded in this worker (its Python *is* the model's env)
-   and kept for every later batch and job of the application;
-3. ``uv``/``virtualenv``: the model's own env is built or reused on this executor
-   (:func:`dai_mlflow.envs.model_env.ensure_model_env`, file-locked, offline interpreter discovery).
-   The executor remembers the env it built for a runtime (``<env root>/runtimes/``, keyed by the
-   driver's ``env_id``): when that env is still there, the runtime wheels are not touched; only
-   an executor without it links the thin folder and the shipped runtime wheels into a complete
-   model folder (hard links, else copies), builds from it and removes it. One model server per
-   worker runs in the env (:mod:`dai_mlflow.model.hooks.arrow_server`):
-   batches go to it as Arrow IPC over a pipe and come back the same way. The server keeps the
-   model loaded for the next job of the same model. As it starts, a *spare* server of the same
-   env is started too: it does its imports while the first loads the model, then waits with no
-   model, so a new model of the same DAI version skips the interpreter start.
-   ``DAI_MLFLOW_WARM_SERVERS=0`` on the executors turns spares off.
-
-A model error comes back at once with the model's own message, marked with
-:data:`ERROR_MARKER` so that the driver can turn Spark's long traceback into one line; a server
-that dies is noticed when its pipe closes, with the last lines it printed.
-
-Runs in the executor's Python (the driver's env on a local master): pandas, pyarrow, PyYAML, no
-MLflow unless ``env_manager="local"``. Python 3.8-safe.
+On a worker's first batch the model's thin part is extracted once per content key. With
+``env_manager="local"`` the model loads in the worker itself; with ``uv``/``virtualenv`` the
+model's env is built or reused on this executor and one
+:mod:`dai_mlflow.model.hooks.arrow_server` per worker (plus a spare) scores Arrow batches over
+pipes. Runs in the executor's Python: pandas, pyarrow, PyYAML, MLflow only for ``local``;
+Python 3.8-safe. See spark_inference/README.md, "How it works".
 """
 
 from __future__ import annotations
