@@ -1,33 +1,10 @@
 """Load a model's DAI experiment wheel from its own artifacts, never from the shared env.
 
-Pipelines exported by one DAI version share every dependency but the experiment wheel
-(``scoring_h2oai_experiment_<key>-...whl``, which holds ``Scorer``). The model env therefore
-installs only the shared requirements, and the experiment code is made importable when the
-model loads:
-
-1. the wheel is found in the model's ``scoring-pipeline`` artifact and hashed (sha256 of its
-   bytes);
-2. it is extracted once into ``<cache>/<sha256>/``: into a private temporary folder beside it
-   first, then renamed into place. A rename is atomic, so concurrent loads (several Spark
-   workers, several servers) either win the rename or find a complete folder and drop their
-   own copy. Nothing half-written is ever visible under the final name;
-3. that folder goes first on ``sys.path``. A module of the same name loaded from another folder
-   in this process (another model with the same wheel file name but other contents, MLflow
-   issue #10525) is forgotten first, so each model imports its own code.
-
-The cache is ``$DAI_MLFLOW_EXPERIMENT_CACHE``, else ``$XDG_CACHE_HOME/dai-mlflow/experiments``,
-else ``~/.cache/dai-mlflow/experiments``; when that cannot be written (a read-only home on a
-cluster), ``<tmp>/dai-mlflow-<uid>/experiments``. Folders are keyed by content, so they are
-never stale; deleting the cache is always safe (between runs).
-
-Code loaded from a cache runs in the scorer process, which holds the license, so a cache folder
-picked by default must be the user's own: :func:`private_dir` creates it ``0700`` and refuses one
-that another user owns or that group or others can write (on a shared ``/tmp`` another user could
-otherwise create ``dai-mlflow-<uid>`` first and fill it with "complete" folders). A folder named
-explicitly (``$DAI_MLFLOW_EXPERIMENT_CACHE``, ``$DAI_MLFLOW_ENV_ROOT``) is the user's choice and is
-not checked.
-
-Model-side module: stdlib only, Python 3.8-safe.
+The wheel is extracted once per sha256 into a cache (renamed into place, so concurrent loads
+never see half a folder), which goes first on ``sys.path`` after a same-named module loaded from
+elsewhere is forgotten. A cache folder picked by default must be the user's own
+(:func:`private_dir`): its code runs in the process that holds the license.
+Model-side module: stdlib only, Python 3.8-safe. See docs/model-envs.md.
 """
 
 from __future__ import annotations

@@ -1,24 +1,10 @@
 """Limits every HTTP server of the project applies: body size, timeouts, handler threads, bind.
 
-Shared by the JSON-RPC server (:mod:`dai_mlflow.serve.rpc`), the deploy endpoint's front proxy
-(:mod:`dai_mlflow.lifecycle.proxy`) and any other server that serves a model:
-
-* :class:`Limits`: the configuration, from flags (:func:`add_arguments`: ``--body-limit``,
-  ``--client-timeout``, ``--max-connections``) or the environment
-  (``DAI_MLFLOW_SERVE_BODY_LIMIT`` default 64 MiB, ``DAI_MLFLOW_SERVE_CLIENT_TIMEOUT`` default
-  60 s, ``DAI_MLFLOW_SERVE_MAX_CONNECTIONS`` default 128);
-* :func:`bind_warning`: the one-line warning for a bind beyond loopback (no authentication, no
-  TLS);
-* :func:`read_body`: a request body by ``Content-Length`` or chunked, strictly parsed (a negative
-  or malformed length is a 400, never an unbounded read), 413 above the limit;
-* :class:`LimitedHTTPServer` + :class:`LimitedHandler`: ``http.server`` with at most
-  ``max_connections`` connections served at once (the others wait in the listen queue, none is
-  refused), a connection that sends nothing or sends too slowly dropped after
-  ``client_timeout``, and an answer that the client does not take within it abandoned.
-
-Stdlib only and Python 3.8-safe: it ships in every model's ``code/`` (the servers that run in a
-model's env import it from there), and is copied beside ``dai_mlflow_rpc.py`` as
-:data:`SCRIPT_NAME` when that file runs as a script (models logged before it existed).
+:class:`Limits` (flags or ``DAI_MLFLOW_SERVE_*`` variables), :func:`read_body` (strict
+``Content-Length`` or chunked, 413 above the limit), :func:`bind_warning` (beyond loopback) and
+:class:`LimitedHTTPServer`/:class:`LimitedHandler` (bounded connections, slow clients dropped).
+Stdlib only and Python 3.8-safe: it ships in every model's ``code/``, and is copied beside
+``dai_mlflow_rpc.py`` as :data:`SCRIPT_NAME` for older models. See docs/serving.md, "Limits".
 """
 
 from __future__ import annotations

@@ -1,9 +1,9 @@
 """Find the Driverless AI license at scoring time, without ever copying it.
 
-Order (DESIGN.md, contract item 6): ``DRIVERLESS_AI_LICENSE_KEY`` (the key itself),
-``DRIVERLESS_AI_LICENSE_FILE`` (a path), then ``~/.driverlessai/license.sig``. A
-:class:`LicenseSource` says *where* the license is, never what it is, so it can be printed and
-logged. Model-side module: stdlib only, Python 3.8-safe.
+Order: ``DRIVERLESS_AI_LICENSE_KEY`` (the key itself), ``DRIVERLESS_AI_LICENSE_FILE`` (a path),
+then ``~/.driverlessai/license.sig`` (README.md, "License"). A :class:`LicenseSource` says
+*where* the license is, never what it is, so it can be printed and logged. Model-side module:
+stdlib only, Python 3.8-safe.
 """
 
 from __future__ import annotations

@@ -1,22 +1,10 @@
 """The MLflow pyfunc that scores with a DAI Python scoring pipeline.
 
-It runs *inside the DAI env* (Python 3.8 + mlflow 2.17 for the DAI 1.10 line, Python 3.11 +
-mlflow 3.x for the 2 line), loaded as a models-from-code pyfunc: the model file only calls
-``mlflow.models.set_model(DaiScoringModel())``, so nothing depends on a pickle made by another
-Python. Configuration comes from ``model_config`` (scorer module, typed input columns) and the
-``scoring-pipeline`` artifact.
-
-Per process, the scorer is imported and built once, lazily, on first predict, after the fixes in
-:mod:`dai_mlflow.model.runtime` and with the license located by :mod:`dai_mlflow.model.license`; it
-runs in a writable per-process folder. The scorer module comes from the model's own experiment wheel
-(:mod:`dai_mlflow.model.experiment`: extracted once per content hash, put first on ``sys.path``), so
-the env holds only the dependencies that every pipeline of the DAI version shares, and two models
-whose wheels share a file name still score with their own code. ``predict`` reorders columns to
-``get_column_names()``, coerces them to the signature's types, names every missing column, and
-returns ``score_batch``'s frame unchanged (DAI's own output columns). Params: ``pred_contribs`` and
-``output_margin`` (booleans, not both).
-
-Model-side module: imports stdlib, pandas, mlflow and (lazily) the scorer only; Python 3.8-safe.
+It runs inside the DAI env as a models-from-code pyfunc (the model file only calls
+``mlflow.models.set_model(DaiScoringModel())``: no pickle made by another Python). The scorer is
+built once per process, lazily, from the model's own experiment wheel; ``predict`` orders and
+coerces columns to the signature and returns ``score_batch``'s frame unchanged. Model-side:
+stdlib, pandas, mlflow and (lazily) the scorer only; Python 3.8-safe. See docs/model-envs.md.
 """
 
 from __future__ import annotations

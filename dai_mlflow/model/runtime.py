@@ -1,20 +1,10 @@
 """Process fixes a DAI scorer needs, the folder it runs in, and a guard it cannot escape.
 
-* :func:`prepare_process`: the interpreter-start fixes of :mod:`dai_mlflow.model.hooks` (std
-  streams with a ``fileno()``, no foreign PySpark on ``sys.path``, ``importlib.resources.files``
-  on 3.8), applied again before the scorer is imported: a model loaded directly into an
-  existing env (``mlflow.pyfunc.load_model`` in a notebook) has no hooks wheel.
-* :func:`scorer_workdir` / :func:`in_workdir`: the scorer writes ``./tmp`` under the current
-  folder, so it runs in a writable per-process folder (never the model folder, which may be
-  read-only, nor the caller's cwd). Custom recipes shipped in ``scoring-pipeline/tmp`` are copied
-  there first.
-* :func:`scorer_guard`: DAI's ``Scorer()`` calls ``sys.exit(-1)`` when it cannot accept the
-  license, after printing why on stderr. Inside the guard, ``SystemExit`` (and any other
-  ``BaseException`` but ``KeyboardInterrupt``) becomes a :class:`ScorerExitError` whose one-line
-  message quotes what the scorer printed (the license line when there is one), so the caller's
-  process (a notebook kernel, a Spark worker, a serving worker) survives.
-
-Model-side module: stdlib only, Python 3.8-safe.
+:func:`prepare_process` applies the hooks' interpreter-start fixes again (for a model loaded into
+an env without the hooks wheel); :func:`scorer_workdir`/:func:`in_workdir` run the scorer in a
+writable per-process folder (it writes ``./tmp``; recipes in ``scoring-pipeline/tmp`` are copied
+there); :func:`scorer_guard` turns its ``sys.exit`` into a :class:`ScorerExitError`.
+Model-side module: stdlib only, Python 3.8-safe. See docs/model-hooks.md.
 """
 
 from __future__ import annotations

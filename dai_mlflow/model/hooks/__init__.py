@@ -1,40 +1,10 @@
-"""Interpreter-start fixes for a DAI model's env, shipped inside every logged model.
+"""Interpreter-start fixes for a DAI model's env, shipped in every logged model as a wheel.
 
-Whoever starts the model's interpreter (MLflow's stdin server under ``spark_udf``,
-``mlflow.models.predict``, ``mlflow models serve``, a Databricks serving container), the model
-env must survive three things before anything else is imported:
-
-* **another Python's Spark on ``sys.path``.** A Spark Python worker puts its own PySpark
-  (``pyspark.zip``, py4j, ``SPARK_HOME/python``) on ``PYTHONPATH``, and the model server MLflow
-  starts in the model env inherits it. A Python 3.8 env that imports MLflow 2.17, which imports
-  that PySpark 4, dies with ``module 'importlib.resources' has no attribute 'files'``.
-  :func:`drop_foreign_spark` takes such entries off ``sys.path`` when they come from outside this
-  interpreter *and* their PySpark needs a newer Python than this one;
-* **``importlib.resources.files`` on Python 3.8** (3.9+ API some imports use): when
-  ``importlib.resources`` is first imported, ``files``/``as_file`` are filled in from the
-  ``importlib_resources`` backport. Deferred to that import because importing it costs ~50 ms;
-* **std streams without ``fileno()``.** DAI scorers call ``fileno()`` on ``sys.stdout``/
-  ``sys.stderr`` while importing; hosts swap them for objects that have none. Right before a
-  DAI module (``scoring_h2oai_experiment_*``, ``h2oaicore``) is imported, such streams are given
-  one (:func:`ensure_stream_filenos`).
-
-A fourth fix takes over MLflow's stdin scoring server when it belongs to *another* MLflow: the
-driver's ``mlflow/pyfunc/stdin_server.py`` is run by path in the model env, and MLflow 3.x's
-script calls functions MLflow 2.17 does not have. The model env's interpreter then runs
-:mod:`.stdin_server` instead (same protocol, this env's MLflow, public API only), by replacing
-itself with ``python -m dai_mlflow_model_hooks.stdin_server`` before the foreign script runs.
-
-How it ships: :func:`dai_mlflow.log.model_wheels.add_to_model` writes this package, renamed
-``dai_mlflow_model_hooks``, as a small wheel with a ``.pth`` file that calls :func:`install`
-into the model's ``code/`` folder and names it in the model's ``requirements.txt``, so every env
-MLflow restores for the model has it. Each fix is a no-op where nothing needs fixing;
-``DAI_MLFLOW_HOOKS=0`` turns them all off, and ``DAI_MLFLOW_HOOKS_DEBUG=1`` prints each action on
-stderr (``python -m dai_mlflow_model_hooks`` prints what was done in a fresh interpreter). The
-model-side code (:mod:`dai_mlflow.model.runtime`) calls the same functions for a model loaded
-directly into an env without the wheel.
-
-Stdlib only and Python 3.8-safe: this runs inside every model env, at interpreter start. The
-package's modules import one another relatively, so they work under either name.
+Installed as ``dai_mlflow_model_hooks`` with a ``.pth`` that calls :func:`install` before the
+first import: no foreign PySpark on ``sys.path``, ``importlib.resources.files`` on 3.8, std
+streams with a ``fileno()``, and :mod:`.stdin_server` in place of a foreign MLflow's script.
+Stdlib only and Python 3.8-safe (it runs at every interpreter start); the modules import one
+another relatively, so they work under either name. See docs/model-hooks.md.
 """
 
 from __future__ import annotations

@@ -1,24 +1,11 @@
 """dai-mlflow's model server for Spark: one model, in its own env, fed Arrow batches over pipes.
 
-Started by a Spark Python worker (:mod:`dai_mlflow.spark.worker`) with the model env's
-interpreter, this package on ``PYTHONPATH`` and two inherited pipe descriptors::
-
-    python -m dai_mlflow_model_hooks.arrow_server --requests FD --answers FD
-
-It imports MLflow, pandas and pyarrow first, then waits for a model; that is what lets a worker
-keep a *spare* server of an env ready for the next model. Protocol: each message is one JSON
-line, and for scoring an Arrow IPC stream (schema, record batches, end-of-stream) right after it:
-
-* ``{"op": "load", "model": DIR}`` → ``{"ok": true, "seconds": S}``: ``mlflow.pyfunc.load_model``
-  then a predict on the model's input example, so that the DAI scorer is built (and a license
-  problem shows) here, not in the first batch;
-* ``{"op": "score", "params": {...}}`` + stream → ``{"ok": true}`` + stream of the predictions;
-* any failure → ``{"error": "<Type>: <first line>"}``; the server goes on serving (a bad batch
-  does not cost the loaded model), except after a failed load, which it answers and exits.
-
-The pipes carry nothing else: the model's own prints (DAI scorers log to the console) go to
-stdout/stderr, which the worker passes to the executor's log. The server ends when the requests
-pipe closes (its worker is gone). Model side: stdlib, pandas, pyarrow and mlflow, Python 3.8-safe.
+Started by :mod:`dai_mlflow.spark.worker`: ``python -m dai_mlflow_model_hooks.arrow_server
+--requests FD --answers FD``. It imports first, then waits for a model (so a spare can wait
+ready). A message is one JSON line (``load``, ``score``), a score's frames an Arrow IPC stream
+after it; the model's own prints go to stdout/stderr, never the pipes. It ends when the requests
+pipe closes. Model side: stdlib, pandas, pyarrow and mlflow; Python 3.8-safe.
+See docs/model-envs.md, "Spark: the model stays loaded".
 """
 
 from __future__ import annotations

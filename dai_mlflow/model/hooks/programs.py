@@ -1,20 +1,10 @@
 """One-shot programs run in a model's own env: the log-time check, and scoring a file.
 
-    python -m dai_mlflow_model_hooks.programs check MODEL_DIR
-    python -m dai_mlflow_model_hooks.programs score MODEL_DIR DATA csv|parquet OUT_CSV
-
-* ``check`` (``mlflow run`` before anything is logged, :mod:`dai_mlflow.log.run`): load the
-  staged model with ``mlflow.pyfunc.load_model``, predict its input example with and without
-  contributions, and report the output columns, the row counts and the scorer's own
-  ``get_column_names()``;
-* ``score`` (the lifecycle entry points, :mod:`dai_mlflow.lifecycle.scoring`): read a csv or
-  parquet file with the signature's types (csv text columns stay text), predict, write DAI's
-  output columns as csv.
-
-Either prints one line ``DAI_MLFLOW_RESULT=<json>`` on success, or ``[dai-mlflow model error]
-<Type>: <message>`` and exits 1; :func:`dai_mlflow.envs.model_env.run_program` reads them.
-Model side: stdlib, pandas and mlflow (plus the model's own ``code/dai_mlflow`` once loaded);
-Python 3.8-safe.
+``python -m dai_mlflow_model_hooks.programs check MODEL_DIR`` (``mlflow run``'s check before
+logging) or ``... score MODEL_DIR DATA csv|parquet OUT_CSV`` (lifecycle scoring). Each prints one
+``DAI_MLFLOW_RESULT=<json>`` line, or ``[dai-mlflow model error] <Type>: <message>`` and exits
+1, for :func:`dai_mlflow.envs.model_env.run_program`. Model side: stdlib, pandas and mlflow;
+Python 3.8-safe. See docs/model-envs.md.
 """
 
 from __future__ import annotations

@@ -1,26 +1,11 @@
 """A ``uvicorn`` stand-in that lets MLflow 3's ``mlflow models serve`` serve DAI 1.10 models.
 
-Why: ``mlflow models serve -m URI --env-manager uv`` (MLflow 3) restores the model's env and runs
-``exec uvicorn --host H --port P --workers N mlflow.pyfunc.scoring_server.app:app`` *inside* it,
-with the model path in ``__pyfunc_model_path__`` and the request timeout in
-``MLFLOW_SCORING_SERVER_REQUEST_TIMEOUT``. A DAI 1.10 model env holds Python 3.8 and MLflow 2.17:
-no uvicorn and no FastAPI app, so the command exits 127. MLflow 2.17 serves the same model with
-``gunicorn ... mlflow.pyfunc.scoring_server.wsgi:app`` and reads the same two variables.
-
-How it ships: Python < 3.9 models carry a wheel ``dai_mlflow_serving_shim`` whose only content is
-a ``uvicorn`` console script pointing at :func:`main` of this module, which the hooks wheel
-(``dai_mlflow_model_hooks``, in every model) holds (:mod:`dai_mlflow.log.model_wheels`). MLflow 3
-cannot be installed on those Pythons, so no real uvicorn can clash with the script.
-
-At run time (model env, Python 3.8), :func:`main` reads uvicorn's arguments, maps those with a
-  gunicorn meaning (host/port/uds/fd, workers, keep-alive, graceful timeout, log level, ...),
-  ignores the rest with a note on stderr, and *replaces itself* (``os.execv``) with the env's own
-  ``python -m gunicorn --timeout=<MLFLOW_SCORING_SERVER_REQUEST_TIMEOUT> -b H:P [-w N] --
-  mlflow.pyfunc.scoring_server.wsgi:app``, exactly MLflow 2.17's own serving command, so MLflow's
-  SIGTERM (and its parent-death signal) reach gunicorn directly. If the env does have uvicorn and
-  MLflow's FastAPI app, it execs ``python -m uvicorn`` with the arguments unchanged.
-
+MLflow 3 runs ``uvicorn ... mlflow.pyfunc.scoring_server.app:app`` in the restored model env; a
+DAI 1.10 env (Python 3.8, MLflow 2.17) has neither. Python < 3.9 models carry a wheel whose
+``uvicorn`` script calls :func:`main`, which maps uvicorn's arguments and execs MLflow 2.17's own
+``python -m gunicorn ... scoring_server.wsgi:app`` (or the real uvicorn when the env has one).
 Stdlib only and Python 3.8-safe: this file runs inside the DAI 1.10 model env.
+See docs/serving.md, section 1.
 """
 
 from __future__ import annotations

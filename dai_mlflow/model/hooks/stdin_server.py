@@ -1,29 +1,10 @@
 """MLflow's stdin scoring protocol, served by the model env's own MLflow (public API only).
 
-``mlflow.pyfunc.spark_udf(env_manager="uv"|"virtualenv")`` starts, inside the model's env,
-``python <driver's mlflow>/pyfunc/stdin_server.py --model-uri PATH``: a script of the *driver's*
-MLflow run against the *model env's* MLflow. A Python 3.8 model env has MLflow 2.17, which lacks
-what MLflow 3's script calls (``scoring_server.load_model_with_mlflow_config``), so the plain
-path cannot work across versions. :mod:`dai_mlflow.model.hooks` notices such a foreign script at
-interpreter start and runs this module instead (``python -m dai_mlflow_model_hooks.stdin_server``
-inside the model, from the wheel every model carries). It speaks the same protocol:
-
-* one JSON request per stdin line: ``{"id", "data", "output_file"}``, where ``data`` is what
-  MLflow's ``dump_input_data`` made of a pandas frame (``{"dataframe_split": ..., "params": ...}``;
-  ``dataframe_records``, ``inputs`` and ``instances`` are read too);
-* the answer ``{"predictions": [records], "id": ...}`` is written to ``output_file`` (a temporary
-  file renamed into place, so a polling client never reads half of it);
-* ``SERVING_MODEL_CONFIG`` (JSON) is passed to ``load_model`` as ``model_config``.
-
-Input columns are cast to the model's input schema (JSON has no float64 for whole numbers, and
-MLflow refuses int64 for a double column). A failure to load or predict prints one line,
-``[dai-mlflow model error] <Type>: <message>``, on stderr (the client shows the server's output
-as ``[model server] ...``) and ends the server with status 1, as MLflow's own script does.
-While loading, the tracking store is a scratch folder when the inherited one is a database:
-loading a model turns on tracing, which opens the store, and MLflow 2.x cannot open one that
-MLflow 3 created.
-
-Model-side: stdlib, pandas and mlflow only; Python 3.8-safe.
+``spark_udf(env_manager="uv"|"virtualenv")`` runs the *driver's* MLflow ``stdin_server.py`` in
+the model env; MLflow 3's script calls what MLflow 2.17 lacks, so :mod:`dai_mlflow.model.hooks`
+runs this module instead: one JSON request per stdin line, the answer written to its
+``output_file``, a failure as one ``[dai-mlflow model error]`` line on stderr and exit 1.
+Model-side: stdlib, pandas and mlflow only; Python 3.8-safe. See docs/model-hooks.md.
 """
 
 from __future__ import annotations

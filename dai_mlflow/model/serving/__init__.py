@@ -1,19 +1,9 @@
 """The model's own HTTP server: ``/invocations``, ``/rpc``, ``/metrics`` with adaptive batching.
 
-Shipped inside every logged model (``code/dai_mlflow/model/serving``) and started in the model's
-env by ``python -m dai_mlflow_model_hooks.serve --model-path DIR`` (docs/serving.md):
-
-* :mod:`.cli`: options, the supervisor that binds the port and keeps N worker processes alive;
-* :mod:`.http`: a small asyncio HTTP/1.1 server (keep-alive, limits, timeouts);
-* :mod:`.app`: one worker: loads the model once, routes requests, answers MLflow's and DAI's
-  protocols;
-* :mod:`.batching`: merges concurrent requests into one scorer call;
-* :mod:`.metrics`: Prometheus metrics shared by the workers;
-* :mod:`.inference_log`: the optional parquet log of served rows.
-
-This module also tells launchers how to run it (:func:`has_own_server`, :data:`SERVER_MODULE`).
-Stdlib only at import time (the scorer, MLflow, pandas and prometheus_client are imported by a
-worker); Python 3.8-safe.
+Shipped in every logged model (``code/dai_mlflow/model/serving``), started in the model's env by
+``python -m dai_mlflow_model_hooks.serve --model-path DIR``. :func:`has_own_server` and
+:data:`SERVER_MODULE` tell launchers how to run it. Stdlib only at import time (a worker imports
+the scorer, MLflow, pandas, prometheus_client); Python 3.8-safe. See docs/serving.md, section 0.
 """
 
 import os

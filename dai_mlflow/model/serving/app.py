@@ -1,19 +1,10 @@
 """One worker process of the model's server: the model loaded once, every route answered.
 
-Routes: ``POST /invocations`` (MLflow's scoring protocol), ``POST /rpc`` (DAI's JSON-RPC,
-:mod:`dai_mlflow.serve.rpc`'s own ``handle``), ``GET /ping``, ``/health``, ``/version``,
-``/metrics``.
-
-``/invocations`` answers are MLflow's own: a JSON body of one of the four formats whose rows
-share their columns is parsed in the event loop thread only as far as merging needs, and the
-merged body is parsed by MLflow's ``infer_and_parse_data`` with the model's signature and
-predicted by ``PyFuncModel.predict``, as MLflow's server does. Anything else (CSV, unusual
-shapes, a merged call that failed) goes request by request through MLflow's own
-``scoring_server.invocations``, so its answer or error is exactly the one MLflow's server gives.
-
-``/rpc`` requests run ``handle`` in a small thread pool; ``score`` and ``score_batch`` calls of
-concurrent clients are merged into one ``score_batch`` (retried one by one when it fails, so an
-error reaches only its own client, with the message it gets alone).
+Routes: ``POST /invocations`` (MLflow's protocol; merged JSON bodies are predicted together,
+anything else goes through MLflow's own ``scoring_server.invocations``), ``POST /rpc`` (DAI's
+JSON-RPC, ``score``/``score_batch`` calls merged), ``GET /ping``, ``/health``, ``/version``,
+``/metrics``. A merged call that fails is retried one request at a time.
+See docs/serving.md, section 0.
 """
 
 from __future__ import annotations

@@ -1,17 +1,10 @@
 """Adaptive batching: concurrent requests merged into one scorer call, in one scorer thread.
 
-A DAI scorer costs about the same per call for 1 row as for 1000, so a server that calls it
-once per request wastes most of it under load. Requests are queued as :class:`Item`; the scorer
-thread takes the queue as soon as it is free:
-
-* items with the same ``key`` (same protocol, columns and flags) are merged, oldest first, up
-  to ``max_rows`` rows per call (an item larger than that goes alone);
-* when the scorer is idle and more clients are connected than have asked, it waits up to
-  ``max_wait`` seconds for them (a lone client never waits);
-* ``enabled=False`` (``--no-batching``) runs one item per call.
-
-The runner gets a list of items and must call every item's ``done`` exactly once; retrying a
-failed merged call item by item is the runner's business (:mod:`.app`).
+A DAI scorer costs about the same per call for 1 row as for 1000. The scorer thread takes the
+queue when free and merges items of the same ``key``, oldest first, up to ``max_rows``; when
+idle it waits up to ``max_wait`` only while more clients are connected than have asked.
+``enabled=False`` runs one item per call. The runner must call each item's ``done`` exactly
+once; retrying a failed merged call is its business (:mod:`.app`). See docs/serving.md.
 """
 
 from __future__ import annotations

@@ -1,15 +1,9 @@
-"""Command line and supervisor of the model's server.
+"""Command line and supervisor of the model's server (options: docs/serving.md, section 0).
 
-``python -m dai_mlflow_model_hooks.serve --model-path DIR [--host H] [--port P] [--workers N]
-[--max-batch-rows R] [--max-wait-ms W] [--no-batching] [--log-requests DIR] [--body-limit BYTES]
-[--timeout S]`` (docs/serving.md).
-
-The supervisor imports nothing but the stdlib, reserves the port, and forks N workers before
-anything else is loaded (a DAI scorer must not be shared across a fork). Each worker loads the
-model, binds its own socket to the port with ``SO_REUSEPORT`` (the kernel spreads connections
-over the workers; a worker listens only once its model is ready) and serves. A worker that dies
-is replaced; if the first one cannot start (no license, a broken model), the server exits 1 with
-its one-line error. SIGTERM/SIGINT stop the workers (each finishes what it is answering).
+The supervisor imports only the stdlib, reserves the port and forks N workers before anything
+else loads (a DAI scorer must not be shared across a fork). Each worker loads the model, then
+binds the port with ``SO_REUSEPORT``; a worker that dies is replaced, and if the first cannot
+start, the server exits 1 with its one-line error. SIGTERM/SIGINT stop the workers gracefully.
 """
 
 from __future__ import annotations

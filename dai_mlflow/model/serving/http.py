@@ -1,18 +1,10 @@
 """A small asyncio HTTP/1.1 server: keep-alive, pipelining, limits and timeouts.
 
-Why not an ASGI stack: uvicorn/starlette are not in a Python 3.8 model env, and adding them to
-every model's requirements would change every model env; this server needs the stdlib only.
-It parses just what scoring clients send (``Content-Length`` or chunked bodies,
-``Expect: 100-continue``) and is strict about the rest:
-
-* a body over the limit (64 MiB by default) is answered 413 and the connection closed;
-* a malformed or negative ``Content-Length`` or chunk size, both ``Content-Length`` and
-  ``Transfer-Encoding``, or an oversized header block is answered 400 (431) and closed;
-* a client that sends a request too slowly is answered 408 and closed, an idle keep-alive
-  connection is closed quietly.
-
-A route handler gets a :class:`Request` and calls ``request.respond(...)`` once, from the event
-loop thread, whenever its answer is ready; answers leave in request order.
+Stdlib only: uvicorn/starlette are not in a Python 3.8 model env, and adding them would change
+every model env. It parses what scoring clients send and refuses the rest: 413 over the body
+limit, 400/431 for malformed lengths or headers, 408 for a slow request. A route handler calls
+``request.respond(...)`` once, from the event loop thread; answers leave in request order.
+Python 3.8-safe. See docs/serving.md, "Why this stack".
 """
 
 from __future__ import annotations

@@ -1,15 +1,10 @@
 """The optional inference log: served rows and their outputs, as a date-partitioned parquet table.
 
-``--log-requests DIR`` makes each worker append what it served to ``DIR/date=YYYY-MM-DD/``
-(one ``part-<pid>-<n>.parquet`` file per flush, written under a hidden name and renamed, so a
-reader never sees half a file). A row holds the input columns as the model received them, DAI's
-output columns, and ``model_name``, ``model_version``, ``model_uri``, ``scored_at`` (UTC): the
-layout of the lifecycle batch table, so ``monitor`` reads it as its window.
-
-Scoring threads only append references to a bounded queue; a background thread builds and
-writes the files. When the queue is full the rows are dropped and counted
-(``dai_mlflow_inference_log_dropped_total``); a write that fails is counted the same way and
-reported once on stderr. Nothing here can fail or slow a request beyond the append.
+``--log-requests DIR``: each worker appends to ``DIR/date=YYYY-MM-DD/part-<pid>-<n>.parquet``
+(written under a hidden name, then renamed) with the lifecycle batch table's columns. Scoring
+threads only append to a bounded queue; a background thread writes. A full queue or a failed
+write drops rows and counts them: nothing here can fail or slow a request beyond the append.
+See docs/serving.md, "Inference log".
 """
 
 from __future__ import annotations

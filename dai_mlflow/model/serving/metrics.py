@@ -1,17 +1,8 @@
 """Prometheus metrics of the server, summed over its worker processes.
 
-prometheus_client's multiprocess mode: each worker writes its values to files in
+prometheus_client's multiprocess mode: each worker writes its values under
 ``PROMETHEUS_MULTIPROC_DIR`` (a private folder the supervisor makes before it starts workers),
-and ``/metrics`` on any worker reads them all. Metrics:
-
-* ``dai_mlflow_requests_total{route,status}`` and ``dai_mlflow_request_errors_total{route,status}``
-  (an error is HTTP >= 400, or a JSON-RPC error object);
-* ``dai_mlflow_request_duration_seconds{route}``: from the request's first byte to its answer;
-* ``dai_mlflow_scorer_call_rows`` and ``dai_mlflow_scorer_call_duration_seconds``: per scorer
-  call, so the effect of batching shows;
-* ``dai_mlflow_model_info{model_name,model_version,dai_version,...} 1``;
-* ``dai_mlflow_inference_log_rows_total`` and ``dai_mlflow_inference_log_dropped_total``;
-* ``dai_mlflow_worker_starts_total``: worker processes started (restarts show as more than N).
+and ``/metrics`` on any worker reads them all. The metrics: docs/serving.md, section 0.
 """
 
 from __future__ import annotations
