@@ -1,13 +1,9 @@
 """How every dai-mlflow command line runs: click, one error line, one exit code.
 
-A command is a ``click.Command`` whose body raises :class:`~dai_mlflow.errors.DaiMlflowError`
-(or ``click.ClickException``) for expected failures; :func:`run_click` runs it and turns those
-into ``Error: <one line>`` on stderr and exit status 1 (2 for usage errors, as click does), with
-no traceback. Only interpreters without click use argparse: the host Python that builds the first
-venv (:mod:`dai_mlflow.envs.venvs`, :mod:`dai_mlflow.envs.pythons`) and the servers inside model
-envs (:mod:`dai_mlflow.model.hooks`); they print the same ``Error:`` line.
-
-Python 3.8-safe (the project env runs it).
+:func:`run_click` runs a ``click.Command`` and turns a :class:`~dai_mlflow.errors.DaiMlflowError`
+(or ``click.ClickException``) into ``Error: <one line>`` on stderr and exit 1 (2 for usage
+errors), with no traceback. Only interpreters without click use argparse (the host Python that
+builds the first venv, the servers in model envs); they print the same line. Python 3.8-safe.
 """
 
 from __future__ import annotations

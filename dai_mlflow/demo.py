@@ -1,18 +1,11 @@
 """`make demo`: the main job end to end on a sample DAI-shaped pipeline, with embedded defaults.
 
-Steps (each a real command a user would type, run as a subprocess from ``venvs/launcher``;
-the screen shows each step, its time and its result, the commands' own output goes to
-``data/output/demo.log``, and a failed step's output is printed whole):
-
-1. build the DAI-shaped stand-in pipeline (``python -m dai_mlflow.standin``) into
-   ``data/generated/``, with the license it writes beside ``scorer.zip``;
-2. ``mlflow run . -P pipeline=…/scorer.zip -P model_name=dai_demo``: log and register it;
-3. ``spark_inference/score.py``: batch-score the sample input with ``spark_udf`` into
-   ``data/output/predictions.parquet``.
-
-No server and no env var is needed: tracking uses the project's embedded default. The demo is
-the one product file besides the tests that imports the stand-in builder.
-Run: ``make demo`` (or ``venvs/launcher/bin/python -m dai_mlflow.demo --help``).
+Three real commands, each a subprocess from ``venvs/launcher``: build the stand-in pipeline
+(``python -m dai_mlflow.standin``) into ``data/generated/``; ``mlflow run . -P pipeline=...
+-P model_name=dai_demo``; ``spark_inference/score.py`` into ``data/output/predictions.parquet``.
+The screen shows each step's time and result, their output goes to ``data/output/demo.log`` (a
+failed step's is printed whole). No server or env var is needed. The one product module
+besides the tests that imports the stand-in builder.
 """
 
 from __future__ import annotations

@@ -1,11 +1,9 @@
 """Error hierarchy of dai_mlflow, and how anything is said: one note prefix, one error prefix.
 
-Every expected failure raises a subclass of :class:`DaiMlflowError` whose message is one line
-and says how to fix the problem. Command-line front doors catch ``DaiMlflowError`` only at the
-edge (:mod:`dai_mlflow.cli`) and print :func:`report_error`'s ``Error: <message>`` with a
-non-zero exit; nothing below them logs and returns None. Progress goes to stderr through
-:func:`say` (``[dai-mlflow] ...``); any exception is shown in one line by :func:`one_line`.
-
+Every expected failure raises a :class:`DaiMlflowError` subclass whose one-line message says how
+to fix it; only the command-line edge (:mod:`dai_mlflow.cli`) catches it and prints
+:func:`report_error`'s ``Error: <message>``. Progress goes to stderr through :func:`say`
+(``[dai-mlflow] ...``); :func:`one_line` shows any exception in one line.
 Stdlib only: this module is imported inside the DAI scorer's pinned env (Python 3.8).
 """
 

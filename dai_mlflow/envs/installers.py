@@ -1,13 +1,9 @@
 """What installer runs (pip, uv, ``python -m venv``) are given, and how their URLs are shown.
 
-* :func:`installer_environ`: the environment of every installer subprocess dai-mlflow starts:
-  the caller's, without the license (``DRIVERLESS_AI_*``). Installers run code from packages
-  (build backends, ``setup.py``) and need no license.
-* :func:`redact_credentials`: ``scheme://user:token@host`` becomes ``scheme://***@host`` in any
-  text that is shown or stored (a model's requirements, run tags, notes, errors). ``ssh`` users
-  such as ``git@`` carry no secret and are kept (the URL needs them).
-
-Stdlib only; Python 3.8-safe.
+:func:`installer_environ`: the caller's environment without the license (``DRIVERLESS_AI_*``):
+installers run packages' code and need none. :func:`redact_credentials`: ``user:token@`` in a
+URL becomes ``***@`` in anything shown or stored (``ssh`` users such as ``git@`` are kept).
+Stdlib only; Python 3.8-safe. See README.md, "Running it on your pipeline".
 """
 
 from __future__ import annotations

@@ -1,30 +1,11 @@
 """The one way a logged model's own env is built: logging's check, lifecycle scoring, Spark, tests.
 
-A model folder holds ``python_env.yaml`` (the pipeline's Python and build pins) and
-``requirements.txt`` (the shared requirements of its DAI version plus the wheels the model
-carries). :func:`ensure_model_env` builds that env with
-:func:`dai_mlflow.envs.venvs.ensure_venv`, keyed by :func:`dai_mlflow.envs.venvs.spec_key` (the
-exact Python, every requirement line, the bytes of every file they name), under a file lock, in
-an env root:
-
-* ``env_root`` argument, else ``$DAI_MLFLOW_ENV_ROOT``, else ``~/.cache/dai-mlflow/envs``; when
-  that cannot be written (a read-only home on a cluster node), ``<tmp>/dai-mlflow-<uid>/envs``
-  (created ``0700``). A default root must be the user's own: one another user owns, or that group
-  or others can write, is refused (:func:`dai_mlflow.model.experiment.private_dir`);
-* folder ``model-py<python>-<installer>-<key>``: models of one DAI version share it (the
-  experiment wheel is loaded from the model's artifacts, not installed).
-
-The interpreter is found offline (:func:`dai_mlflow.envs.pythons.find_python`): the exact version of
-``python_env.yaml`` when there is one, else the newest of its minor (a Spark executor may have
-3.8.17 where the model was logged on 3.8.18; DAI's wheels are built per minor).
-
-Code runs in that env by :func:`run_program` (the one-shot programs of
-:mod:`dai_mlflow.model.hooks.programs`) or as a server (Spark), always from
-:func:`hooks_package`: this package's model-side code written out as ``dai_mlflow_model_hooks``,
-so that the env's interpreter imports nothing of the caller's Python.
-
-Runs wherever an env is needed: the project env, ``venvs/launcher``, Spark executors. Stdlib (+
-PyYAML through :mod:`dai_mlflow.envs.venvs`); Python 3.8-safe.
+:func:`ensure_model_env` builds ``<env root>/model-py<python>-<installer>-<key>`` from the model's
+``python_env.yaml`` and ``requirements.txt`` (:mod:`dai_mlflow.envs.venvs`, under a file lock),
+with an interpreter found offline. :func:`run_program` runs the programs of
+:mod:`dai_mlflow.model.hooks.programs` there from :func:`hooks_package`, so the env's Python
+imports nothing of the caller's. Runs wherever an env is needed; stdlib (+ PyYAML); Python
+3.8-safe. See docs/model-envs.md, "Where envs live and how they are keyed".
 """
 
 from __future__ import annotations

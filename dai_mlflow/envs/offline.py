@@ -1,25 +1,10 @@
 """Let MLflow's ``uv`` and ``virtualenv`` env managers restore model envs offline.
 
-MLflow restores a model's env for ``mlflow models serve``/``predict`` (and ``python -m
-dai_mlflow.serve``, which asks MLflow's ``PyFuncBackend`` for the same env folder). Offline that
-breaks in two measured ways, both fixed by putting a *tool dir* first on PATH, without touching
-MLflow:
-
-* ``virtualenv``: MLflow runs ``pyenv install --skip-existing X`` with ``PYENV_ROOT`` set to a
-  fresh root, so pyenv downloads CPython. The tool dir holds the offline ``pyenv`` wrapper
-  (``dai_mlflow/envs/pyenv_offline``): it links ``$PYENV_ROOT/versions/X`` to a local interpreter of
-  exactly X.
-* ``uv``: ``uv venv --python=X`` only sees interpreters on PATH and in uv's own folder; a pyenv
-  3.8 that is installed but not selected is invisible, so uv tries a download. The tool dir holds
-  ``python3.8``/``python3.8.18`` links (and ``uv`` itself), and ``UV_PYTHON_DOWNLOADS=never``
-  turns a miss into an error instead of a network call.
-
-The same folder, for the DAI Pythons, is ``venvs/pythons`` (made by the launchers and put first
-on PATH by ``venvs/launcher/bin/activate``), which is what makes *plain* MLflow calls work
-offline from an activated venv. dai-mlflow's own Spark path builds model envs itself
-(:mod:`dai_mlflow.envs.model_env`) and needs none of this.
-
-Stdlib only and Python 3.8-safe.
+A *tool dir* put first on PATH holds an offline ``pyenv`` wrapper
+(``dai_mlflow/envs/pyenv_offline``: links ``$PYENV_ROOT/versions/X`` to a local interpreter),
+``python3.X`` links and ``uv``; with ``UV_PYTHON_DOWNLOADS=never`` a miss is an error, not a
+download. ``venvs/pythons`` is that folder for the DAI Pythons; MLflow is not touched.
+Stdlib only and Python 3.8-safe. See docs/model-envs.md, "MLflow's own env managers, offline".
 """
 
 from __future__ import annotations

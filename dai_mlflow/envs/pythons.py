@@ -1,18 +1,9 @@
 """Find local Python interpreters by version, without touching the network.
 
-DAI 1.10 pipelines need Python 3.8 and DAI 2.x need 3.11, while the driver usually runs a
-newer Python. Neither pyenv's shims nor uv find an interpreter that is installed but not
-selected, so this module looks in every place interpreters live on a Linux box and answers
-with a real executable:
-
-1. ``DAI_MLFLOW_PYTHON_<major>_<minor>`` (an explicit override, e.g. ``DAI_MLFLOW_PYTHON_3_8``);
-2. executables named ``python3.X`` / ``python3`` / ``python`` on ``PATH`` (pyenv shims that fail
-   to run are skipped);
-3. pyenv's versions folder (``$PYENV_ROOT`` or ``~/.pyenv``);
-4. uv's managed interpreters (``$UV_PYTHON_INSTALL_DIR`` or ``~/.local/share/uv/python``).
-
-Run ``python -m dai_mlflow.envs.pythons 3.8`` to print the interpreter that would be used.
-Stdlib only, Python 3.8-safe.
+In order: ``DAI_MLFLOW_PYTHON_<major>_<minor>``, ``python3.X``/``python3``/``python`` on PATH
+(pyenv shims that fail to run are skipped), pyenv's versions folder, uv's managed interpreters.
+``python -m dai_mlflow.envs.pythons 3.8`` prints the interpreter that would be used.
+Stdlib only, Python 3.8-safe. See README.md, "Prerequisites".
 """
 
 from __future__ import annotations

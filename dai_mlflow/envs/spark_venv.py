@@ -1,18 +1,10 @@
 """Build ``venvs/spark_inference`` for one logged model: its Python, its requirements, pyspark.
 
-``make spark-venv MODEL_URI=URI`` runs ``python -m dai_mlflow.envs.spark_venv --model-uri URI --dest
-venvs/spark_inference`` (from ``venvs/launcher``). The model is downloaded with MLflow; its
-``python_env.yaml`` gives the Python and build dependencies, its ``requirements.txt`` the
-dependencies (relative wheel paths resolve against the downloaded model folder, as under MLflow),
-and :func:`spark_requirements` adds a pyspark, pyarrow and virtualenv that support that Python.
-``--site-path DIR`` puts a folder on the venv's ``sys.path`` (the launchers pass the checkout, so
-``spark_inference/score.py --env-manager local`` imports this ``dai_mlflow``). It is rebuilt only
-when any of that changes (``dai_mlflow.envs.venvs``).
-
-The experiment wheel is never installed (:func:`model_requirements`): the model loads it from its
-own artifacts (:mod:`dai_mlflow.model.experiment`). So the venv depends only on what every pipeline
-of a DAI version shares, and ``make spark-venv`` for a second model of that version reuses it in
-seconds.
+``make spark-venv MODEL_URI=URI`` runs it from ``venvs/launcher``: the model's
+``python_env.yaml`` and ``requirements.txt`` (not the experiment wheel, which the model loads
+from its artifacts) plus a pyspark, pyarrow and virtualenv for that Python, rebuilt only when any
+of that changes. ``--site-path DIR`` puts a folder (the checkout) on the venv's ``sys.path``.
+See spark_inference/README.md, "Running it", and docs/model-envs.md.
 """
 
 from __future__ import annotations

@@ -1,21 +1,10 @@
 """Build, reuse and rebuild the project's virtualenvs (``venvs/*`` and test envs).
 
-A venv is described by a :class:`VenvSpec`: a Python version, build dependencies, dependencies
-and the folder that relative paths in them resolve against. Its *key* hashes the exact
-interpreter version, every requirement line and the bytes of every local file the lines name
-(wheels, ``-r``/``-c`` files). MLflow keys its envs by requirement text only, so a rebuilt
-wheel with the same file name silently reuses a stale env (MLflow issue #10525); this key does not.
-
-``ensure_venv`` reuses a venv whose stamp matches its key, rebuilds it when the key changed,
-and removes the folder when a build fails half-way: a venv either has a matching stamp or
-does not exist. The steps mirror MLflow's ``_create_virtualenv``: ``python -m venv`` (or
-``uv venv``), then one ``install -r`` per group, run from a temporary folder that holds
-symlinks to the base folder's entries, so relative paths resolve as they do under
-``mlflow run``.
-
-CLI (see ``python -m dai_mlflow.envs.venvs --help``) is what ``launchers/*.sh`` call. Stdlib only,
-so the host Python can run it before any venv exists; reading YAML needs PyYAML, which the
-launcher venv has.
+A :class:`VenvSpec`'s key hashes the exact interpreter, every requirement line and the bytes of
+every local file they name (MLflow keys by text only: MLflow issue #10525). :func:`ensure_venv`
+reuses a venv whose stamp matches, rebuilds it when the key changed and removes a half-built
+one; its steps mirror MLflow's ``_create_virtualenv``. ``launchers/*.sh`` call its CLI. Stdlib
+only (PyYAML to read YAML), so the host Python runs it. See README.md, "The virtualenvs".
 """
 
 from __future__ import annotations

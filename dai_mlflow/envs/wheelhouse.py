@@ -1,16 +1,10 @@
 """A per-user folder of wheels built once from source-only releases (pyspark).
 
-pyspark is published on PyPI as an sdist only (~450 MB of jars). uv does not reuse its own
-build of it across installs here: every venv that pins pyspark downloaded and rebuilt it and
-kept a new ~480 MB copy in uv's cache (66 copies, 53 GB, after one day of tests; a CI run
-failed with "No space left on device"). So pinned source-only projects are built into a wheel
-once, into this folder, and every install of ours passes it with ``--find-links``: the
-installer then takes the local wheel (same name and version; pyspark wheels are pure Python,
-``py2.py3-none-any``), and uv hard-links it from its cache instead of copying.
-
-The folder is ``$DAI_MLFLOW_WHEELHOUSE``, else ``$XDG_CACHE_HOME/dai-mlflow/wheels``, else
-``~/.cache/dai-mlflow/wheels``. It only speeds things up: if a wheel cannot be built, the
-install goes on from the index as before. Stdlib only (run by the host Python).
+pyspark is an sdist only (~450 MB) that installers rebuilt, and cached again, for every venv.
+So pinned source-only projects are built into a wheel here once, and every install of ours
+passes the folder with ``--find-links``. ``$DAI_MLFLOW_WHEELHOUSE``, else
+``$XDG_CACHE_HOME/dai-mlflow/wheels``, else ``~/.cache/dai-mlflow/wheels``. Only a speed-up: a
+failed build falls back to the index. Stdlib only (run by the host Python). See README.md.
 """
 
 from __future__ import annotations

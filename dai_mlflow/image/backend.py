@@ -1,22 +1,10 @@
 """The deploy endpoint's ``docker`` backend: a version served by a container of its DAI image.
 
-``mlflow run . -e deploy -P model_name=NAME -P target=docker`` runs the same sequence as the
-local target (start beside, smoke test, switch, drain, stop: :mod:`dai_mlflow.lifecycle.deploy`),
-with the version's servers replaced by one container:
-
-- the image of the model's DAI version (:func:`ensure_image`) is built once, tagged by what it
-  holds (``dai-mlflow-serving:<DAI version>-<key>``), and reused by every later version of that
-  DAI version; its base is ``$DAI_MLFLOW_IMAGE_BASE`` (default
-  ``python:<minor>-slim-bookworm``, which must be on the Docker host);
-- the downloaded version folder is mounted read-only at ``/model``; the container runs as the
-  deploying user (it reads what the deploy reads: the model folder and a license file), or as
-  the image's non-root user when that is root (with a copy of a license file that user owns),
-  read-only with a ``/tmp`` tmpfs, and gets the license from the deploy's environment: the key
-  by name, or the file mounted read-only;
-- it listens on a free loopback port: published with ``-p 127.0.0.1:PORT:8080``, or, with
-  ``DAI_MLFLOW_DOCKER_NETWORK=host`` (a daemon without a bridge), on the host's network.
-
-Launcher / project env side (Python 3.8-safe).
+``mlflow run . -e deploy -P target=docker`` runs the local target's sequence
+(:mod:`dai_mlflow.lifecycle.deploy`) with one container per version: the image of its DAI
+version (:func:`ensure_image`, built once and tagged by content), the version folder mounted
+read-only, a read-only container on a loopback port, the license by name or as a read-only file.
+Launcher / project env side (Python 3.8-safe). See docs/image.md, "Deploy target".
 """
 
 from __future__ import annotations

@@ -1,11 +1,10 @@
 """``dai-mlflow image build``: a serving image of a model's DAI version, built offline.
 
 :func:`build_image` downloads the model, writes the build context (:mod:`.context`: wheels
-fetched on this machine, the model's Python copied when the base has none, the Dockerfile), and
-runs ``docker build --network=none``. The Docker client is ``docker`` on PATH (or
-``$DAI_MLFLOW_DOCKER``), talking to whatever daemon ``DOCKER_HOST`` names.
-
-Launcher side (Python >= 3.10, mlflow 3.x).
+fetched on this machine, the model's Python when the base has none, the Dockerfile) and runs
+``docker build --network=none`` with ``docker`` on PATH (or ``$DAI_MLFLOW_DOCKER``), talking to
+whatever daemon ``DOCKER_HOST`` names. Launcher side (Python >= 3.10, mlflow 3.x).
+See docs/image.md.
 """
 
 from __future__ import annotations

@@ -1,27 +1,11 @@
-"""The serving image's entry point: one port for ``/invocations``, ``/rpc`` and ``/ping``.
+"""The serving image's entry point: one port for ``/invocations``, ``/rpc``, ``/ping``, ...
 
-Copied into the image as ``/opt/dai-mlflow/bin/entry.py`` and run by the image's model env
-(Python 3.8 for DAI 1.10), as the container's non-root user::
-
-    docker run -p 127.0.0.1:8080:8080 -e DRIVERLESS_AI_LICENSE_KEY=... IMAGE
-
-Before anything starts it checks, and stops with one ``Error:`` line and exit code 2 when one
-fails: a license is given (``DRIVERLESS_AI_LICENSE_KEY``, or ``DRIVERLESS_AI_LICENSE_FILE``
-naming a readable file, e.g. a mounted secret); a model is there (``MODEL_PATH``, else a model
-mounted at ``/model``, else the one baked into the image, else ``MODEL_URI`` downloaded with
-the tracking URI of the environment); the model is readable; it is of the image's DAI version
-and Python.
-
-Then it starts the model's servers on loopback in the model env, each in ``/tmp`` (the DAI
-scorer writes ``./tmp`` where it runs; the image's file system may be read-only): MLflow's own
-``mlflow models serve --env-manager local`` for ``/invocations`` and DAI's JSON-RPC server (a
-copy of :mod:`dai_mlflow.serve.rpc`) for ``/rpc``. A small front server on ``PORT`` (8080)
-forwards each request to its server; ``/ping`` answers 200 once both answer theirs. On SIGTERM
-it stops accepting, lets the requests in flight finish, then stops the servers. When a server
-exits on its own, the container exits with its last error line.
-
-``entry.py --check`` (run by ``docker build``) imports what serving needs and exits.
-Stdlib only; Python 3.8-safe.
+Copied into the image as ``/opt/dai-mlflow/bin/entry.py``, run by its model env as the non-root
+user. It first checks the license and the model (``MODEL_PATH``, else ``/model``, else the baked
+one, else ``MODEL_URI``), its DAI version and Python (one ``Error:`` line, exit 2); then it runs
+the model's own server, or for older models MLflow's and the JSON-RPC server behind a front.
+``--check`` (run by ``docker build``) imports what serving needs. Stdlib only; Python 3.8-safe.
+See docs/image.md, "Running it".
 """
 
 from __future__ import annotations

@@ -1,14 +1,10 @@
 """DAI-shaped stand-in scoring pipeline builder: the fixture of every test and of ``make demo``.
 
-A real Driverless AI pipeline is proprietary, so this package builds one of the same shape,
-written for this project (no H2O.ai code or text): ``scorer.zip`` → ``scoring-pipeline/`` with
-an experiment wheel holding ``Scorer``, a ``h2oaicore`` runtime wheel tagged for the line's
-Python, requirement files with lines a packager must drop, example.py and friends, plus a
-really trained model and DAI's runtime quirks (license, ``./tmp`` in the cwd, slow start,
-``fileno()`` at import).
-
-API: :func:`build_pipeline` → :class:`StandinBuild`. CLI:
-``python -m dai_mlflow.standin --out DIR --dai-version 1.10|2 --problem PROBLEM``.
+A real DAI pipeline is proprietary, so this package builds one of the same shape, written for
+this project (no H2O.ai code or text): ``scorer.zip`` with an experiment wheel, a ``h2oaicore``
+runtime wheel, requirement files a packager must clean, a really trained model and DAI's
+runtime quirks (license, ``./tmp`` in the cwd, slow start, ``fileno()`` at import).
+API: :func:`build_pipeline` → :class:`StandinBuild`; CLI: ``python -m dai_mlflow.standin``.
 """
 
 from __future__ import annotations

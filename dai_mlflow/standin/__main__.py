@@ -1,13 +1,9 @@
 """CLI: ``python -m dai_mlflow.standin --out DIR --dai-version 1.10|2 --problem PROBLEM``.
 
-``--runtime-mb 800 --runtime-files 3000`` builds a runtime wheel of a real pipeline's weight
-(the benchmarks' heavy stand-in); experiments of one DAI version share its bytes.
-
-Writes ``DIR/scorer.zip`` (and ``DIR/scoring-pipeline/``, ``DIR/license.sig``,
-``DIR/sample_input.csv``, ``DIR/holdout.csv``) and prints where they are.
-
-argparse, not click: the builder must also run in a pipeline's own bare interpreter (DAI's pins,
-nothing else), which is how the stand-in proves it writes the same bytes on Python 3.8 and 3.11.
+Writes ``DIR/scorer.zip`` and what goes beside it, and prints where they are;
+``--runtime-mb 800 --runtime-files 3000`` makes the runtime wheel as heavy as a real one.
+argparse, not click: the builder must also run in a pipeline's own bare interpreter (DAI's pins
+only), which is how the stand-in proves it writes the same bytes on Python 3.8 and 3.11.
 """
 
 from __future__ import annotations

@@ -1,16 +1,10 @@
 """Build a DAI-shaped stand-in scoring pipeline: ``OUT/scorer.zip`` and what goes beside it.
 
-:func:`build_pipeline` generates data, trains the model, writes the wheels (experiment wheel,
-``h2oaicore`` runtime wheel tagged for the line's Python, an uninstallable ``h2o4gpu`` wheel),
-the requirement files, example.py & co., zips them under ``scoring-pipeline/``, extracts the zip
-to ``OUT/scoring-pipeline/`` and writes ``OUT/license.sig``, ``OUT/sample_input.csv``,
-``OUT/holdout.csv`` and ``OUT/standin.json`` (the manifest :func:`load_build` reads).
-Same arguments, same bytes: the zip, the wheels and the CSVs are byte-identical across runs.
-
-``runtime_mb``/``runtime_files`` make the runtime wheel as heavy as a real one (hundreds of
-megabytes of native-library-like, incompressible blobs and thousands of modules). Its content
-depends on the DAI version and the two sizes only, so experiments of one DAI version share a
-byte-identical runtime wheel, as real exports do. Large files are streamed to disk, never held.
+:func:`build_pipeline` trains the model, writes the wheels, requirement files and example.py,
+zips them under ``scoring-pipeline/``, and writes the extracted folder, ``license.sig``, sample
+and holdout CSVs and ``standin.json`` (read by :func:`load_build`). Same arguments, same bytes.
+``runtime_mb``/``runtime_files`` make the runtime wheel as heavy as a real one; it depends only
+on the DAI version and those sizes, so experiments of one version share it, as real ones do.
 """
 
 from __future__ import annotations

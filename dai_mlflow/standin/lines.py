@@ -1,11 +1,10 @@
 """The two DAI lines the stand-in imitates: versions, Python, pins, and the lines to drop.
 
 ``1.10`` is DAI 1.10 LTS on Python 3.8 with pins of that era; ``2`` is DAI 2.x on Python 3.11.
-Every pin exists on PyPI as a wheel for that Python (checked with ``uv pip compile
---only-binary :all: --python-version 3.8``). ``pyorc`` is pinned at a version with *no*
-wheel for that Python (source build, which fails offline) and the bundled ``h2o4gpu`` wheel
-requires an old numpy that contradicts the pins: both make a naive install fail loudly, as they
-do on real machines, and a correct packager drops them.
+Every pin is a PyPI wheel for that Python (``uv pip compile --only-binary :all:``). ``pyorc``'s
+pin has *no* wheel (a source build, which fails offline) and the bundled ``h2o4gpu`` wheel needs
+an old numpy the pins contradict: a naive install fails loudly, as on real machines, and a
+correct packager drops both.
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """Text files of a stand-in pipeline: the experiment module, example.py, run_example.sh, README.
 
-Shaped like the files DAI exports (see shared/reference/dai-scoring-pipeline.md §1-2) but
-written for this project; every file says it is a stand-in.
+Shaped like the files DAI exports, but written for this project; every file says it is a
+stand-in.
 """
 
 from __future__ import annotations

@@ -1,15 +1,10 @@
 """Train the stand-in model: DAI-style feature engineering, then an L2-regularised GLM.
 
-Feature engineering (names as DAI writes them, numbered by transformer): numeric columns pass
-through as ``<i>_<col>`` (missing filled with the training mean); low-cardinality text becomes
-one-hot ``<i>_OHE:<col>.<level>``; the high-cardinality ``State.Code`` becomes a smoothed target
-encoding ``<i>_CVTE:<col>.<k>`` (one per class after the first for multiclass, else ``.0``).
-The GLM is fitted by Newton's method on standardised features (least squares for regression,
-logistic for binary, softmax for multiclass). Numbers are rounded to 8 significant digits so
-that small BLAS differences between machines do not change the stored model.
-
-The result is the JSON model :mod:`h2oaicore.engine` scores; training builds its design matrix
-with that same engine code.
+Features are named as DAI names them: ``<i>_<col>`` (numeric, mean-filled), one-hot
+``<i>_OHE:<col>.<level>``, a smoothed target encoding ``<i>_CVTE:<col>.<k>`` of ``State.Code``.
+The GLM is fitted by Newton's method on standardised features; numbers are rounded to 8
+significant digits so that BLAS differences between machines do not change the stored model.
+The result is the JSON model :mod:`h2oaicore.engine` scores, whose code builds the design matrix.
 """
 
 from __future__ import annotations
