@@ -11,7 +11,7 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from dai_mlflow.log.entry import run  # noqa: E402
+from dai_mlflow.log.entry import run
 
 if __name__ == "__main__":
     sys.exit(run())

@@ -208,7 +208,7 @@ def main(argv: Optional[list] = None) -> int:
             results["C"] = _timed(_ours(spark, heavy[1], df_heavy[1], lic))
         try:
             results["m"] = _timed(_plain_mlflow(spark, second, df_second, lic))
-        except Exception as e:  # noqa: BLE001 - reported, not fatal
+        except Exception as e:  # reported, not fatal
             from dai_mlflow.spark import translate_error
 
             print(f"(m) MLflow's plain spark_udf failed: {translate_error(e)}")

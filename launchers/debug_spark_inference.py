@@ -36,7 +36,7 @@ if (ROOT / "venvs" / "launcher" / "bin" / "python").exists():
 from dai_mlflow.errors import DaiMlflowError  # noqa: E402
 
 
-def read_sample(path: str, rows: int, input_format: Optional[str] = None):  # noqa: ANN201
+def read_sample(path: str, rows: int, input_format: Optional[str] = None):
     """The first ``rows`` rows of a csv or parquet input, as pandas."""
     import pandas as pd
 
@@ -46,7 +46,7 @@ def read_sample(path: str, rows: int, input_format: Optional[str] = None):  # no
     return pd.read_parquet(path).head(rows)
 
 
-def _as_signature_types(frame, schema):  # noqa: ANN001, ANN202
+def _as_signature_types(frame, schema):
     """Cast columns to the signature's types, as Spark does before the UDF sees them.
 
     pandas reads an integer csv column as int64, which MLflow refuses to cast to a `double`
@@ -61,7 +61,7 @@ def _as_signature_types(frame, schema):  # noqa: ANN001, ANN202
     )
 
 
-def predict_in_driver(model_dir: Path, sample) -> tuple[object, List[int]]:  # noqa: ANN001
+def predict_in_driver(model_dir: Path, sample) -> tuple[object, List[int]]:
     """Load the pyfunc here and predict ``sample``; return (predictions, pids predict ran in)."""
     import mlflow.pyfunc
 
@@ -71,7 +71,7 @@ def predict_in_driver(model_dir: Path, sample) -> tuple[object, List[int]]:  # n
     pids: List[int] = []
     original = python_model.predict
 
-    def traced_predict(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202 - same as predict
+    def traced_predict(*args, **kwargs):  # same as predict
         pids.append(os.getpid())
         return original(*args, **kwargs)  # step in here to reach DaiScoringModel.predict
 

@@ -65,7 +65,7 @@ class Cluster:
         return dict(ln.split(None, 1) for ln in lines if ln.strip())
 
 
-def _run(cmd, **kwargs) -> subprocess.CompletedProcess:  # noqa: ANN001
+def _run(cmd, **kwargs) -> subprocess.CompletedProcess:
     proc = subprocess.run([str(c) for c in cmd], capture_output=True, text=True, **kwargs)
     assert proc.returncode == 0, f"{cmd[0]} failed:\n{proc.stderr[-3000:]}"
     return proc
@@ -127,7 +127,7 @@ def _clean_env(home: Path) -> Dict[str, str]:
     return env
 
 
-def _start(cmd, env: Dict[str, str], log: Path) -> subprocess.Popen:  # noqa: ANN001
+def _start(cmd, env: Dict[str, str], log: Path) -> subprocess.Popen:
     with log.open("w") as out:
         return subprocess.Popen(
             [str(c) for c in cmd],
@@ -138,7 +138,7 @@ def _start(cmd, env: Dict[str, str], log: Path) -> subprocess.Popen:  # noqa: AN
         )
 
 
-def _wait_for_worker(ui_url: str, procs) -> None:  # noqa: ANN001
+def _wait_for_worker(ui_url: str, procs) -> None:
     deadline = time.monotonic() + START_TIMEOUT
     while time.monotonic() < deadline:
         for proc in procs:

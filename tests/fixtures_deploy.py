@@ -87,7 +87,7 @@ class _Handler(BaseHTTPRequestHandler):
         msg = f"Endpoint with name '{name}' does not exist."
         self._send(404, {"error_code": "RESOURCE_DOES_NOT_EXIST", "message": msg})
 
-    def do_GET(self) -> None:  # noqa: N802
+    def do_GET(self) -> None:
         self._record()
         ws = self._ws()
         if not self.path.startswith(API + "/"):
@@ -113,7 +113,7 @@ class _Handler(BaseHTTPRequestHandler):
                 return
             self._send(200, current)
 
-    def do_POST(self) -> None:  # noqa: N802
+    def do_POST(self) -> None:
         body = self._record() or {}
         ws = self._ws()
         if self.path != API:
@@ -128,7 +128,7 @@ class _Handler(BaseHTTPRequestHandler):
             ws.pending[name] = dict(body["config"])
             self._send(200, ws.endpoints[name])
 
-    def do_PUT(self) -> None:  # noqa: N802
+    def do_PUT(self) -> None:
         body = self._record() or {}
         ws = self._ws()
         if not (self.path.startswith(API + "/") and self.path.endswith("/config")):
@@ -146,7 +146,7 @@ class _Handler(BaseHTTPRequestHandler):
             ws.pending[name] = pending
             self._send(200, ws.endpoints[name])
 
-    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002
+    def log_message(self, format: str, *args: Any) -> None:
         pass
 
 

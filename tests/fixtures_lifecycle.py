@@ -121,7 +121,7 @@ class LifecycleStore:
     tracking_uri: str
     root: Path
 
-    def client(self):  # noqa: ANN201 - mlflow.MlflowClient
+    def client(self):  # mlflow.MlflowClient
         import mlflow
 
         return mlflow.MlflowClient(tracking_uri=self.tracking_uri, registry_uri=self.tracking_uri)

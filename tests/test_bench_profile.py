@@ -7,7 +7,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 
-import serve_targets  # noqa: E402 - a script folder, not a package
+import serve_targets  # a script folder, not a package
 
 
 def test_worker_stacks_are_summed_by_step_layer_and_function(tmp_path: Path) -> None:

@@ -265,7 +265,7 @@ class _Handler(BaseHTTPRequestHandler):
     disable_nagle_algorithm = True
     server: _Front
 
-    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002
+    def log_message(self, format: str, *args: Any) -> None:
         pass
 
     def _send(self, status: int, body: bytes, headers: Dict[str, str]) -> None:
@@ -294,7 +294,7 @@ class _Handler(BaseHTTPRequestHandler):
         length = int(self.headers.get("Content-Length") or 0)
         return self.rfile.read(length) if length else b""
 
-    def do_GET(self) -> None:  # noqa: N802
+    def do_GET(self) -> None:
         path = self.path.split("?", 1)[0]
         if path in ("/ping", "/health"):
             ok = self.server.backends.ready
@@ -302,7 +302,7 @@ class _Handler(BaseHTTPRequestHandler):
             return
         self._forward("GET", b"")
 
-    def do_POST(self) -> None:  # noqa: N802
+    def do_POST(self) -> None:
         self._forward("POST", self._body())
 
     def _forward(self, method: str, body: bytes) -> None:
@@ -355,7 +355,7 @@ def check() -> int:
     import ssl  # noqa: F401
     import xml.parsers.expat  # noqa: F401
 
-    import mlflow.pyfunc  # noqa: F401
+    import mlflow.pyfunc
     import pandas  # noqa: F401
 
     print(f"ok: Python {sys.version.split()[0]}, mlflow {mlflow.__version__}")

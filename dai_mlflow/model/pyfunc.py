@@ -296,7 +296,7 @@ with warnings.catch_warnings():  # restores showwarning on exit
             self._types = {str(n): str(t) for n, t in columns}
             find_license()
 
-        def predict(self, context, model_input, params=None):  # noqa: ANN001, ANN201
+        def predict(self, context, model_input, params=None):
             """Score ``model_input`` (a DataFrame) and return DAI's output frame."""
             if self._module is None:
                 self.load_context(context)

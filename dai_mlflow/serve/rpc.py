@@ -403,7 +403,7 @@ class _Handler(limits.LimitedHandler):
     # holds the body back ~40 ms per request.
     disable_nagle_algorithm = True
 
-    def do_POST(self) -> None:  # noqa: N802 (http.server's naming)
+    def do_POST(self) -> None:  # http.server's naming
         if self.path.split("?", 1)[0] != RPC_PATH:
             self.send_refusal(404, f"Not found: {self.path[:_SHOWN]}; POST to {RPC_PATH}")
             return
@@ -415,7 +415,7 @@ class _Handler(limits.LimitedHandler):
         status, data = answer(self.server.service, body)  # type: ignore[attr-defined]
         self._send(status, data, "application/json")
 
-    def do_GET(self) -> None:  # noqa: N802
+    def do_GET(self) -> None:
         if self.path.split("?", 1)[0] == PING_PATH:
             self._send(200, b"\n", "text/plain")
         else:
@@ -433,7 +433,7 @@ class _Handler(limits.LimitedHandler):
         self.end_headers()
         self.wfile.write(body)
 
-    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002
+    def log_message(self, format: str, *args: Any) -> None:
         if self.server.access_log:  # type: ignore[attr-defined]
             sys.stderr.write(f"{self.address_string()} - {format % args}\n")
 
@@ -514,7 +514,7 @@ def load_service(model_uri: str, pyfunc: Any = None) -> ScoringService:
     columns = [str(c) for c in scorer.get_column_names()]
     try:
         own = pyfunc.unwrap_python_model()
-    except Exception:  # noqa: BLE001 - not a PythonModel: MLflow's predict
+    except Exception:  # not a PythonModel: MLflow's predict
         own = None
     if own is None:
         predict, prepare = pyfunc.predict, lambda frame: prepare_input(frame, columns, types)

@@ -185,7 +185,7 @@ def model_identity(model_uri: str) -> Dict[str, str]:
             import mlflow
 
             version = str(mlflow.MlflowClient().get_model_version_by_alias(name, alias).version)
-        except Exception:  # noqa: BLE001 - names only; the download already resolved the URI
+        except Exception:  # names only; the download already resolved the URI
             version = ""
     return {MODEL_NAME_ENV: name, MODEL_VERSION_ENV: version}
 

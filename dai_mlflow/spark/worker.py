@@ -378,7 +378,7 @@ class ModelServer:
         self._send({"op": "score", "params": params or None}, table)
         try:
             answer = pa.ipc.open_stream(self.answers).read_all()
-        except Exception as e:  # noqa: BLE001 - a stream cut off by the server's death
+        except Exception as e:  # a stream cut off by the server's death
             with contextlib.suppress(subprocess.TimeoutExpired):
                 self.proc.wait(timeout=5)
             if not self.alive():
@@ -483,7 +483,7 @@ def scorer(plan: ScoringPlan) -> Callable[[pd.DataFrame], pd.DataFrame]:
         model = _local_model(plan)
         try:  # dai-mlflow's pyfunc coerces types itself: skip MLflow's per-batch checks
             python_model = model.unwrap_python_model()
-        except Exception:  # noqa: BLE001 - not a PythonModel: go through pyfunc
+        except Exception:  # not a PythonModel: go through pyfunc
             return model.predict
         return lambda frame: python_model.predict(None, frame)
     return _ServerScorer(plan)

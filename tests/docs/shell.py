@@ -91,7 +91,7 @@ def user_checkout() -> Iterator[Path]:
         yield CHECKOUT
 
 
-def store_client(checkout: Path):  # noqa: ANN201 - an mlflow.MlflowClient
+def store_client(checkout: Path):  # an mlflow.MlflowClient
     """A client over a copy of the checkout's ``mlflow.db`` under a name never used before.
 
     MLflow keeps one store (and its open sqlite connections) per URI for the process: a client

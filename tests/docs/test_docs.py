@@ -354,7 +354,7 @@ def _free_port() -> int:
     return free_port()
 
 
-def _place_user_files(checkout: Path, build) -> None:  # noqa: ANN001 - a StandinBuild
+def _place_user_files(checkout: Path, build) -> None:  # a StandinBuild
     """The files the docs name as the user's own, made from the stand-in's sample."""
     import pandas as pd
 
@@ -371,14 +371,14 @@ def _place_user_files(checkout: Path, build) -> None:  # noqa: ANN001 - a Standi
         shutil.copy2(path, generated / Path(path).name)
 
 
-def _records(build, rows: int) -> str:  # noqa: ANN001
+def _records(build, rows: int) -> str:
     import pandas as pd
 
     frame = pd.read_csv(build.sample_input_csv).head(rows)
     return json.dumps(json.loads(frame.to_json(orient="records")))[1:-1]
 
 
-def _curl(session: Session, command: Command, build) -> dict:  # noqa: ANN001
+def _curl(session: Session, command: Command, build) -> dict:
     """A documented curl line, its elided parts (``…``, ``{...}``) filled with sample rows."""
     one = _records(build, 1)
     two = _records(build, 2)
@@ -469,7 +469,7 @@ def _scores_readme_and_spark_readme(s: Session, checkout: Path, spark_python: Pa
     assert len(pd.read_parquet(checkout / "data" / "output" / "debug.parquet")) == rows
 
 
-def _serves(s: Session, checkout: Path, build, ports: Dict[str, str]) -> None:  # noqa: ANN001
+def _serves(s: Session, checkout: Path, build, ports: Dict[str, str]) -> None:
     R, S = "README.md", "docs/serving.md"
     p5000, p9090 = ports["5000"], ports["9090"]
     s.keep(doc(S, "export DRIVERLESS_AI_LICENSE_FILE=~/license.sig"))
@@ -507,7 +507,7 @@ def _model_dir(checkout: Path, name: str, version: str) -> Path:
     return Path(run.info.artifact_uri) / "model"
 
 
-def _model_hooks(s: Session, model) -> None:  # noqa: ANN001
+def _model_hooks(s: Session, model) -> None:
     python = model_python(model)
     hooks = Session(s.cwd, s.env, [("<model env>", str(python.parent.parent))])
     out = hooks.run(doc("docs/model-hooks.md", "<model env>/bin/python -m dai_mlflow_model_hooks"))

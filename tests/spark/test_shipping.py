@@ -43,10 +43,10 @@ class _Context:
         self.applicationId = f"app-{id(self)}"
         self.added: List[str] = []
 
-    def getConf(self) -> Dict[str, str]:  # noqa: N802 - SparkContext's name
+    def getConf(self) -> Dict[str, str]:  # SparkContext's name
         return self.conf
 
-    def addFile(self, path: str) -> None:  # noqa: N802 - SparkContext's name
+    def addFile(self, path: str) -> None:  # SparkContext's name
         self.added.append(path)
 
 

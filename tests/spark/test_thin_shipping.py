@@ -133,7 +133,7 @@ class _Context:
         self.applicationId = app
         self.added: List[str] = []
 
-    def addFile(self, path: str) -> None:  # noqa: N802 - SparkContext's name
+    def addFile(self, path: str) -> None:  # SparkContext's name
         self.added.append(path)
 
 

@@ -243,14 +243,14 @@ class _PublicHandler(limits.LimitedHandler):
     server_version = "dai-mlflow-proxy"
     disable_nagle_algorithm = True
 
-    def do_GET(self) -> None:  # noqa: N802 (http.server's naming)
+    def do_GET(self) -> None:  # http.server's naming
         if self.path.split("?", 1)[0] == DEPLOYMENT_PATH:
             public = self.server.router.deployment()  # type: ignore[attr-defined]
             self._send(200, [], json.dumps(public).encode(), "application/json")
             return
         self._proxy()
 
-    def do_POST(self) -> None:  # noqa: N802
+    def do_POST(self) -> None:
         self._proxy()
 
     def _proxy(self) -> None:
@@ -311,7 +311,7 @@ class _PublicHandler(limits.LimitedHandler):
         self.end_headers()
         self.wfile.write(body)
 
-    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002
+    def log_message(self, format: str, *args: Any) -> None:
         pass  # no access log: the backends keep theirs
 
 
@@ -331,7 +331,7 @@ class _AdminHandler(limits.LimitedHandler):
         """No ``100 Continue`` for a client without the token."""
         return self._authorised() and super().handle_expect_100()
 
-    def do_GET(self) -> None:  # noqa: N802
+    def do_GET(self) -> None:
         if not self._authorised():
             return
         if self.path == "/-/state":
@@ -339,7 +339,7 @@ class _AdminHandler(limits.LimitedHandler):
         else:
             self._json(404, {"error": f"unknown path {self.path}"})
 
-    def do_POST(self) -> None:  # noqa: N802
+    def do_POST(self) -> None:
         if not self._authorised():
             return
         if self.path != "/-/route":
@@ -366,7 +366,7 @@ class _AdminHandler(limits.LimitedHandler):
         self.end_headers()
         self.wfile.write(body)
 
-    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002
+    def log_message(self, format: str, *args: Any) -> None:
         sys.stderr.write(f"admin: {format % args}\n")
 
 

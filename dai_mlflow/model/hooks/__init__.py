@@ -53,7 +53,7 @@ def _say(message: str) -> None:
         try:
             sys.stderr.write("dai-mlflow model hooks: " + message + "\n")
             sys.stderr.flush()
-        except Exception:  # noqa: BLE001 - a broken stderr must never stop an interpreter
+        except Exception:  # a broken stderr must never stop an interpreter
             pass
 
 
@@ -92,7 +92,7 @@ def has_fileno(stream: Any) -> bool:
     """Whether ``stream.fileno()`` returns a descriptor (any object may be asked)."""
     try:
         return isinstance(stream.fileno(), int)
-    except Exception:  # noqa: BLE001 - any failure means "no usable fileno"
+    except Exception:  # any failure means "no usable fileno"
         return False
 
 
@@ -260,11 +260,11 @@ def fill_importlib_resources(module: Optional[object] = None) -> bool:
     if sys.version_info >= (3, 9):
         return False
     if module is None:
-        import importlib.resources as module  # noqa: PLC0415 - 3.8 only, on demand
+        import importlib.resources as module  # 3.8 only, on demand
     if hasattr(module, "files"):
         return False
     try:
-        import importlib_resources as backport  # noqa: PLC0415
+        import importlib_resources as backport
     except ImportError:
         return False
     module.files = backport.files
@@ -301,7 +301,7 @@ class ImportHooks:
     ) -> Optional[ModuleSpec]:
         """Watch ``name``'s import; return a spec only to wrap ``importlib.resources``."""
         if name == "importlib.resources" and sys.version_info < (3, 9):
-            from importlib.machinery import PathFinder  # noqa: PLC0415
+            from importlib.machinery import PathFinder
 
             spec = PathFinder.find_spec(name, path)
             if spec is not None and spec.loader is not None:
@@ -376,7 +376,7 @@ def install() -> None:
         if not any(isinstance(f, ImportHooks) for f in sys.meta_path):
             sys.meta_path.insert(0, ImportHooks())
         take_over_stdin_server()
-    except Exception as e:  # noqa: BLE001 - never stop an interpreter from starting
+    except Exception as e:  # never stop an interpreter from starting
         _say(f"a hook failed: {type(e).__name__}: {e}")
 
 

@@ -52,7 +52,7 @@ class _Server:
         self.takes_params = "params" in inspect.signature(self.model.predict).parameters
         try:  # dai-mlflow's pyfunc coerces types itself: skip MLflow's per-batch checks
             self.direct = self.model.unwrap_python_model()
-        except Exception:  # noqa: BLE001 - not a PythonModel: every batch goes through pyfunc
+        except Exception:  # not a PythonModel: every batch goes through pyfunc
             self.direct = None
         example = Model.load(model_dir).load_input_example(model_dir)
         if example is not None:  # builds the scorer now: errors show at load, not in batch 1

@@ -160,7 +160,7 @@ class Worker:
         self.required = set(self.schema.required_input_names()) if self.schema else set()
         try:  # dai-mlflow's pyfunc reorders and coerces columns itself
             self.direct = self.model.unwrap_python_model()
-        except Exception:  # noqa: BLE001 - not a PythonModel: MLflow's path only
+        except Exception:  # not a PythonModel: MLflow's path only
             self.direct = None
         self.version = mlflow.__version__.encode()
         self.service = rpc.load_service(config.model_path, pyfunc=self.model)
@@ -300,7 +300,7 @@ class Worker:
                     result = self.model.predict(frame, params=params)
             if not isinstance(result, pd.DataFrame) or len(result) != len(rows):
                 raise ValueError("the model's answer does not have one row per input row")
-        except Exception:  # noqa: BLE001 - retried one by one: each gets MLflow's own answer
+        except Exception:  # retried one by one: each gets MLflow's own answer
             for item in items:
                 item.done(self._solo(item.payload[2], item.payload[3]), None)
             return
@@ -382,7 +382,7 @@ class Worker:
             return e.get_http_status_code(), e.serialize_as_json().encode(), JSON
         except RecursionError:
             return 400, error_json(400, "Bad request: the JSON body is nested too deeply"), JSON
-        except Exception as e:  # noqa: BLE001 - answered like MLflow's server, which goes on
+        except Exception as e:  # answered like MLflow's server, which goes on
             return 500, error_json(500, f"{type(e).__name__}: {e}"), JSON
         if answer.status == 200 and self.log is not None:
             self.log.add_raw(data, content_type, answer.response)
@@ -437,7 +437,7 @@ class Worker:
     def _rpc_done(self, request: Request, future: Any) -> None:
         try:
             status, body = future.result()
-        except BaseException as e:  # noqa: BLE001 - answer never raises; be safe anyway
+        except BaseException as e:  # answer never raises; be safe anyway
             status, body = 500, self._rpc_error(f"Internal error: {type(e).__name__}: {e}")
         # An error object (DAI answers most errors with HTTP 200) counts as an error.
         request.rpc_error = status != 200 or b'"error": {"code"' in body
@@ -593,7 +593,7 @@ class BatchedRpc:
                     result = self.service.score_batch(rows, output_margin, pred_contribs)
                 if len(result) != len(rows):
                     raise ValueError("score_batch did not answer one row per row")
-            except Exception:  # noqa: BLE001 - each alone below: its own error, as alone
+            except Exception:  # each alone below: its own error, as alone
                 result = None
             if result is not None:
                 start = 0
@@ -605,7 +605,7 @@ class BatchedRpc:
             try:
                 with _timed(metrics, item.rows):
                     answer = item.payload[2]()
-            except BaseException as e:  # noqa: BLE001 - handed to the waiting RPC thread
+            except BaseException as e:  # handed to the waiting RPC thread
                 item.done(None, e)
             else:
                 item.done(answer, None)

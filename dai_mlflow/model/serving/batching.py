@@ -121,7 +121,7 @@ class Batcher:
                     continue
             try:
                 self.run(items)
-            except BaseException as e:  # noqa: BLE001 - the scorer thread must survive anything
+            except BaseException as e:  # the scorer thread must survive anything
                 for item in items:
                     with contextlib.suppress(Exception):  # already answered
                         item.done(None, e)

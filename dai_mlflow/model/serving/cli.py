@@ -146,7 +146,7 @@ def _die_with_parent() -> None:
         import ctypes
 
         ctypes.CDLL(None).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
-    except Exception:  # noqa: BLE001 - elsewhere the worker notices its parent in its sweep
+    except Exception:  # elsewhere the worker notices its parent in its sweep
         pass
 
 
@@ -182,7 +182,7 @@ def run_worker(args: argparse.Namespace, reserved: socket.socket, own: bool, rea
         if own:
             reserved.close()
         metrics.worker_starts.inc()
-    except BaseException as e:  # noqa: BLE001 - one line to the supervisor, whatever it was
+    except BaseException as e:  # one line to the supervisor, whatever it was
         if not _expected(e):
             traceback.print_exc(file=sys.stderr)
         sys.stderr.flush()

@@ -149,7 +149,7 @@ class HttpConnection(asyncio.Protocol):
             self.server.requests_seen += 1
             try:
                 self.server.handler(request)
-            except Exception as e:  # noqa: BLE001 - a handler bug answers 500, never kills the loop
+            except Exception as e:  # a handler bug answers 500, never kills the loop
                 request.respond(500, self.server.error_body(500, f"{type(e).__name__}: {e}"))
 
     def _parse(self) -> Optional[Request]:

@@ -95,7 +95,7 @@ class InferenceLog:
             if pending:
                 try:
                     self._write(pending)
-                except Exception as e:  # noqa: BLE001 - logging never stops serving
+                except Exception as e:  # logging never stops serving
                     self.metrics.log_dropped.inc(rows)
                     if not self._warned:
                         self._warned = True
