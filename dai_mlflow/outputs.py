@@ -6,6 +6,7 @@ Scoring and the lifecycle tables write a new path, or replace an earlier output 
 then. Writes go to a hidden staging sibling, swapped in when complete, under ``.<name>.lock``.
 Remote URIs get the path rules only. Stdlib only; Python 3.8-safe (the lifecycle's Spark job
 runs in a DAI 1.10 env). See spark_inference/README.md, "What --output may replace".
+Over 400 lines: the one rule of every writer, local and remote, kept in one place.
 """
 
 from __future__ import annotations

@@ -1,19 +1,10 @@
-"""Pick the tracking store for the entry point, bridging MLflow 2.x clients to 3.x stores.
+"""The tracking store of the entry point, bridging MLflow 2.17 clients to MLflow 3 stores.
 
-With no ``MLFLOW_TRACKING_URI`` set, MLflow 3.x's ``mlflow run`` uses ``sqlite:///<cwd>/mlflow.db``
-and hands that URI to the entry point. The DAI 1.10 project env runs mlflow 2.17, which cannot
-open a sqlite store whose schema is newer than its own migrations. :func:`tracking_store` then
-starts a transient loopback ``mlflow server`` on 127.0.0.1 with a newer mlflow interpreter over
-the *same* sqlite file, points this process at it over REST, and stops it on exit (also on
-errors). Runs keep their local-path ``artifact_uri``, so artifacts are written directly.
-
-The server interpreter is, in order: ``DAI_MLFLOW_SERVER_PYTHON`` (the checkout's
-``venvs/spark_inference/bin/activate`` sets it to ``venvs/launcher/bin/python``); the ``mlflow
-run`` process in the parent chain (found through ``/proc``: the interpreter that created the
-store); the interpreter of an ``mlflow`` command on PATH. Any other URI (http, file, a sqlite
-store this mlflow can read, databricks, ...) is used as is.
-
-Used by :mod:`dai_mlflow.log.entry`; not model-side.
+:func:`tracking_store` uses ``MLFLOW_TRACKING_URI`` or MLflow 3's ``sqlite:///<cwd>/mlflow.db``,
+through a transient loopback ``mlflow server`` when this MLflow cannot open that sqlite file (the
+DAI 1.10 project env). Also the shared tracking names (aliases, tags) and model download.
+Project env side: Python 3.8-safe, imports MLflow only when a store is used. See
+docs/logging.md, "The tracking store".
 """
 
 from __future__ import annotations

@@ -5,6 +5,7 @@ every local file they name (MLflow keys by text only: MLflow issue #10525). :fun
 reuses a venv whose stamp matches, rebuilds it when the key changed and removes a half-built
 one; its steps mirror MLflow's ``_create_virtualenv``. ``launchers/*.sh`` call its CLI. Stdlib
 only (PyYAML to read YAML), so the host Python runs it. See README.md, "The virtualenvs".
+Over 400 lines: the key, the build steps and the CLI of one builder stay together.
 """
 
 from __future__ import annotations

@@ -1,25 +1,11 @@
 """The build context of a serving image: everything ``docker build --network=none`` needs.
 
-:func:`write_context` lays out, in one folder::
-
-    Dockerfile              written out for audit; `docker build --network=none <folder>` builds it
-    requirements/build.txt  the model's build_dependencies (pip, setuptools, wheel pins)
-    requirements/model.txt  the model's requirements.txt, local wheels renamed to wheels/<file>
-    requirements/constraints.txt   the model's constraints (when it has them)
-    wheels/                 every wheel both install, fetched on this machine beforehand
-    python/, lib/           a local CPython build of the model's Python and the shared libraries
-                            it needs that the base lacks (only when the base has no such Python)
-    certs/bundle.pem        this machine's CA bundle plus --ca-certs (only with --ca-certs)
-    bin/entry.py, bin/dai_mlflow_rpc.py   the entry point and DAI's JSON-RPC server
-    model/                  the model itself (only with --bake-model)
-
-Wheels come from ``python -m pip wheel`` run by a local interpreter of the model's Python, so
-they fit the model's Python and this machine's platform, and pip reads the user's own settings
-(``pip.conf``, ``PIP_*``, proxies, certificates); source-only requirements become wheels here,
-so the image builds with no compiler. They are kept in a cache keyed by the requirements, so a
-second image of the same DAI version fetches nothing.
-
-Launcher side (Python >= 3.10).
+A folder with the ``Dockerfile``, the model env's requirements and every wheel they install
+(fetched on this machine beforehand with the user's pip settings, cached per requirements), a
+local CPython build when the base image has none, the CA bundle, ``bin/`` (entry point, JSON-RPC
+script) and, with ``--bake-model``, the model. Launcher side (Python >= 3.10). See docs/image.md,
+"How it builds with no network".
+Over 400 lines: every part of the build context and the Dockerfile that uses it, together.
 """
 
 from __future__ import annotations

@@ -6,6 +6,7 @@ one, else ``MODEL_URI``), its DAI version and Python (one ``Error:`` line, exit 
 the model's own server, or for older models MLflow's and the JSON-RPC server behind a front.
 ``--check`` (run by ``docker build``) imports what serving needs. Stdlib only; Python 3.8-safe.
 See docs/image.md, "Running it".
+Over 400 lines: one file, since it runs alone in the image (no package beside it).
 """
 
 from __future__ import annotations

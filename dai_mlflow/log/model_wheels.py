@@ -1,23 +1,9 @@
 """The small wheels a logged model carries in ``code/`` and names in its ``requirements.txt``.
 
-MLflow restores a model's env from its ``requirements.txt`` with the model folder as the working
-directory, so a line ``./code/<wheel>`` installs a wheel shipped inside the model, in every env
-MLflow builds for it (``spark_udf``, ``mlflow.models.predict``, ``mlflow models serve``, a
-serving container). Two such wheels:
-
-* ``dai_mlflow_model_hooks`` (every model): the package :mod:`dai_mlflow.model.hooks` under that
-  name: the interpreter-start fixes (a ``.pth`` file calls ``install()``), the stdin scoring
-  server used when MLflow asks the env to run another MLflow's server script, and the serving
-  shim's code;
-* ``dai_mlflow_serving_shim`` (Python < 3.9 models only): nothing but a ``uvicorn`` console
-  script into :mod:`dai_mlflow.model.hooks.serving_shim`, so MLflow 3's ``mlflow models serve``
-  can start the env's own MLflow 2.x server. Python 3.9+ envs get a real uvicorn with MLflow 3,
-  which must not clash.
-
-Both are written reproducibly (:mod:`dai_mlflow.log.wheelfile`): the same sources give the same
-bytes on any builder Python. Their version carries a hash of the hooks' sources (``1.0.0+<hash>``):
-MLflow keys restored envs by requirement text only, so changed hook code gets a new env instead
-of a stale one. Launcher/project side; the wheels' *contents* are model-side.
+``dai_mlflow_model_hooks`` (every model) and ``dai_mlflow_serving_shim`` (Python 3.8 models),
+built reproducibly, versioned by a hash of the hooks' sources so MLflow never reuses a stale env.
+Project env side; the wheels' contents are model-side. See docs/logging.md, "The wheels a model
+carries".
 """
 
 from __future__ import annotations

@@ -1,13 +1,10 @@
 """Read and validate a DAI Python scoring pipeline (``scorer.zip`` or ``scoring-pipeline/``).
 
-:func:`open_pipeline` accepts a zip or a folder and returns a :class:`ScoringPipeline`: the
-folder, the one ``scoring_h2oai_experiment_*`` wheel and the module it provides, the DAI version
-and the Python the pipeline needs (from the shared wheels' names and metadata), and the
-requirement/constraint files. Zips are extracted into a caller-given folder, refusing members
-with absolute paths, ``..`` components or symlinks. Every problem is a one-line
-:class:`~dai_mlflow.errors.PipelineError` that names the file and the fix.
-
-Run ``python -m dai_mlflow.log.pipeline PATH`` to print what was found. Runs on Python 3.8+.
+:func:`open_pipeline` returns a :class:`ScoringPipeline` (folder, experiment wheel and module, DAI
+version, Python, requirement files); every problem is a one-line
+:class:`~dai_mlflow.errors.PipelineError` naming the file and the fix. ``python -m
+dai_mlflow.log.pipeline PATH`` prints what was found. Python 3.8-safe. See docs/logging.md.
+Over 400 lines: one check per DAI layout rule, each with its own one-line error.
 """
 
 from __future__ import annotations

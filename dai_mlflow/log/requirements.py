@@ -1,36 +1,11 @@
 """Turn a DAI pipeline's ``requirements.txt`` into the pip requirements of its MLflow model.
 
-DAI's file mixes local wheel file names with ``name==version`` pins, names packages that break
-installs (``h2o4gpu`` pins an old scikit-learn fork; ``pyorc`` builds from source), and relies
-on a constraints file. The model's requirements are therefore rebuilt, by these rules:
-
-* lines naming wheel files are dropped; instead every wheel actually present in the pipeline
-  folder is referenced as ``./artifacts/scoring-pipeline/<file>`` (MLflow restores envs with the
-  model folder as the working directory, and the pipeline is stored under that fixed name);
-* projects in ``RequirementsPolicy.exclude`` (default ``h2o4gpu``, ``pyorc``) are dropped, as
-  lines and as wheels, except those in ``keep_when_wheel`` (default ``pyorc``) whose wheel is
-  present: a prebuilt wheel installs fine;
-* a present wheel replaces a pin line of the same project;
-* the constraints file is passed on (``-c``), minus lines for excluded projects and for
-  ``mlflow``; ``-r`` files inside the pipeline folder are inlined;
-* ``mlflow`` is pinned to a release that exists for the target Python (``MLFLOW_FOR_PYTHON``),
-  replacing any mlflow line; shims are added only where the target Python needs them
-  (``importlib-resources`` backport on 3.8, used by :mod:`dai_mlflow.model.runtime`);
-* explicit handling, never silent dropping: ``-e``/``--editable`` and ``file:`` URLs are errors
-  (they cannot be reproduced from a model folder); other URL requirements and
-  ``--index-url``/``--extra-index-url``/``--find-links``/``--no-index`` lines over https are kept
-  and reported in :attr:`SanitizedRequirements.notes` (``index_options="drop"`` drops the index
-  lines instead, also with a note); unknown options are errors;
-* what lets someone on the network change the model's code is refused: ``--trusted-host`` and
-  plain ``http://`` indexes, find-links and URL requirements are errors unless
-  ``index_options="keep-insecure"``. ``--extra-index-url`` over https is kept, with a note that
-  pip takes the highest version found on any index (a public package with the name of a private
-  one wins): drop it and point the installer at one mirror when that matters;
-* credentials in URLs (``https://user:token@host``) are never stored nor shown: every line and
-  note has ``***`` in their place, with a note that installs take them from ``~/.netrc`` or the
-  installer's own configuration.
-
-Pure and stdlib only.
+Local wheel lines become ``./artifacts/scoring-pipeline/<wheel>``, excluded projects are dropped,
+``mlflow`` is pinned for the pipeline's Python, constraints pass on; anything that cannot be
+reproduced or lets the network change the model's code is an error unless allowed, and every
+decision is a note. Credentials in URLs are masked. Pure and stdlib only; Python 3.8-safe. See
+docs/logging.md, "Requirements".
+Over 400 lines: one rule per kind of requirement line, each with its note or error.
 """
 
 from __future__ import annotations

@@ -1,26 +1,9 @@
 """Log a DAI scoring pipeline as an MLflow pyfunc: stage, check in its own env, log, register.
 
-Steps of :func:`log_pipeline` (the ``main`` entry point of the MLflow Project calls it):
-
-1. read and validate the pipeline (:mod:`dai_mlflow.log.pipeline`), sanitize its requirements
-   (:mod:`dai_mlflow.log.requirements`), derive the signature and example
-   (:mod:`dai_mlflow.log.signature`);
-2. save a models-from-code pyfunc into a staging folder: the model file, ``code/dai_mlflow``
-   (the model-side modules only), the pipeline copied to ``artifacts/scoring-pipeline`` (a fixed
-   name whatever the user's folder is called; licenses left out), requirements with
-   ``./artifacts/scoring-pipeline/<wheel>`` lines for the *shared* wheels only (the experiment
-   wheel stays an artifact, loaded at model load time: :mod:`dai_mlflow.model.experiment`) and
-   ``python_env.yaml`` for the *pipeline's* Python (MLflow writes the logging interpreter's
-   version; it is rewritten);
-3. build (or reuse, keyed by the shared requirements and wheel bytes: a second pipeline of the
-   same DAI version reuses the env) the model's env with uv and, in a
-   subprocess there, load the staged folder with ``mlflow.pyfunc.load_model`` and predict on
-   the input example, with and without contributions; a failure stops here, nothing is logged;
-4. check no staged file contains the license's bytes; record output columns in the signature;
-5. log the folder as the run's ``model`` artifact, tag the run, register a version and set its
-   alias when a model name is given.
-
-Not model-side: runs in the project env (mlflow 2.17 on Python 3.8, or mlflow 3.x).
+:func:`log_pipeline` is what the MLflow Project's entry point runs: nothing is logged unless the
+staged model loads and predicts in its own env and holds no byte of the license. Project env
+side (MLflow 2.17 on Python 3.8, or MLflow 3). See docs/logging.md, "The steps".
+Over 400 lines: staging, the check and logging are one sequence that must fail as a whole.
 """
 
 from __future__ import annotations

@@ -1,18 +1,8 @@
 """Input schema, input example and params schema of a DAI pipeline's pyfunc.
 
-Sources, read without running anything (``example.py`` is parsed with :mod:`ast`, never
-executed):
-
-1. ``example.py``: its header table (``# Name  Type  Range``) gives the input columns in
-   scorer order with their types; its ``pd.Series([...], name=..., dtype=...)`` calls give sample
-   values for the example.
-2. ``training_data_column_stats.json``: per-column ``data_type`` and sample ``data``; used for
-   types and values the example lacks, and as the column list when ``example.py`` has none
-   (the target column is then left out using the experiment summary's ``target``).
-
-Types: DAI numeric columns (``float*``/``int*``/``real``) become ``double`` (integers pass, and
-missing values stay representable), ``bool`` becomes ``boolean``, everything else ``string``.
-The params schema declares ``pred_contribs`` and ``output_margin`` (booleans, default false).
+Read from ``example.py`` (parsed with :mod:`ast`, never executed) and
+``training_data_column_stats.json``. Project env side, Python 3.8-safe. See docs/logging.md,
+"Signature and input example".
 """
 
 from __future__ import annotations

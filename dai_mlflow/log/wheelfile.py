@@ -1,16 +1,8 @@
 """Reproducible zips and wheels, written with :mod:`zipfile` only (no setuptools, no pip).
 
-Used for the small wheels every logged model carries (:mod:`dai_mlflow.log.model_wheels`) and for
-the stand-in pipeline's wheels and ``scorer.zip`` (:mod:`dai_mlflow.standin`).
-
-Every entry has the same timestamp (1980-01-01 00:00:00, the earliest a zip can hold), fixed
-permissions (0644 files, 0755 folders), Unix as creator, and is *stored* (not deflated, so the
-bytes do not depend on the zlib the builder's Python was linked with). Entries are sorted (in a
-wheel: its payload, then its ``.dist-info`` files, ``RECORD`` last, as wheel builders write them).
-Equal inputs therefore give byte-identical archives on any Python 3.8+.
-
-An entry's content is bytes, a :class:`~pathlib.Path` (copied in blocks) or a callable that
-yields chunks: archives of hundreds of megabytes are written without holding them in memory.
+Equal inputs give byte-identical archives on any Python 3.8+ (one timestamp, fixed permissions,
+stored entries, sorted, ``RECORD`` last); content is streamed in blocks, so archives of hundreds
+of megabytes are never held in memory. See docs/logging.md, "The wheels a model carries".
 """
 
 from __future__ import annotations

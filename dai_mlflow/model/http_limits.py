@@ -5,6 +5,7 @@
 :class:`LimitedHTTPServer`/:class:`LimitedHandler` (bounded connections, slow clients dropped).
 Stdlib only and Python 3.8-safe: it ships in every model's ``code/``, and is copied beside
 ``dai_mlflow_rpc.py`` as :data:`SCRIPT_NAME` for older models. See docs/serving.md, "Limits".
+Over 400 lines: one file, since it is also copied beside the JSON-RPC script.
 """
 
 from __future__ import annotations

@@ -1,46 +1,10 @@
 """DAI's JSON-RPC scoring protocol (``POST /rpc``) over a logged DAI model.
 
-Driverless AI's Python scoring pipeline ships ``http_server.py``: a JSON-RPC 2.0 service whose
-clients send ``{"id": 1, "method": "score", "params": {"row": {...}}}``. This module speaks the
-same protocol over a model logged by dai-mlflow, so those clients move to MLflow-packaged
-models unchanged::
-
-    python -m dai_mlflow.serve.rpc --model-uri models:/churn@challenger --port 9090
-
-Methods (params by name, as DAI's server takes them): ``score(row, output_margin=False,
-pred_contribs=False)`` (``row``: an object keyed by column name; a list in column order also
-works), ``score_batch(rows, output_margin=False, pred_contribs=False)`` (``rows``: a list of such
-objects), ``get_column_names()``, ``get_transformed_column_names()``, ``get_target_labels()``
-(``[]`` for regression) and ``get_hash()`` (the experiment's UUID). Results and errors have DAI's
-shapes: ``{"jsonrpc": "2.0", "id": ..., "result": ...}`` and ``{"jsonrpc": "2.0", "id": ...,
-"error": {"code": 1, "message": ...}}`` (HTTP 200); an empty or non-JSON body is HTTP 400 with
-such an error object. Messages are one line (DAI sends the whole traceback; its last line is
-what is sent here, and the traceback goes to this server's stderr). ``GET /ping`` answers 200
-for health checks. NaN/inf results become the dtype's largest finite value, as DAI encodes them.
-The request ``id`` is a string, a number or null (JSON-RPC 2.0); anything else is an error
-answer.
-
-Limits (:mod:`dai_mlflow.model.http_limits`; ``--body-limit``, ``--client-timeout``,
-``--max-connections`` or their ``DAI_MLFLOW_SERVE_*`` variables): bodies over 64 MiB get HTTP
-413 unread, a connection that sends nothing or sends too slowly is closed after 60 s, at most
-128 connections are served at once (more wait to be accepted). A bind beyond loopback prints a
-warning: there is no authentication and no TLS.
-
-Where it runs: the scorer needs the model's own env (Python 3.8 for DAI 1.10).
-
-* ``--env-manager local``: this interpreter is that env (e.g. ``venvs/spark_inference``): the
-  model is loaded here.
-* ``--env-manager uv`` (default) or ``virtualenv``: run from ``venvs/launcher``. The model's env
-  is restored by MLflow itself, exactly as ``mlflow models serve --env-manager uv`` restores it
-  (same folder under ``MLFLOW_ENV_ROOT``, offline with local interpreters; see
-  :mod:`dai_mlflow.serve.server`), and this file is re-executed there as a script with
-  ``--env-manager local``. The server then imports the model's own ``code/dai_mlflow``, the
-  code ``mlflow models serve`` scores with.
-
-The scorer is built once at start-up (as DAI's server does), so a missing license stops the
-server with a one-line error before it listens; scoring calls are serialised (the scorer's
-working folder is process-wide). Model-side module: stdlib at import time, then mlflow, pandas
-and the model's ``dai_mlflow`` modules; Python 3.8-safe.
+``python -m dai_mlflow.serve.rpc --model-uri URI``: DAI's ``http_server.py`` methods (``score``,
+``score_batch``, ``get_column_names``, ...) with DAI's result and error shapes, for clients that
+move to MLflow-packaged models unchanged. One file (~650 lines) on purpose: it is also copied
+beside a model and run there as a script by the model env's Python (stdlib at import, then the
+model's own ``dai_mlflow``; Python 3.8-safe). See docs/serving.md, section 2.
 """
 
 from __future__ import annotations
@@ -215,6 +179,7 @@ class ScoringService:
         self._prepare = prepare
         self._workdir = run_in_workdir
         self._parse_flags = parse_flags
+        # One call at a time: the scorer's working folder (./tmp) is process-wide.
         self._lock = threading.Lock()
         self.columns: List[str] = [str(c) for c in scorer.get_column_names()]
 

@@ -1,25 +1,11 @@
-"""Serving a logged DAI model from the model's own env: ``mlflow models serve`` and JSON-RPC.
+"""Serving a logged DAI model from the model's own env: ``python -m dai_mlflow.serve``.
 
-Why a wrapper: ``mlflow models serve --env-manager uv`` runs the serving command of the
-*calling* MLflow inside the restored env (MLflow 3: ``uvicorn mlflow.pyfunc.scoring_server.app``).
-A DAI 1.10 model env holds MLflow 2.17 on Python 3.8 (no uvicorn app there, and MLflow 3 cannot
-be installed on 3.8), while MLflow 2.17 has no ``uv`` env manager. So for DAI 1.10, serving with
-uv needs both: MLflow 3 restores the env, the env's own MLflow serves. This module does that:
-
-* ``python -m dai_mlflow.serve -m URI [-h HOST] [-p PORT] [--env-manager uv|virtualenv|local]``
-  (from ``venvs/launcher``): resolves the URI with this MLflow (3.x reads any store), restores
-  the model env with MLflow's own ``PyFuncBackend.prepare_env`` (the same env, under
-  ``MLFLOW_ENV_ROOT``, that ``mlflow models serve --env-manager uv`` builds), offline with the
-  local interpreter of the model's Python, and runs the env's ``mlflow models serve
-  --env-manager local`` there (gunicorn for MLflow 2.17, uvicorn for 3.x). For DAI 2 models
-  plain ``mlflow models serve --env-manager uv`` works as well.
-* :func:`run_rpc_in_model_env`: the same env restore for ``python -m dai_mlflow.serve.rpc``,
-  which is re-executed there as a private script copy with ``--env-manager local``.
-* :func:`serve_command`: ``mlflow models serve`` for a model on loopback (tests, benchmarks;
-  :mod:`dai_mlflow.envs.processes` starts, waits for and stops such servers).
-
-Signals reach the server; if the wrapper dies, the server gets SIGTERM. Launcher side (Python
->= 3.10, mlflow 3.x); never imported inside a model env.
+MLflow 3 restores the env (as ``mlflow models serve --env-manager uv`` does) and the env's own
+server runs there: the model's own server when the model carries it, else the env's ``mlflow
+models serve --env-manager local`` (MLflow 2.17 on Python 3.8 for DAI 1.10, which has no uv env
+manager). Also stages and runs the JSON-RPC script for ``python -m dai_mlflow.serve.rpc``.
+Signals reach the server; if this process dies, the server gets SIGTERM.
+Launcher side (Python >= 3.10, MLflow 3); never imported in a model env. See docs/serving.md.
 """
 
 from __future__ import annotations

@@ -6,6 +6,7 @@ for ``uv``/``virtualenv`` only its runtime wheels (:func:`split_model`); this pa
 log line or the closure, and on a non-local master only when Spark authenticates and encrypts
 (:class:`LicenseShippingError`). Driver side; Python 3.8-safe. See spark_inference/README.md,
 "How it works" and "The license on a cluster".
+Over 400 lines: what crosses to executors (model, package, license) is decided in one place.
 """
 
 from __future__ import annotations

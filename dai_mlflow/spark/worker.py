@@ -6,6 +6,7 @@ model's env is built or reused on this executor and one
 :mod:`dai_mlflow.model.hooks.arrow_server` per worker (plus a spare) scores Arrow batches over
 pipes. Runs in the executor's Python: pandas, pyarrow, PyYAML, MLflow only for ``local``;
 Python 3.8-safe. See spark_inference/README.md, "How it works".
+Over 400 lines: the executor's whole job (extract, env, model servers, Arrow batches) in one.
 """
 
 from __future__ import annotations

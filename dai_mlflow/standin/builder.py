@@ -5,6 +5,7 @@ zips them under ``scoring-pipeline/``, and writes the extracted folder, ``licens
 and holdout CSVs and ``standin.json`` (read by :func:`load_build`). Same arguments, same bytes.
 ``runtime_mb``/``runtime_files`` make the runtime wheel as heavy as a real one; it depends only
 on the DAI version and those sizes, so experiments of one version share it, as real ones do.
+Over 400 lines: one builder for every file of a DAI-shaped pipeline (tests and demo only).
 """
 
 from __future__ import annotations

@@ -5,6 +5,7 @@ anything else goes through MLflow's own ``scoring_server.invocations``), ``POST 
 JSON-RPC, ``score``/``score_batch`` calls merged), ``GET /ping``, ``/health``, ``/version``,
 ``/metrics``. A merged call that fails is retried one request at a time.
 See docs/serving.md, section 0.
+Over 400 lines: the routes share the worker's parsing and merging state.
 """
 
 from __future__ import annotations

@@ -4,6 +4,7 @@ The supervisor imports only the stdlib, reserves the port and forks N workers be
 else loads (a DAI scorer must not be shared across a fork). Each worker loads the model, then
 binds the port with ``SO_REUSEPORT``; a worker that dies is replaced, and if the first cannot
 start, the server exits 1 with its one-line error. SIGTERM/SIGINT stop the workers gracefully.
+Over 400 lines: the supervisor and the worker start-up share the fork and ready-pipe protocol.
 """
 
 from __future__ import annotations
