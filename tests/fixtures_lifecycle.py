@@ -13,6 +13,9 @@
   (``MLFLOW_TRACKING_URI`` set for the test), the 1.10 stand-in license in the environment, model
   envs shared with the other tests; ``register(model_dir, name, alias)`` copies a logged model
   folder into a new run of that store and registers it.
+- Helpers of the stage tests (``tests/lifecycle/test_validate.py``, ``test_batch.py``,
+  ``test_monitor.py``): ``holdout_csv()``, ``license_text()``, ``download_run(run_id, dst)``,
+  ``check_report(folder, name, pngs)``, and the model name and dates they share.
 """
 
 from __future__ import annotations
@@ -21,7 +24,7 @@ import json
 import textwrap
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, Optional
+from typing import Dict, List, Optional
 
 import pytest
 from filelock import FileLock
@@ -35,6 +38,10 @@ CACHE = REPO_ROOT / "tests" / ".cache" / "lifecycle"
 LAUNCHER_PYTHON = REPO_ROOT / "venvs" / "launcher" / "bin" / "python"
 WORSE_TRAIN_ROWS = 60
 WORSE_SEED = 1
+# The registered model and the batch dates of the stage tests.
+NAME = "dai_churn"
+DAY = "2026-11-20"
+SHIFTED_DAY = "2026-11-21"
 
 _LOG = textwrap.dedent(
     """
@@ -173,3 +180,37 @@ def lifecycle_store(tmp_path, monkeypatch) -> LifecycleStore:
         mlflow.end_run()
     mlflow.set_tracking_uri(previous[0])
     mlflow.set_registry_uri(previous[1])
+
+
+# ----------------------------------------------------------------------------- stage test helpers
+def holdout_csv() -> Path:
+    """The 1.10 binary stand-in's labelled holdout."""
+    return get_standin("1.10", "binary").holdout_csv
+
+
+def license_text() -> str:
+    """The 1.10 stand-in's license (must never appear in a run, a report or a sample)."""
+    return get_standin("1.10", "binary").license_path.read_text().strip()
+
+
+def download_run(run_id: str, dst: Path) -> Path:
+    """Every artifact of a run, downloaded into ``dst``."""
+    import mlflow.artifacts
+
+    return Path(mlflow.artifacts.download_artifacts(run_id=run_id, dst_path=str(dst)))
+
+
+def check_report(folder: Path, report_name: str, pngs: List[str]) -> str:
+    """The report and its plots are there; the plots are sensible PNGs, all embedded in the
+    HTML, which references nothing remote. Returns the HTML."""
+    # Imported here: tests.fixtures_reports is a plugin loaded after this one (assert rewriting).
+    from tests.fixtures_reports import assert_sensible_png, embedded_pngs, remote_references
+
+    page = (folder / report_name).read_text(encoding="utf-8")
+    assert remote_references(page) == []
+    embedded = embedded_pngs(page)
+    for rel in pngs:
+        data = (folder / "plots" / rel).read_bytes()
+        assert_sensible_png(data)
+        assert data in embedded, rel
+    return page
