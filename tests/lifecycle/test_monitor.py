@@ -1,17 +1,19 @@
 """The monitor stage: drift of a window against the training and validation baselines.
 
+The documented thresholds are checked against the code's (no model, no store).
 One end-to-end test (marked ``venv``) validates a real model, scores two days (one shifted)
 in its env, and runs ``monitor`` on each against a sqlite store (``lifecycle_store``).
 """
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pandas as pd
 import pytest
 
-from dai_mlflow.lifecycle import scoring, tables
+from dai_mlflow.lifecycle import drift, scoring, tables
 from dai_mlflow.lifecycle.metrics import Decision
 from dai_mlflow.lifecycle.reports import plots
 from dai_mlflow.lifecycle.validate import ValidateRequest, validate
@@ -24,6 +26,38 @@ from tests.fixtures_lifecycle import (
     download_run,
     holdout_csv,
 )
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+
+
+# ----------------------------------------------------------------------------- thresholds
+def _doc_text(path: str) -> str:
+    return " ".join((REPO_ROOT / path).read_text(encoding="utf-8").split())
+
+
+def test_the_documented_thresholds_are_the_code_s():
+    """docs/lifecycle.md ("Baselines and thresholds") states the thresholds drift.py uses, and
+    its example reason is the sentence the code writes."""
+    doc = _doc_text("docs/lifecycle.md")
+    section = doc[doc.index("### Baselines and thresholds") : doc.index("## Scheduling")]
+    table = dict(re.findall(r"\| ([a-z ]+) \| [^|]+ \| (.+?) \|", section))
+    assert table.pop("check") == "drifted when"  # the header
+    assert table == {
+        "numeric feature": f"\\|z_mean\\| ≥ **{drift.Z_MEAN_THRESHOLD:g}**",
+        "categorical feature": f"PSI ≥ **{drift.PSI_THRESHOLD:g}**",
+        "any feature": f"moved by ≥ **{drift.MISSING_RATE_THRESHOLD:g}** (absolute)",
+        "prediction column": f"PSI ≥ **{drift.PSI_THRESHOLD:g}**",
+    }
+    share = f"≥ **{100 * drift.FEATURE_SHARE_THRESHOLD:.0f} %** of the checked features drifted"
+    assert f"`should_retrain` = any prediction column drifted, or {share}" in section
+    assert f"Fewer than **{drift.MIN_ROWS}** rows: no verdict" in section
+    # The example reason: a drifted prediction column and 4 of 9 checked features drifted.
+    rows = [drift.DriftRow("prediction", "Churn?.True.", "psi", 0.5, 0.2, True, 0.0, 0.0, "v")]
+    rows += [drift.DriftRow("feature", f"f{i}", "z_mean", 0.0, 0.3, i < 4, 0.0, 0.0, "stats")
+             for i in range(9)]  # fmt: skip
+    report = drift.DriftReport(tuple(rows), 500, True, "ok")
+    assert f"(e.g. `v3: {drift.verdict_reason(report)}`)" in doc
+
 
 # ----------------------------------------------------------------------------- end to end
 
