@@ -4,7 +4,8 @@ The checks that matter to a reader: every chart is a real PNG of a sensible size
 embeds its charts as ``data:`` URIs and references nothing remote, a drift report of 120
 features stays one readable page (top features as charts, every feature in the table and in the
 score chart), and headless Chromium renders ``drift_report.html`` to a screenshot that is not
-blank. The same code paths run on real models in ``tests/lifecycle/test_lifecycle.py``.
+blank. The same code paths run on real models in ``tests/lifecycle/test_validate.py`` and
+``test_monitor.py``.
 """
 
 from __future__ import annotations
@@ -168,7 +169,20 @@ def test_verdict_reason_says_why():
     result = synthetic_window(n_features=8)["report"]
     reason = drift.verdict_reason(result)
     assert result.should_retrain
-    assert "prediction column(s) y.0, y.1 drifted" in reason or "features drifted" in reason
+    assert reason == (
+        "prediction column(s) y.0, y.1 drifted (PSI >= 0.2); "
+        "1 of 8 checked features drifted (12% < 30%)"
+    )
+    # No prediction drifted, but 3 of 8 checked features did (a row without a baseline is
+    # not checked): a retrain on the features' share alone.
+    rows = [drift.DriftRow("prediction", "y.1", "psi", 0.01, 0.2, False, 0.0, 0.0, "validation")]
+    rows += [drift.DriftRow("feature", f"f{i}", "z_mean", 0.0, 0.3, i < 3, 0.0, 0.0, "stats")
+             for i in range(8)]  # fmt: skip
+    rows += [drift.DriftRow("feature", "new", "none", float("nan"), 0.3, False, 0.0, 0.0, "none")]
+    by_features = drift.DriftReport(tuple(rows), 500, True, "ok")
+    assert drift.verdict_reason(by_features) == (
+        "no prediction column drifted; 3 of 8 checked features drifted (38% >= 30%)"
+    )
     few = drift.drift_report({}, [], [], pd.DataFrame({"x": range(5)}), None)
     assert drift.verdict_reason(few) == "no verdict: 5 rows in the window, fewer than 100"
 
