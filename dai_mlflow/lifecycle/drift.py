@@ -151,9 +151,9 @@ def feature_drift(entry: Dict[str, Any], name: str, recent: pd.Series) -> DriftR
     levels = entry.get("levels")
     source = "stats"
     if not isinstance(levels, dict) or not levels:
-        values = [v for v in texts(entry.get("data") or []) if v is not None]
+        stats_sample = [v for v in texts(entry.get("data") or []) if v is not None]
         levels = {}
-        for v in values:
+        for v in stats_sample:
             levels[v] = levels.get(v, 0) + 1
         source = "sample"
     if not levels:
