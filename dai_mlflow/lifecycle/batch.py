@@ -116,7 +116,11 @@ def job_command(
 
 
 def _job_env() -> dict:
-    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONHOME", "VIRTUAL_ENV")}
+    # The job runs in the champion's Spark venv: a PYSPARK_PYTHON meant for another driver (a
+    # shell's, or an in-process session's) would give its workers another Python (--python
+    # names the executors' Python of a cluster).
+    dropped = ("PYTHONHOME", "VIRTUAL_ENV", "PYSPARK_PYTHON", "PYSPARK_DRIVER_PYTHON")
+    env = {k: v for k, v in os.environ.items() if k not in dropped}
     env["PYTHONPATH"] = str(PACKAGE_PARENT)  # the job imports this dai_mlflow
     env.pop("MLFLOW_RUN_ID", None)  # the job does no tracking
     return env

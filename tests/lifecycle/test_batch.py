@@ -26,8 +26,7 @@ from dai_mlflow.lifecycle import tables
 from dai_mlflow.lifecycle.errors import LifecycleError
 from dai_mlflow.outputs import MARKER_NAME
 from tests.fixtures_lifecycle import DAY, NAME, license_text
-from tests.fixtures_model import last_stdout_line, mlflow_run, run_env
-from tests.fixtures_spark import get_spark_venv
+from tests.fixtures_model import CACHE, last_stdout_line, mlflow_run, run_env
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
@@ -68,7 +67,9 @@ def test_batch_twice_for_one_date_leaves_one_copy(
 
     store = lifecycle_store
     model = logged_model("1.10", "binary")
-    spark_venv = get_spark_venv(model).parents[1]  # the Spark venv `make spark-venv` builds
+    # The champion's Spark venv, built by batch itself (as `make spark-venv` would), in a folder
+    # of its own: no other test uses a venv while batch checks or builds it.
+    spark_venv = CACHE / "venvs" / "batch-spark-1.10-binary"
     version = store.register(model.local_dir, NAME, "champion")
     source = model.build.sample_input_csv
     table = tmp_path / "scored"
