@@ -51,18 +51,9 @@ def screenshot(html: Path, png: Path, width: int, height: int, work: Path) -> No
 
 def _shifted_window(path: Path) -> Path:
     """600 fresh rows from the stand-in's generator with four features moved."""
-    import pandas as pd
-
     from dai_mlflow.standin import data as standin_data
 
-    data = standin_data.generate("binary", 600, 777)
-    frame = pd.DataFrame(data.rows, columns=list(data.columns))
-    frame["Day Mins"] = frame["Day Mins"] + 110.0
-    frame["Cust Serv Calls"] = frame["Cust Serv Calls"] + 3
-    frame["x1"] = frame["x1"] + 2.0
-    frame["Int'l Plan"] = frame["Int'l Plan"].where(frame["Int'l Plan"].isna(), "yes")
-    frame.to_csv(path, index=False)
-    return path
+    return standin_data.write_window(path, 777, shift=True)
 
 
 def main(argv: Optional[List[str]] = None) -> int:

@@ -69,11 +69,12 @@ def ensure_image(model_dir: Path, work: Path) -> str:
     return tag
 
 
-def _license_for_container(license_file: Path, folder: Path, name: str) -> Path:
-    """The license file to mount: as root (the container then runs as the image's user), a
-    private copy that user owns, beside the version's folder and removed with the container."""
+def _license_copy(license_file: Path, folder: Path, name: str) -> Optional[Path]:
+    """As root (the container then runs as the image's user), a private copy of the license
+    file that user owns, beside the version's folder, to mount and remove with the container;
+    else None (the file itself is mounted)."""
     if os.getuid() != 0:
-        return license_file
+        return None
     copy = folder / f".license-{name}.sig"
     fd = os.open(copy, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o400)
     with os.fdopen(fd, "wb") as out:
@@ -113,14 +114,13 @@ def start_container(
         if os.environ.get(var):
             cmd += ["-e", var]  # the value comes from this environment, not the command line
     license_file = os.environ.get("DRIVERLESS_AI_LICENSE_FILE", "")
-    copy: Optional[Path] = None
+    copy = None
     if not os.environ.get("DRIVERLESS_AI_LICENSE_KEY") and license_file:
         given = Path(license_file).resolve()
-        mounted = _license_for_container(given, folder, name)
-        if mounted != given:  # our copy: removed with the container
-            copy = mounted
-            cmd += ["--label", f"{LICENSE_COPY_LABEL}={mounted}"]
-        cmd += ["-v", f"{mounted}:{LICENSE_MOUNT}:ro",
+        copy = _license_copy(given, folder, name)
+        if copy:
+            cmd += ["--label", f"{LICENSE_COPY_LABEL}={copy}"]
+        cmd += ["-v", f"{copy or given}:{LICENSE_MOUNT}:ro",
                 "-e", f"DRIVERLESS_AI_LICENSE_FILE={LICENSE_MOUNT}"]  # fmt: skip
     try:
         docker(*cmd, image)
@@ -178,9 +178,12 @@ def start_servers(
         name, url = start_container(image, model_dir, folder, f"{model_name}-v{version}")
     except ctx.ImageBuildError as e:  # docker itself failed (no daemon, a bad image, ...)
         raise DeployError(str(e)) from e
-    route_id = f"{version}-{uuid.uuid4().hex[:8]}"
     return Servers(
-        route_id=route_id, model_name=model_name, version=version, model_uri=model_uri,
-        folder=str(folder), invocations=url, rpc=url if rpc else None, container=name,
-        since=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-    )  # fmt: skip
+        model_name=model_name,
+        version=version,
+        model_uri=model_uri,
+        folder=str(folder),
+        invocations=url,
+        rpc=url if rpc else None,
+        container=name,
+    )

@@ -462,6 +462,14 @@ class LimitedHandler(BaseHTTPRequestHandler):
             raise BodyError(408, "Request timeout: the body did not arrive in time")
         return body
 
+    def read_body_or_refuse(self) -> Optional[bytes]:
+        """The body, or None once the refusal (413, 400, 408) has been answered."""
+        try:
+            return self.read_request_body()
+        except BodyError as e:
+            self.send_refusal(e.status, e.message)
+            return None
+
     def send_unread(self, status: int, body: bytes, content_type: str) -> None:
         """Answer and close, the request body left unread (discarded briefly on close, so the
         client reads this answer rather than a reset)."""

@@ -372,10 +372,8 @@ class _Handler(limits.LimitedHandler):
         if self.path.split("?", 1)[0] != RPC_PATH:
             self.send_refusal(404, f"Not found: {self.path[:_SHOWN]}; POST to {RPC_PATH}")
             return
-        try:
-            body = self.read_request_body()
-        except limits.BodyError as e:
-            self.send_refusal(e.status, e.message)
+        body = self.read_body_or_refuse()
+        if body is None:
             return
         status, data = answer(self.server.service, body)  # type: ignore[attr-defined]
         self._send(status, data, "application/json")

@@ -122,6 +122,28 @@ def write_csv(path: Path, header: Sequence[str], rows: Sequence[Sequence[Any]]) 
             writer.writerow([format_value(v) for v in row])
 
 
+# What a drifted scoring window moves (monitor's tests and report pictures): three numbers up,
+# and every present ``Int'l Plan`` to "yes".
+DRIFT_SHIFTS = {"Day Mins": 110.0, "Cust Serv Calls": 3, "x1": 2.0}
+
+
+def write_window(path: Path, seed: int, shift: bool, n_rows: int = 600) -> Path:
+    """New input rows of the binary problem as CSV, drifted by :data:`DRIFT_SHIFTS` when
+    ``shift``; ``path``."""
+    dataset = generate("binary", n_rows, seed)
+    index = {name: i for i, name in enumerate(dataset.columns)}
+    rows = [list(row) for row in dataset.rows]
+    if shift:
+        for row in rows:
+            for name, delta in DRIFT_SHIFTS.items():
+                if row[index[name]] is not None:
+                    row[index[name]] += delta
+            if row[index["Int'l Plan"]] is not None:
+                row[index["Int'l Plan"]] = "yes"
+    write_csv(path, dataset.columns, rows)
+    return path
+
+
 def column_stats(dataset: Dataset, n_sample: int = 10) -> Dict[str, Dict[str, Any]]:
     """Per input column: DAI data type, sample data, and summary statistics (for drift)."""
     stats: Dict[str, Dict[str, Any]] = {}

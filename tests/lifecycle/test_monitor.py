@@ -185,15 +185,7 @@ def test_the_documented_thresholds_are_the_code_s():
 
 def _fresh_inputs(path: Path, seed: int, shift: bool) -> Path:
     """New rows from the training data's generator; ``shift`` moves four features."""
-    data = standin_data.generate("binary", 600, seed)
-    frame = pd.DataFrame(data.rows, columns=list(data.columns))
-    if shift:
-        frame["Day Mins"] = frame["Day Mins"] + 110.0
-        frame["Cust Serv Calls"] = frame["Cust Serv Calls"] + 3
-        frame["x1"] = frame["x1"] + 2.0
-        frame["Int'l Plan"] = frame["Int'l Plan"].where(frame["Int'l Plan"].isna(), "yes")
-    frame.to_csv(path, index=False)
-    return path
+    return standin_data.write_window(path, seed, shift)
 
 
 @pytest.mark.venv

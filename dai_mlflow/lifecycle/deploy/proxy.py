@@ -254,10 +254,8 @@ class _PublicHandler(limits.LimitedHandler):
         self._proxy()
 
     def _proxy(self) -> None:
-        try:
-            body = self.read_request_body()
-        except limits.BodyError as e:
-            self.send_refusal(e.status, e.message)
+        body = self.read_body_or_refuse()
+        if body is None:
             return
         router: Router = self.server.router  # type: ignore[attr-defined]
         route = router.acquire()
@@ -345,10 +343,8 @@ class _AdminHandler(limits.LimitedHandler):
         if self.path != "/-/route":
             self.send_refusal(404, f"unknown path {self.path}")
             return
-        try:
-            body = self.read_request_body()
-        except limits.BodyError as e:
-            self.send_refusal(e.status, e.message)
+        body = self.read_body_or_refuse()
+        if body is None:
             return
         try:
             route = Route(json.loads(body))

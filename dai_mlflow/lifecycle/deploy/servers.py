@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import time
-import uuid
 from pathlib import Path
 from typing import Any, Dict, List
 
@@ -92,10 +90,10 @@ def start_servers(
     Raises:
         DeployError: a server did not come up (the ones started are stopped again).
     """
-    env = server_env(python, folder)
-    started: List[int] = []
     if has_own_server(model_dir):
         return _start_own_server(model_dir, python, folder, model_name, version, model_uri, rpc)
+    env = server_env(python, folder)
+    started: List[int] = []
     try:
         port = free_port()
         cmd = [str(python), "-m", "mlflow", "models", "serve", "-m", str(model_dir),
@@ -103,10 +101,13 @@ def start_servers(
         log = folder / "invocations.log"
         started.append(spawn(cmd, folder / "invocations-cwd", env, log))
         servers = Servers(
-            route_id=f"{version}-{uuid.uuid4().hex[:8]}", model_name=model_name, version=version,
-            model_uri=model_uri, folder=str(folder), invocations=f"http://{DEFAULT_HOST}:{port}",
-            pids=started, since=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        )  # fmt: skip
+            model_name=model_name,
+            version=version,
+            model_uri=model_uri,
+            folder=str(folder),
+            invocations=f"http://{DEFAULT_HOST}:{port}",
+            pids=started,
+        )
         rpc_log = folder / "rpc.log"
         if rpc:
             rpc_port = free_port()
@@ -152,10 +153,14 @@ def _start_own_server(
     pid = spawn(cmd, folder / "invocations-cwd", env, log)
     url = f"http://{DEFAULT_HOST}:{port}"
     servers = Servers(
-        route_id=f"{version}-{uuid.uuid4().hex[:8]}", model_name=model_name, version=version,
-        model_uri=model_uri, folder=str(folder), invocations=url, rpc=url if rpc else None,
-        pids=[pid], since=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-    )  # fmt: skip
+        model_name=model_name,
+        version=version,
+        model_uri=model_uri,
+        folder=str(folder),
+        invocations=url,
+        rpc=url if rpc else None,
+        pids=[pid],
+    )
     try:
         wait_serving(url + "/ping", pid, log)
     except BaseException as e:

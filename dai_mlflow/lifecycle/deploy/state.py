@@ -11,6 +11,7 @@ import json
 import os
 import re
 import secrets
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ContextManager, Dict, List, Optional
@@ -26,9 +27,9 @@ LOCK_FILE = "deploy.lock"
 
 @dataclass
 class Servers:
-    """The servers of one deployed version."""
+    """The servers of one deployed version; ``route_id`` (unique to this start) and ``since``
+    (its UTC time) are set when it is made."""
 
-    route_id: str
     model_name: str
     version: str
     model_uri: str
@@ -36,8 +37,13 @@ class Servers:
     invocations: str  # base URL of mlflow models serve
     rpc: Optional[str] = None  # base URL of the JSON-RPC server
     pids: List[int] = field(default_factory=list)  # process group leaders
-    since: str = ""
     container: Optional[str] = None  # target=docker: the container serving this version
+    route_id: str = ""
+    since: str = ""
+
+    def __post_init__(self) -> None:
+        self.route_id = self.route_id or f"{self.version}-{secrets.token_hex(4)}"
+        self.since = self.since or time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
 
     def route(self) -> Dict[str, Any]:
         """The proxy's route to these servers."""
