@@ -26,7 +26,7 @@ from typing import Dict, List, Tuple
 import pytest
 
 from tests.docs.blocks import Command, all_commands, unlabelled_commands
-from tests.docs.shell import Session, store_client, user_checkout, user_env
+from tests.docs.shell import REPO_ROOT, Session, store_client, user_checkout, user_env
 from tests.fixtures_model import model_python
 
 SESSION = "the README session (test_readme_on_your_pipeline)"
@@ -326,6 +326,19 @@ def test_every_documented_command_has_a_runner() -> None:
         if not any(c.file == file and tokens(c.text) == tokens(text) for c in commands)
     ]
     assert stale == [], "RUNNERS entries no document has any more:\n" + "\n".join(stale)
+
+
+def test_the_mlflow_pin_the_readme_names_is_the_launchers() -> None:
+    """README tells pip users which MLflow keeps a shared sqlite store readable by the checkout's
+    envs; a moved pin must move it too."""
+    import re
+
+    pins = (REPO_ROOT / "launchers" / "requirements-launcher.txt").read_text()
+    (pinned,) = re.findall(r"^mlflow==(\S+)$", pins, flags=re.M)
+    readme = (REPO_ROOT / "README.md").read_text()
+    named = set(re.findall(r"mlflow==([0-9][0-9.]*[0-9])", readme))
+    assert named == {pinned}, f"README names mlflow=={named}, launchers pin {pinned}"
+    assert f"MLflow {pinned} of `venvs/launcher`" in " ".join(readme.split())
 
 
 def test_every_command_fence_is_labelled() -> None:
