@@ -478,7 +478,10 @@ def _scores_readme_and_spark_readme(s: Session, checkout: Path) -> None:
     assert len(pd.read_parquet(checkout / "data" / "out.parquet")) == rows
     # venvs/spark_inference of this checkout, as the user builds it. Not a link to the test
     # cache's Spark venv: this checkout's dai_mlflow is another site path, so a shared folder
-    # would be rebuilt under the other tests that run from it.
+    # would be rebuilt under the other tests that run from it (a kept checkout may still hold
+    # such a link from an earlier version of this test: make would build through it).
+    if (checkout / "venvs" / "spark_inference").is_symlink():
+        (checkout / "venvs" / "spark_inference").unlink()
     s.run(doc("README.md", "make spark-venv MODEL_URI=models:/churn@challenger"), timeout=1200)
     s.run(doc("README.md", "venvs/spark_inference/bin/python spark_inference/score.py --model-uri "
               "models:/churn@challenger --input data/in.parquet --output data/out-local.parquet "
