@@ -124,6 +124,8 @@ def _clean_env(home: Path) -> Dict[str, str]:
     env["PATH"] = os.pathsep.join(p for p in env.get("PATH", "").split(os.pathsep) if p not in ours)
     env["HOME"] = str(home)
     env["SPARK_HOME"] = str(_spark_home())
+    # The machine's options for short-lived test JVMs (tests/conftest.py), for the daemons.
+    env["SPARK_DAEMON_JAVA_OPTS"] = os.environ.get("SPARK_SUBMIT_OPTS", "")
     return env
 
 
@@ -165,6 +167,8 @@ def cluster(installed_venv: Path, tmp_path_factory) -> Iterator[Cluster]:
         "spark.authenticate true\n"
         f"spark.authenticate.secret {secrets.token_hex(16)}\n"
         "spark.network.crypto.enabled true\n"
+        # and for the executors the worker starts
+        f"spark.executor.extraJavaOptions {os.environ.get('SPARK_SUBMIT_OPTS', '')}\n"
     )
     port, ui_port, worker_ui = free_port(), free_port(), free_port()
     master_env = _clean_env(folder / "master-home")

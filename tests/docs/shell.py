@@ -55,6 +55,8 @@ def user_env(extra: Optional[Dict[str, str]] = None) -> Dict[str, str]:
         p for p in env.get("PATH", "/usr/bin:/bin").split(os.pathsep) if p and not _is_venv_bin(p)
     )
     env["DAI_MLFLOW_ENV_ROOT"] = str(CACHE / "model-envs")
+    if "SPARK_SUBMIT_OPTS" in os.environ:  # the suite's JVM options (tests/conftest.py)
+        env["SPARK_SUBMIT_OPTS"] = os.environ["SPARK_SUBMIT_OPTS"]
     env["MLFLOW_ENV_ROOT"] = str(
         CACHE / "mlflow-envs" / os.environ.get("PYTEST_XDIST_WORKER", "main")
     )
