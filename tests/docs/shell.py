@@ -6,7 +6,7 @@
   (``DAI_MLFLOW_ENV_ROOT``, ``MLFLOW_ENV_ROOT``: the test caches, so no env is built twice),
   and where a local endpoint keeps its state.
 - :func:`user_checkout`: the checkout's tracked (and new, not ignored) files copied to
-  ``tests/.cache/docs/checkout``, outputs of earlier runs removed. Its ``venvs/`` is its own
+  ``tests/.cache/docs/checkout`` (or another name there), outputs of earlier runs removed. Its ``venvs/`` is its own
   (``make venvs`` there builds them once, then reuses them), so nothing the commands write
   lands in the real checkout.
 - :class:`Session`: commands of one document in order; ``source``/``export`` lines are kept
@@ -74,12 +74,17 @@ def tracked_files(root: Path = REPO_ROOT) -> List[str]:
 
 
 @contextlib.contextmanager
-def user_checkout() -> Iterator[Path]:
-    """A copy of the checkout, as a user's clone with its own venvs, held under a lock."""
+def user_checkout(name: str = CHECKOUT.name) -> Iterator[Path]:
+    """A copy of the checkout, as a user's clone with its own venvs, held under a lock.
+
+    Tests in other files use another ``name``: pytest-xdist may run them on the other worker,
+    which would wait for the lock (the README session holds it for minutes) instead of working.
+    """
+    checkout = DOCS_CACHE / name
     DOCS_CACHE.mkdir(parents=True, exist_ok=True)
-    with FileLock(str(CHECKOUT) + ".lock"):
-        CHECKOUT.mkdir(exist_ok=True)
-        for child in CHECKOUT.iterdir():
+    with FileLock(str(checkout) + ".lock"):
+        checkout.mkdir(exist_ok=True)
+        for child in checkout.iterdir():
             if child.name in _KEPT:
                 continue
             if child.is_dir() and not child.is_symlink():
@@ -87,10 +92,10 @@ def user_checkout() -> Iterator[Path]:
             else:
                 child.unlink()
         for rel in tracked_files():
-            dest = CHECKOUT / rel
+            dest = checkout / rel
             dest.parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(REPO_ROOT / rel, dest)
-        yield CHECKOUT
+        yield checkout
 
 
 def store_client(checkout: Path):  # an mlflow.MlflowClient

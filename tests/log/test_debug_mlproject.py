@@ -186,7 +186,7 @@ def test_debug_run_as_documented_logs_the_same_model_as_mlflow_run(logged_model)
     from tests.fixtures_model import last_stdout_line
 
     model = logged_model("1.10", "binary")
-    with user_checkout() as checkout:
+    with user_checkout("checkout-debug") as checkout:
         out = _debug_as_a_user(model.build, checkout, model.build.zip_path)
         assert out.returncode == 0, out.stderr[-3000:]
         uri = last_stdout_line(out.stdout)
@@ -212,7 +212,7 @@ def test_debug_run_of_a_bad_pipeline_ends_failed(logged_model, tmp_path):
     model = logged_model("1.10", "binary")
     bad = tmp_path / "scorer.zip"
     bad.write_bytes(b"this is not a zip file")
-    with user_checkout() as checkout:
+    with user_checkout("checkout-debug") as checkout:
         out = _debug_as_a_user(model.build, checkout, bad)
         assert out.returncode != 0
         client = store_client(checkout)
