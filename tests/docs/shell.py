@@ -6,9 +6,9 @@
   (``DAI_MLFLOW_ENV_ROOT``, ``MLFLOW_ENV_ROOT``: the test caches, so no env is built twice),
   and where a local endpoint keeps its state.
 - :func:`user_checkout`: the checkout's tracked (and new, not ignored) files copied to
-  ``tests/.cache/docs/checkout`` (or another name there), outputs of earlier runs removed. Its ``venvs/`` is its own
-  (``make venvs`` there builds them once, then reuses them), so nothing the commands write
-  lands in the real checkout.
+  ``tests/.cache/docs/checkout`` (or another name there), outputs of earlier runs removed.
+  Its ``venvs/`` is its own (``make venvs`` there builds them once, then reuses them), so
+  nothing the commands write lands in the real checkout.
 - :class:`Session`: commands of one document in order; ``source``/``export`` lines are kept
   and replayed before each later command, as in the reader's terminal.
 """
