@@ -4,7 +4,7 @@
   adds (``VIRTUAL_ENV``, venv folders on ``PATH``, ``MLFLOW_*``, ``DRIVERLESS_AI_*``,
   ``DAI_MLFLOW_*``, ``PYTHONPATH``, ...). Only where builds are cached is added back
   (``DAI_MLFLOW_ENV_ROOT``, ``MLFLOW_ENV_ROOT``: the test caches, so no env is built twice),
-  and where a local endpoint keeps its state.
+  the suite's JVM options (``SPARK_SUBMIT_OPTS``), and where a local endpoint keeps its state.
 - :func:`user_checkout`: the checkout's tracked (and new, not ignored) files copied to
   ``tests/.cache/docs/checkout`` (or another name there), outputs of earlier runs removed.
   Its ``venvs/`` is its own (``make venvs`` there builds them once, then reuses them), so
